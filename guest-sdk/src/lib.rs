@@ -1,0 +1,1 @@
+//! Guest SDK for Reel policy plugins (WIT components built for wasm32-wasip2).
