@@ -1,1 +1,1 @@
-//! api
+//! HTTP API

@@ -1,1 +1,336 @@
-//! config
+//! The TOML configuration: types (unknown keys are errors), defaults in one place, and
+//! `validate()` reporting every problem with the key it is about.
+
+mod duration;
+
+pub use duration::{parse_duration, Duration};
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The configuration used when no file is given: record every stream to `./recordings` as FLV.
+pub const DEFAULT_TOML: &str = r#"
+[server]
+rtmp_listen = "127.0.0.1:1935"
+http_listen = "127.0.0.1:8080"
+data_dir = "reel-data"
+
+[storage.local]
+kind = "fs"
+root = "recordings"
+
+[template.default]
+formats = ["flv"]
+interval = "30m"
+storage = "local"
+
+[[rule]]
+domain = "*"
+app = "*"
+stream = "*"
+template = "default"
+"#;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: Server,
+    #[serde(default)]
+    pub storage: BTreeMap<String, Storage>,
+    #[serde(default)]
+    pub template: BTreeMap<String, Template>,
+    #[serde(default)]
+    pub rule: Vec<Rule>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    #[serde(default = "default_rtmp_listen")]
+    pub rtmp_listen: String,
+    #[serde(default = "default_http_listen")]
+    pub http_listen: String,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Frames a recording may queue before it is declared too slow (per stream).
+    #[serde(default = "default_queue_frames")]
+    pub queue_frames: usize,
+    /// Largest buffered, not yet written bytes per open file before a flush.
+    #[serde(default = "default_flush_bytes")]
+    pub flush_bytes: usize,
+    /// Longest time written data may wait in memory before a flush.
+    #[serde(default = "default_flush_interval")]
+    pub flush_interval: Duration,
+    /// Disconnect a publisher that sends nothing for this long.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self {
+            rtmp_listen: default_rtmp_listen(),
+            http_listen: default_http_listen(),
+            data_dir: default_data_dir(),
+            queue_frames: default_queue_frames(),
+            flush_bytes: default_flush_bytes(),
+            flush_interval: default_flush_interval(),
+            idle_timeout: default_idle_timeout(),
+        }
+    }
+}
+
+fn default_rtmp_listen() -> String {
+    "127.0.0.1:1935".into()
+}
+fn default_http_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_data_dir() -> PathBuf {
+    "reel-data".into()
+}
+fn default_queue_frames() -> usize {
+    4096
+}
+fn default_flush_bytes() -> usize {
+    256 * 1024
+}
+fn default_flush_interval() -> Duration {
+    Duration::from_millis(1000)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_millis(30_000)
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    Fs,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    pub kind: StorageKind,
+    /// Directory files are written under (relative to the working directory).
+    pub root: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Flv,
+    Hls,
+    Mp4,
+    Aac,
+}
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Flv => "flv",
+            Format::Hls => "hls",
+            Format::Mp4 => "mp4",
+            Format::Aac => "aac",
+        }
+    }
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Hls => "m3u8",
+            other => other.name(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Template {
+    /// Formats to record; empty disables recording for the streams bound to this template.
+    pub formats: Vec<Format>,
+    /// File length (RecordInterval): a new file at the first keyframe at or after it.
+    #[serde(default = "default_interval")]
+    pub interval: Duration,
+    /// HLS segment length, cut at the first keyframe at or after it.
+    #[serde(default = "default_hls_segment")]
+    pub hls_segment: Duration,
+    /// Storage target name (a `[storage.NAME]` table).
+    pub storage: String,
+}
+
+fn default_interval() -> Duration {
+    Duration::from_millis(30 * 60 * 1000)
+}
+fn default_hls_segment() -> Duration {
+    Duration::from_millis(6000)
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    #[serde(default = "wildcard")]
+    pub domain: String,
+    #[serde(default = "wildcard")]
+    pub app: String,
+    #[serde(default = "wildcard")]
+    pub stream: String,
+    pub template: String,
+    /// Higher wins among rules equally specific.
+    #[serde(default)]
+    pub priority: i32,
+}
+
+fn wildcard() -> String {
+    "*".into()
+}
+
+/// A configuration problem, with where it is.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("{origin}: invalid configuration:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { origin: String, problems: Vec<String> },
+}
+
+impl Config {
+    /// The built-in configuration (no file given).
+    pub fn embedded() -> Self {
+        Self::parse(DEFAULT_TOML, "embedded default config").expect("embedded config is valid")
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates. Errors name the key and line.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse { origin: origin.into(), message: describe(text, &e) })?;
+        let problems = cfg.validate();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::Invalid { origin: origin.into(), problems })
+        }
+    }
+
+    /// Every cross-reference and value problem, each naming its key.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        for (field, addr) in [("server.rtmp_listen", &self.server.rtmp_listen), ("server.http_listen", &self.server.http_listen)] {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                p.push(format!("{field} = {addr:?} is not an address like \"127.0.0.1:1935\""));
+            }
+        }
+        if self.server.queue_frames < 16 {
+            p.push("server.queue_frames must be at least 16".into());
+        }
+        for (name, t) in &self.template {
+            if !self.storage.contains_key(&t.storage) {
+                p.push(format!(
+                    "template.{name}.storage = {:?} names no [storage.{}] table (defined: {})",
+                    t.storage,
+                    t.storage,
+                    list(self.storage.keys())
+                ));
+            }
+            if t.interval.as_millis() < 1000 {
+                p.push(format!("template.{name}.interval must be at least 1s"));
+            }
+            if t.hls_segment.as_millis() < 1000 {
+                p.push(format!("template.{name}.hls_segment must be at least 1s"));
+            }
+            let mut seen = std::collections::HashSet::new();
+            for f in &t.formats {
+                if !seen.insert(f) {
+                    p.push(format!("template.{name}.formats lists {:?} twice", f.name()));
+                }
+            }
+        }
+        for (i, r) in self.rule.iter().enumerate() {
+            if !self.template.contains_key(&r.template) {
+                p.push(format!(
+                    "rule[{i}].template = {:?} names no [template.{}] table (defined: {})",
+                    r.template,
+                    r.template,
+                    list(self.template.keys())
+                ));
+            }
+            for (k, v) in [("domain", &r.domain), ("app", &r.app), ("stream", &r.stream)] {
+                if v.is_empty() {
+                    p.push(format!("rule[{i}].{k} is empty: use \"*\" for any"));
+                }
+            }
+        }
+        p
+    }
+}
+
+fn list<'a>(keys: impl Iterator<Item = &'a String>) -> String {
+    let v: Vec<_> = keys.map(String::as_str).collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// Renders a TOML error with its line and column.
+fn describe(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let col = span.start - text[..span.start.min(text.len())].rfind('\n').map_or(0, |i| i + 1) + 1;
+            let src = text.lines().nth(line - 1).unwrap_or("").trim_end();
+            format!("line {line}, column {col}: {}\n    {line} | {src}", e.message())
+        }
+        None => e.message().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_config_is_valid() {
+        let c = Config::embedded();
+        assert_eq!(c.template["default"].formats, vec![Format::Flv]);
+        assert_eq!(c.template["default"].interval.as_millis(), 1_800_000);
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../../../reel.example.toml");
+        Config::parse(text, "reel.example.toml").unwrap();
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = "[server]\nrtmp_listen = \"127.0.0.1:1935\"\nbogus = 1\n";
+        let e = Config::parse(text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_line() {
+        let text = "[storage.l]\nkind=\"fs\"\nroot=\"r\"\n[template.t]\nformats=[\"flv\"]\nstorage=\"l\"\ninterval = \"30 parsecs\"\n";
+        let e = Config::parse(text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("line 7"), "{e}");
+        assert!(e.contains("30 parsecs"), "{e}");
+    }
+
+    #[test]
+    fn missing_template_is_reported_with_key() {
+        let text = "[[rule]]\ntemplate = \"nope\"\n";
+        let e = Config::parse(text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("rule[0].template"), "{e}");
+        assert!(e.contains("nope"), "{e}");
+    }
+}

@@ -1,1 +1,98 @@
-//! storage
+//! Where recordings go. A [`Storage`] creates files that are written under a temporary name
+//! and published under their final key only when complete, so a reader never sees a partial
+//! file under a final name. Blocking API: callers run it on the blocking pool.
+
+pub mod fs;
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{op} {path}: {source}")]
+    Io { op: &'static str, path: String, source: std::io::Error },
+    #[error("invalid key {key:?}: {why}")]
+    InvalidKey { key: String, why: &'static str },
+}
+
+/// How to finalise a file at close: final = `head` ++ written[ranges] ++ `tail`.
+/// With no ranges and empty head/tail the written bytes are published as they are.
+#[derive(Clone, Debug, Default)]
+pub struct Finalize<'a> {
+    pub head: &'a [u8],
+    pub ranges: &'a [Range<u64>],
+    pub tail: &'a [u8],
+}
+
+/// A completed file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub key: String,
+    pub size: u64,
+    /// Where a user finds it (a path for fs, a URL for object storage).
+    pub location: String,
+}
+
+pub trait Storage: Send + Sync {
+    /// Starts a file. `hint` names the temporary object (unique per recording file).
+    fn create(&self, hint: &str) -> Result<Box<dyn FileWriter>, StorageError>;
+    /// Writes a small object atomically (playlists).
+    fn put(&self, key: &str, data: &[u8]) -> Result<Stored, StorageError>;
+}
+
+pub trait FileWriter: Send {
+    /// Appends the chunks in order.
+    fn write(&mut self, chunks: &[Bytes]) -> Result<(), StorageError>;
+    /// Bytes written so far.
+    fn written(&self) -> u64;
+    /// Completes the file under `key` (applying `fin`) and makes it durable.
+    fn finish(self: Box<Self>, key: &str, fin: Finalize<'_>) -> Result<Stored, StorageError>;
+    /// Gives the file up (nothing was worth keeping).
+    fn abort(self: Box<Self>);
+}
+
+/// Checks a storage key: relative, no `..`, no empty components, no NUL or backslash.
+pub fn check_key(key: &str) -> Result<(), StorageError> {
+    let bad = |why| Err(StorageError::InvalidKey { key: key.into(), why });
+    if key.is_empty() {
+        return bad("empty");
+    }
+    if key.len() > 1024 {
+        return bad("longer than 1024 bytes");
+    }
+    if key.starts_with('/') {
+        return bad("absolute");
+    }
+    if key.contains('\0') || key.contains('\\') {
+        return bad("contains NUL or backslash");
+    }
+    if key.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return bad("has an empty, '.' or '..' component");
+    }
+    Ok(())
+}
+
+/// Opens the storage target a config table describes.
+pub fn open(name: &str, cfg: &config::Storage) -> Result<Arc<dyn Storage>, StorageError> {
+    let _ = name;
+    match cfg.kind {
+        config::StorageKind::Fs => Ok(Arc::new(fs::FsStorage::new(&cfg.root)?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_checks() {
+        assert!(check_key("live/a/b.flv").is_ok());
+        for k in ["", "/abs", "a/../b", "a//b", "a\\b", "a\0", "./a"] {
+            assert!(check_key(k).is_err(), "{k:?}");
+        }
+    }
+}

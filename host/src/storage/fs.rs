@@ -1,0 +1,202 @@
+//! Local disk: files are written to `ROOT/.partial/HINT.part`, fsynced and renamed to
+//! `ROOT/KEY` at close. A finalisation that puts an index first copies the written ranges
+//! with the kernel's file-to-file copy, never through user space buffers of the whole file.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use super::{check_key, FileWriter, Finalize, Storage, StorageError, Stored};
+
+/// Folder under the root holding files being written (recovered after a crash).
+pub const PARTIAL_DIR: &str = ".partial";
+/// Most iovecs per writev call (Linux IOV_MAX).
+const MAX_IOV: usize = 1024;
+
+pub struct FsStorage {
+    root: PathBuf,
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StorageError + 'a {
+    move |source| StorageError::Io { op, path: path.display().to_string(), source }
+}
+
+impl FsStorage {
+    pub fn new(root: &Path) -> Result<Self, StorageError> {
+        let partial = root.join(PARTIAL_DIR);
+        fs::create_dir_all(&partial).map_err(io_err("create directory", &partial))?;
+        Ok(Self { root: root.to_path_buf() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn final_path(&self, key: &str) -> Result<PathBuf, StorageError> {
+        check_key(key)?;
+        let path = self.root.join(key);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        }
+        Ok(path)
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    // Best effort: makes the rename durable.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+impl Storage for FsStorage {
+    fn create(&self, hint: &str) -> Result<Box<dyn FileWriter>, StorageError> {
+        let name: String = hint.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
+        let path = self.root.join(PARTIAL_DIR).join(format!("{name}.part"));
+        let file = OpenOptions::new().write(true).create(true).truncate(true).open(&path).map_err(io_err("create", &path))?;
+        Ok(Box::new(FsFile { file, path, written: 0, root: self.root.clone() }))
+    }
+
+    fn put(&self, key: &str, data: &[u8]) -> Result<Stored, StorageError> {
+        let path = self.final_path(key)?;
+        let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
+        let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
+        f.write_all(data).map_err(io_err("write", &tmp))?;
+        f.sync_data().map_err(io_err("sync", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
+        Ok(Stored { key: key.into(), size: data.len() as u64, location: path.display().to_string() })
+    }
+}
+
+struct FsFile {
+    file: File,
+    path: PathBuf,
+    root: PathBuf,
+    written: u64,
+}
+
+/// Writes every chunk with as few writev calls as possible.
+fn write_all_vectored(file: &mut File, chunks: &[Bytes]) -> io::Result<u64> {
+    let mut total = 0u64;
+    let mut i = 0;
+    let mut offset = 0usize; // into chunks[i]
+    let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(chunks.len().min(MAX_IOV));
+    while i < chunks.len() {
+        iov.clear();
+        iov.push(IoSlice::new(&chunks[i][offset..]));
+        iov.extend(chunks[i + 1..].iter().take(MAX_IOV - 1).map(|c| IoSlice::new(c)));
+        let n = file.write_vectored(&iov)?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        total += n as u64;
+        let mut left = n;
+        while i < chunks.len() && left >= chunks[i].len() - offset {
+            left -= chunks[i].len() - offset;
+            offset = 0;
+            i += 1;
+        }
+        offset += left;
+    }
+    Ok(total)
+}
+
+impl FileWriter for FsFile {
+    fn write(&mut self, chunks: &[Bytes]) -> Result<(), StorageError> {
+        let n = write_all_vectored(&mut self.file, chunks).map_err(io_err("write", &self.path))?;
+        self.written += n;
+        Ok(())
+    }
+
+    fn written(&self) -> u64 {
+        self.written
+    }
+
+    fn finish(self: Box<Self>, key: &str, fin: Finalize<'_>) -> Result<Stored, StorageError> {
+        let FsFile { file, path, root, .. } = *self;
+        let store = FsStorage { root };
+        let dest = store.final_path(key)?;
+        let size;
+        if fin.head.is_empty() && fin.ranges.is_empty() && fin.tail.is_empty() {
+            file.sync_data().map_err(io_err("sync", &path))?;
+            size = file.metadata().map_err(io_err("stat", &path))?.len();
+            drop(file);
+            fs::rename(&path, &dest).map_err(io_err("rename", &path))?;
+        } else {
+            drop(file);
+            let staged = path.with_extension("final");
+            let mut out = File::create(&staged).map_err(io_err("create", &staged))?;
+            let mut src = File::open(&path).map_err(io_err("open", &path))?;
+            out.write_all(fin.head).map_err(io_err("write", &staged))?;
+            for r in fin.ranges {
+                src.seek(SeekFrom::Start(r.start)).map_err(io_err("seek", &path))?;
+                let want = r.end - r.start;
+                // File-to-file io::copy uses copy_file_range on Linux.
+                let got = io::copy(&mut (&mut src).take(want), &mut out).map_err(io_err("copy", &path))?;
+                if got != want {
+                    return Err(StorageError::Io {
+                        op: "copy",
+                        path: path.display().to_string(),
+                        source: io::Error::new(io::ErrorKind::UnexpectedEof, format!("range {r:?} past end of file")),
+                    });
+                }
+            }
+            out.write_all(fin.tail).map_err(io_err("write", &staged))?;
+            out.sync_data().map_err(io_err("sync", &staged))?;
+            size = out.metadata().map_err(io_err("stat", &staged))?.len();
+            drop(out);
+            fs::rename(&staged, &dest).map_err(io_err("rename", &staged))?;
+            let _ = fs::remove_file(&path);
+        }
+        if let Some(dir) = dest.parent() {
+            sync_dir(dir);
+        }
+        Ok(Stored { key: key.into(), size, location: dest.display().to_string() })
+    }
+
+    fn abort(self: Box<Self>) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("reel-fs-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn writes_many_chunks_and_renames() {
+        let root = tmpdir("plain");
+        let s = FsStorage::new(&root).unwrap();
+        let mut f = s.create("a/b c").unwrap();
+        let chunks: Vec<Bytes> = (0..3000u32).map(|i| Bytes::from(i.to_be_bytes().to_vec())).collect();
+        f.write(&chunks).unwrap();
+        assert_eq!(f.written(), 12000);
+        let st = f.finish("live/s/x.flv", Finalize::default()).unwrap();
+        let data = fs::read(root.join("live/s/x.flv")).unwrap();
+        assert_eq!(st.size, 12000);
+        assert_eq!(&data[4..8], &1u32.to_be_bytes());
+        assert_eq!(fs::read_dir(root.join(PARTIAL_DIR)).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn finalize_puts_head_first() {
+        let root = tmpdir("rewrite");
+        let s = FsStorage::new(&root).unwrap();
+        let mut f = s.create("x").unwrap();
+        f.write(&[Bytes::from_static(b"0123456789")]).unwrap();
+        let st = f.finish("k.bin", Finalize { head: b"HEAD", ranges: &[2..5, 7..10], tail: b"T" }).unwrap();
+        assert_eq!(fs::read(root.join("k.bin")).unwrap(), b"HEAD234789T");
+        assert_eq!(st.size, 11);
+        assert!(s.put("../x", b"").is_err());
+        s.put("p/l.m3u8", b"#EXTM3U\n").unwrap();
+        assert_eq!(fs::read(root.join("p/l.m3u8")).unwrap(), b"#EXTM3U\n");
+    }
+}
