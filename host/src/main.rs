@@ -1,1 +1,186 @@
-fn main() {}
+//! `reel`: command line, wiring and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use reel::config::{Config, Format};
+use reel::record::{Recorder, Runtime};
+
+#[derive(Parser)]
+#[command(name = "reel", version, about = "Reel records live streams at the edge: RTMP in, FLV/HLS/MP4/AAC files out, without transcoding.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the recorder: listen for RTMP publishers and record them.
+    ///
+    /// Without --config, Reel listens for RTMP on 127.0.0.1:1935 and HTTP on 127.0.0.1:8080
+    /// and records every stream as FLV under ./recordings/APP/STREAM/.
+    Serve {
+        /// TOML configuration file (see reel.example.toml for every key).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the effective configuration check result and exit.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Remux a recorded FLV file into another container, without transcoding.
+    Remux {
+        /// Input FLV file.
+        input: PathBuf,
+        /// Output format.
+        #[arg(short = 'f', long = "format", value_parser = parse_format)]
+        format: Format,
+        /// Output file (for hls: the playlist; segments go beside it).
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+    },
+}
+
+fn parse_format(s: &str) -> Result<Format, String> {
+    match s {
+        "flv" => Ok(Format::Flv),
+        "hls" | "m3u8" => Ok(Format::Hls),
+        "mp4" => Ok(Format::Mp4),
+        "aac" => Ok(Format::Aac),
+        other => Err(format!("unknown format {other:?}: use flv, hls, mp4 or aac")),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("REEL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    let res = match cli.command {
+        Command::Serve { config, check } => serve(config, check),
+        Command::Remux { input, format, output } => remux(input, format, output),
+    };
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: &Option<PathBuf>) -> Result<Config> {
+    Ok(match path {
+        Some(p) => Config::load(p)?,
+        None => Config::embedded(),
+    })
+}
+
+fn remux(input: PathBuf, format: Format, output: PathBuf) -> Result<()> {
+    let r = reel::record::remux::remux(&input, format, &output)?;
+    eprintln!(
+        "remuxed {} frames, {} -> {} bytes in {:.3} s ({:.0} MB/s)",
+        r.frames,
+        r.bytes_in,
+        r.bytes_out,
+        r.seconds,
+        r.bytes_in as f64 / r.seconds.max(1e-9) / 1e6
+    );
+    Ok(())
+}
+
+fn serve(config_path: Option<PathBuf>, check: bool) -> Result<()> {
+    let config = load_config(&config_path)?;
+    if check {
+        println!("configuration is valid");
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(run(config, config_path))
+}
+
+async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok();
+    std::fs::create_dir_all(&config.server.data_dir)
+        .with_context(|| format!("creating data_dir {}", config.server.data_dir.display()))?;
+    let rtmp_addr: SocketAddr = config.server.rtmp_listen.parse()?;
+    let http_addr: SocketAddr = config.server.http_listen.parse()?;
+    let idle = config.server.idle_timeout.std();
+    let recorder = Recorder::new(config).context("opening storage")?;
+
+    let rtmp = tokio::net::TcpListener::bind(rtmp_addr).await.with_context(|| format!("binding RTMP on {rtmp_addr}"))?;
+    let http = tokio::net::TcpListener::bind(http_addr).await.with_context(|| format!("binding HTTP on {http_addr}"))?;
+    tracing::info!(rtmp = %rtmp.local_addr()?, http = %http.local_addr()?, "reel listening");
+
+    let reload: reel::api::ReloadFn = {
+        let recorder = recorder.clone();
+        let path = config_path.clone();
+        Arc::new(move || {
+            let cfg = load_config(&path).map_err(|e| format!("{e:#}"))?;
+            let runtime = Runtime::new(cfg).map_err(|e| e.to_string())?;
+            recorder.reload(runtime);
+            tracing::info!("configuration reloaded");
+            Ok(())
+        })
+    };
+
+    let shutdown = CancellationToken::new();
+    let conns = TaskTracker::new();
+    let rtmp_task = tokio::spawn(reel::ingest::conn::serve(
+        rtmp,
+        Arc::new(recorder.clone()),
+        idle,
+        shutdown.clone(),
+        conns.clone(),
+    ));
+    let app = reel::api::router(reel::api::ApiState { recorder: recorder.clone(), metrics, reload: reload.clone() });
+    let http_shutdown = shutdown.clone();
+    let http_task = tokio::spawn(async move {
+        axum::serve(http, app).with_graceful_shutdown(async move { http_shutdown.cancelled().await }).await
+    });
+
+    wait_for_signals(reload).await;
+    tracing::info!("shutting down: closing connections and finishing open files");
+    shutdown.cancel();
+    let _ = rtmp_task.await;
+    conns.close();
+    conns.wait().await;
+    recorder.drain().await;
+    let _ = http_task.await;
+    tracing::info!("all files closed; bye");
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn wait_for_signals(reload: reel::api::ReloadFn) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = hup.recv() => {
+                let f = reload.clone();
+                match tokio::task::spawn_blocking(move || f()).await {
+                    Ok(Err(e)) => tracing::error!("reload failed, keeping the running configuration: {e}"),
+                    Err(e) => tracing::error!("reload failed: {e}"),
+                    Ok(Ok(())) => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signals(_reload: reel::api::ReloadFn) {
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -42,6 +42,27 @@ impl FsStorage {
         }
         Ok(path)
     }
+
+    /// The final path for a new file: `key`, or `stem_N.ext` when `key` is taken (two files
+    /// named alike within one second never overwrite each other).
+    fn fresh_path(&self, key: &str) -> Result<(String, PathBuf), StorageError> {
+        let path = self.final_path(key)?;
+        if !path.exists() {
+            return Ok((key.to_string(), path));
+        }
+        let (stem, ext) = match key.rfind('.') {
+            Some(i) if !key[i..].contains('/') => (&key[..i], &key[i..]),
+            _ => (key, ""),
+        };
+        for n in 1..10_000 {
+            let k = format!("{stem}_{n}{ext}");
+            let p = self.root.join(&k);
+            if !p.exists() {
+                return Ok((k, p));
+            }
+        }
+        Err(StorageError::InvalidKey { key: key.into(), why: "too many files with this name" })
+    }
 }
 
 fn sync_dir(dir: &Path) {
@@ -117,7 +138,7 @@ impl FileWriter for FsFile {
     fn finish(self: Box<Self>, key: &str, fin: Finalize<'_>) -> Result<Stored, StorageError> {
         let FsFile { file, path, root, .. } = *self;
         let store = FsStorage { root };
-        let dest = store.final_path(key)?;
+        let (key, dest) = store.fresh_path(key)?;
         let size;
         if fin.head.is_empty() && fin.ranges.is_empty() && fin.tail.is_empty() {
             file.sync_data().map_err(io_err("sync", &path))?;
@@ -153,7 +174,7 @@ impl FileWriter for FsFile {
         if let Some(dir) = dest.parent() {
             sync_dir(dir);
         }
-        Ok(Stored { key: key.into(), size, location: dest.display().to_string() })
+        Ok(Stored { key, size, location: dest.display().to_string() })
     }
 
     fn abort(self: Box<Self>) {
@@ -196,6 +217,11 @@ mod tests {
         assert_eq!(fs::read(root.join("k.bin")).unwrap(), b"HEAD234789T");
         assert_eq!(st.size, 11);
         assert!(s.put("../x", b"").is_err());
+        let mut again = s.create("y").unwrap();
+        again.write(&[Bytes::from_static(b"second")]).unwrap();
+        let st2 = again.finish("k.bin", Finalize::default()).unwrap();
+        assert_eq!(st2.key, "k_1.bin", "an existing file is never overwritten");
+        assert_eq!(fs::read(root.join("k.bin")).unwrap(), b"HEAD234789T");
         s.put("p/l.m3u8", b"#EXTM3U\n").unwrap();
         assert_eq!(fs::read(root.join("p/l.m3u8")).unwrap(), b"#EXTM3U\n");
     }

@@ -1,0 +1,140 @@
+//! The only tokio code of ingest: accepts RTMP connections and drives a sans-IO
+//! [`ServerSession`] per connection. What a publish becomes is the [`PublishHandler`]'s
+//! business; this module never waits on it beyond a function call.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::session::{PublishRequest, ServerSession, SessionEvent};
+use crate::media::Frame;
+
+/// Read buffer growth step. Frames are split off the read buffer as refcounted slices, so a
+/// buffer is shared until its frames are written; a new one is started when this runs low.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Receives the frames of one accepted publish. Dropping it ends the publish.
+pub trait FrameSink: Send + 'static {
+    fn push(&mut self, frame: Frame);
+}
+
+/// Decides what happens to a publish.
+pub trait PublishHandler: Send + Sync + 'static {
+    type Sink: FrameSink;
+    /// Accept (returning where the frames go) or refuse with an RTMP status code and reason.
+    fn publish(&self, req: &PublishRequest) -> Result<Self::Sink, (&'static str, String)>;
+}
+
+/// Accepts connections until `shutdown` fires. Connection tasks join `tracker`.
+pub async fn serve<H: PublishHandler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    idle_timeout: Duration,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let (sock, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let _ = sock.set_nodelay(true);
+        let handler = handler.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            if let Err(e) = connection(sock, handler, idle_timeout, shutdown).await {
+                tracing::info!(%peer, "rtmp connection ended: {e}");
+            }
+        });
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol error: {0}")]
+    Session(#[from] super::session::SessionError),
+    #[error("no data for {0:?}")]
+    Idle(Duration),
+    #[error("publish refused: {0}")]
+    Refused(String),
+}
+
+async fn connection<H: PublishHandler>(
+    mut sock: TcpStream,
+    handler: Arc<H>,
+    idle_timeout: Duration,
+    shutdown: CancellationToken,
+) -> Result<(), ConnError> {
+    let mut session = ServerSession::new();
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut events = Vec::with_capacity(64);
+    let mut sink: Option<H::Sink> = None;
+    let result = loop {
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        let n = tokio::select! {
+            r = tokio::time::timeout(idle_timeout, sock.read_buf(&mut buf)) => match r {
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => break Err(e.into()),
+                Err(_) => break Err(ConnError::Idle(idle_timeout)),
+            },
+            _ = shutdown.cancelled() => break Ok(()),
+        };
+        if n == 0 {
+            break Ok(());
+        }
+        let fed = session.feed(&mut buf, &mut events);
+        let mut refused = None;
+        for ev in events.drain(..) {
+            match ev {
+                SessionEvent::PublishRequested(req) => match handler.publish(&req) {
+                    Ok(s) => {
+                        sink = Some(s);
+                        session.accept_publish();
+                    }
+                    Err((code, why)) => {
+                        tracing::warn!(app = %req.app, stream = %req.stream, "publish refused: {why}");
+                        session.reject_publish(code, &why);
+                        refused = Some(why);
+                    }
+                },
+                SessionEvent::Frame(f) => {
+                    if let Some(s) = &mut sink {
+                        s.push(f);
+                    }
+                }
+                SessionEvent::Unpublished => sink = None,
+                SessionEvent::Warning(w) => tracing::warn!("rtmp: {w}"),
+            }
+        }
+        while let Some(out) = session.take_output() {
+            if let Err(e) = sock.write_all(&out).await {
+                return Err(e.into());
+            }
+        }
+        if let Some(why) = refused {
+            break Err(ConnError::Refused(why));
+        }
+        if let Err(e) = fed {
+            break Err(e.into());
+        }
+    };
+    drop(sink);
+    let _ = sock.shutdown().await;
+    result
+}

@@ -1,0 +1,261 @@
+//! Test harness: media fixtures made by ffmpeg, a running `reel serve`, and readers of
+//! ffmpeg/ffprobe output.
+
+#![allow(dead_code)]
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const REEL: &str = env!("CARGO_BIN_EXE_reel");
+
+/// A fresh directory for one test.
+pub fn test_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("reel-e2e-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+pub fn have(tool: &str) -> bool {
+    Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+}
+
+/// Generates (once per test process) an FLV with H.264 (2 s GOP, B-frames) + AAC.
+pub fn fixture(name: &str, seconds: u32, audio: bool, video: bool) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| test_dir("fixtures"));
+    let path = dir.join(format!("{name}-{seconds}s-a{}-v{}.flv", u8::from(audio), u8::from(video)));
+    if path.exists() {
+        return path;
+    }
+    let tmp = path.with_extension("tmp.flv");
+    let mut c = Command::new("ffmpeg");
+    c.args(["-v", "error", "-y"]);
+    if video {
+        c.args(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25"]);
+    }
+    if audio {
+        c.args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"]);
+    }
+    c.args(["-t", &seconds.to_string()]);
+    if video {
+        c.args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "50", "-keyint_min", "50", "-sc_threshold", "0", "-bf", "2", "-pix_fmt", "yuv420p"]);
+    }
+    if audio {
+        c.args(["-c:a", "aac", "-b:a", "64k"]);
+    }
+    c.args(["-f", "flv"]).arg(&tmp);
+    run(&mut c);
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running `reel serve` in its own directory; stopped with SIGTERM on drop.
+pub struct Reel {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    pub rtmp_port: u16,
+    pub http_port: u16,
+    pub log: PathBuf,
+}
+
+pub const BASE_CONFIG: &str = r#"
+[storage.local]
+kind = "fs"
+root = "recordings"
+
+[template.default]
+formats = ["flv"]
+interval = "30m"
+storage = "local"
+
+[[rule]]
+template = "default"
+"#;
+
+impl Reel {
+    /// Starts Reel with `[server]` filled in and `rest` as the rest of the configuration.
+    pub fn start(name: &str, rest: &str) -> Self {
+        let dir = test_dir(name);
+        let rtmp_port = free_port();
+        let http_port = free_port();
+        let config = format!(
+            "[server]\nrtmp_listen = \"127.0.0.1:{rtmp_port}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\ndata_dir = \"reel-data\"\n{rest}"
+        );
+        std::fs::write(dir.join("reel.toml"), config).unwrap();
+        let log = dir.join("reel.log");
+        let child = Command::new(REEL)
+            .args(["serve", "--config", "reel.toml"])
+            .current_dir(&dir)
+            .env("REEL_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start reel");
+        let r = Reel { child: Some(child), dir, rtmp_port, http_port, log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", rtmp_port)).is_err() {
+            assert!(Instant::now() < deadline, "reel did not start: {}", r.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+
+    pub fn url(&self, app: &str, stream: &str) -> String {
+        format!("rtmp://127.0.0.1:{}/{app}/{stream}", self.rtmp_port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn recordings(&self) -> PathBuf {
+        self.dir.join("recordings")
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("reel did not exit after SIGTERM: {}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Reel {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Publishes `src` with ffmpeg (`-c copy`); `realtime` paces it with `-re`.
+pub fn ffmpeg_publish(src: &Path, url: &str, realtime: bool) {
+    let mut c = Command::new("ffmpeg");
+    c.args(["-v", "error"]);
+    if realtime {
+        c.arg("-re");
+    }
+    c.arg("-i").arg(src).args(["-c", "copy", "-f", "flv", url]);
+    run(&mut c);
+}
+
+/// Files with extension `ext` under `dir`, recursively, sorted by name.
+pub fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                if p.file_name().is_some_and(|n| n != ".partial") {
+                    stack.push(p);
+                }
+            } else if p.extension().is_some_and(|e| e == ext) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Waits until `n` files with extension `ext` exist under `dir`; returns them and the wait.
+pub fn wait_files(dir: &Path, ext: &str, n: usize, limit: Duration) -> (Vec<PathBuf>, Duration) {
+    let start = Instant::now();
+    loop {
+        let f = files(dir, ext);
+        if f.len() >= n || start.elapsed() > limit {
+            return (f, start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One line of `ffmpeg -f framemd5`: stream, dts, pts, duration, size, hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Packet {
+    pub stream: u32,
+    pub dts: i64,
+    pub pts: i64,
+    pub size: u64,
+    pub hash: String,
+}
+
+/// Packets of `path` as ffmpeg demuxes them (`-c copy`), per stream type (`v` or `a`).
+pub fn packets(path: &Path, map: &str) -> Vec<Packet> {
+    let out = run(Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(path).args(["-map", &format!("0:{map}"), "-c", "copy", "-f", "framemd5", "-"]));
+    parse_framemd5(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Decoded frames of `path` (hashes of the decoded pictures/samples).
+pub fn decoded(path: &Path, map: &str) -> Vec<Packet> {
+    let out = run(Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(path).args(["-map", &format!("0:{map}"), "-f", "framemd5", "-"]));
+    parse_framemd5(&String::from_utf8_lossy(&out.stdout))
+}
+
+pub fn parse_framemd5(text: &str) -> Vec<Packet> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').map(str::trim).collect();
+            if f.len() < 6 {
+                return None;
+            }
+            Some(Packet {
+                stream: f[0].parse().ok()?,
+                dts: f[1].parse().ok()?,
+                pts: f[2].parse().ok()?,
+                size: f[4].parse().ok()?,
+                hash: f[5].to_string(),
+            })
+        })
+        .collect()
+}
+
+/// `ffmpeg -v error -i FILE -f null -` prints nothing for a clean file.
+pub fn decode_errors(path: &Path) -> String {
+    let out = Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(path).args(["-f", "null", "-"]).output().unwrap();
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Key frame flags of the video packets, in order (`ffprobe -show_packets`).
+pub fn video_key_flags(path: &Path) -> Vec<bool> {
+    let out = run(Command::new("ffprobe").args(["-v", "error", "-select_streams", "v:0", "-show_entries", "packet=flags", "-of", "csv=p=0"]).arg(path));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| l.contains('K')).collect()
+}
+
+pub fn ffprobe_json(path: &Path) -> serde_json::Value {
+    let out = run(Command::new("ffprobe").args(["-v", "error", "-show_format", "-show_streams", "-of", "json"]).arg(path));
+    serde_json::from_slice(&out.stdout).unwrap()
+}

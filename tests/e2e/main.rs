@@ -1,0 +1,5 @@
+//! End-to-end tests: the real `reel` binary, real publishers, verified with ffprobe/ffmpeg.
+
+mod common;
+mod config_errors;
+mod flv_record;
