@@ -179,16 +179,8 @@ impl ChunkReader {
             Some(s) if s.partial.is_some() && fmt != 3 => return Err(ChunkError::InterruptedMessage { csid, fmt }),
             _ => {}
         }
-        let mut h = Header {
-            fmt,
-            csid,
-            len: 0,
-            ts_field: None,
-            length: None,
-            type_id: None,
-            stream_id: None,
-            extended: false,
-        };
+        let mut h =
+            Header { fmt, csid, len: 0, ts_field: None, length: None, type_id: None, stream_id: None, extended: false };
         if fmt <= 2 {
             h.ts_field = Some(be24(mh));
         }
@@ -450,7 +442,13 @@ mod tests {
         let m = ChunkReader::new().read_message(&mut buf).unwrap().unwrap();
         assert_eq!(
             m,
-            RawMessage { csid: 3, timestamp: 1000, type_id: 20, stream_id: 0x0102_0304, payload: Bytes::from_static(b"abc") }
+            RawMessage {
+                csid: 3,
+                timestamp: 1000,
+                type_id: 20,
+                stream_id: 0x0102_0304,
+                payload: Bytes::from_static(b"abc")
+            }
         );
         assert!(buf.is_empty());
     }
@@ -754,7 +752,10 @@ mod tests {
     fn headers_without_history_are_rejected() {
         for first in [0x83u8, 0xC3] {
             let mut buf = BytesMut::from(&[first, 0, 0, 1, 0xaf][..]);
-            assert!(matches!(ChunkReader::new().read_message(&mut buf), Err(ChunkError::NoPreviousHeader { csid: 3, .. })));
+            assert!(matches!(
+                ChunkReader::new().read_message(&mut buf),
+                Err(ChunkError::NoPreviousHeader { csid: 3, .. })
+            ));
         }
         // Type 1 on a fresh chunk stream is tolerated (message stream id 0).
         let mut buf = BytesMut::from(&[0x43, 0, 0, 1, 0, 0, 1, 20, 5][..]);

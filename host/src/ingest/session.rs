@@ -363,8 +363,14 @@ impl ServerSession {
         }
     }
 
-    fn handle_command(&mut self, stream_id: u32, payload: &[u8], events: &mut Vec<SessionEvent>) -> Result<(), SessionError> {
-        let values = amf0::decode_all(payload).map_err(|source| SessionError::Amf { context: "command message", source })?;
+    fn handle_command(
+        &mut self,
+        stream_id: u32,
+        payload: &[u8],
+        events: &mut Vec<SessionEvent>,
+    ) -> Result<(), SessionError> {
+        let values =
+            amf0::decode_all(payload).map_err(|source| SessionError::Amf { context: "command message", source })?;
         let Some(Value::String(name)) = values.first() else {
             return Err(SessionError::Protocol("command message does not start with a command name".into()));
         };
@@ -456,14 +462,24 @@ impl ServerSession {
 
     fn on_publish(&mut self, stream_id: u32, values: &[Value], events: &mut Vec<SessionEvent>) {
         if matches!(self.publish, Publish::Pending { .. } | Publish::Active { .. }) {
-            self.send_status(stream_id, "error", "NetStream.Publish.BadName", "A stream is already being published on this connection.");
+            self.send_status(
+                stream_id,
+                "error",
+                "NetStream.Publish.BadName",
+                "A stream is already being published on this connection.",
+            );
             return;
         }
         let raw_name = values.get(3).and_then(Value::as_str).unwrap_or("");
         let publish_type = values.get(4).and_then(Value::as_str).unwrap_or("live");
         let (stream, query) = split_query(raw_name);
         if stream.is_empty() {
-            self.send_status(stream_id, "error", "NetStream.Publish.BadName", "The publish command has no stream name.");
+            self.send_status(
+                stream_id,
+                "error",
+                "NetStream.Publish.BadName",
+                "The publish command has no stream name.",
+            );
             self.publish = Publish::Rejected;
             return;
         }
@@ -587,16 +603,13 @@ fn percent_decode(s: &str) -> String {
 }
 
 fn find_domain(params: &[(String, String)]) -> Option<String> {
-    params
-        .iter()
-        .find(|(k, v)| (k == "domain" || k == "vhost") && !v.is_empty())
-        .map(|(_, v)| v.to_ascii_lowercase())
+    params.iter().find(|(k, v)| (k == "domain" || k == "vhost") && !v.is_empty()).map(|(_, v)| v.to_ascii_lowercase())
 }
 
 /// Host of a URL such as `rtmp://user@Example.com:1935/live?x=1`: `example.com`.
 fn host_of(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(|c| matches!(c, '/' | '?' | '#')).next().unwrap_or("");
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     let host = match authority.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or(""),
@@ -608,10 +621,10 @@ fn host_of(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::BufMut;
     use crate::ingest::chunk::MAX_MESSAGE_SIZE;
     use crate::ingest::handshake::{tests::simple_c1, HANDSHAKE_SIZE};
     use crate::media::{Codec, FrameKind};
+    use bytes::BufMut;
 
     fn s(v: &str) -> Value {
         Value::String(v.into())
@@ -800,7 +813,10 @@ mod tests {
         let meta = amf0::encode_all(&[
             s("@setDataFrame"),
             s("onMetaData"),
-            Value::EcmaArray(vec![("width".into(), Value::Number(1280.0)), ("videocodecid".into(), Value::Number(7.0))]),
+            Value::EcmaArray(vec![
+                ("width".into(), Value::Number(1280.0)),
+                ("videocodecid".into(), Value::Number(7.0)),
+            ]),
         ]);
         c.send(4, 0, MSG_DATA_AMF0, 1, &meta);
         c.send(6, 0, MSG_VIDEO, 1, AVC_SEQUENCE_HEADER);
@@ -850,7 +866,14 @@ mod tests {
             obj(&[("app", s("live")), ("tcUrl", s("rtmp://h/live"))]),
         ]);
         w.write(&mut input, 3, 0, MSG_COMMAND_AMF0, 0, &connect);
-        w.write(&mut input, 3, 0, MSG_COMMAND_AMF0, 0, &amf0::encode_all(&[s("createStream"), Value::Number(2.0), Value::Null]));
+        w.write(
+            &mut input,
+            3,
+            0,
+            MSG_COMMAND_AMF0,
+            0,
+            &amf0::encode_all(&[s("createStream"), Value::Number(2.0), Value::Null]),
+        );
         let publish = amf0::encode_all(&[s("publish"), Value::Number(3.0), Value::Null, s("a"), s("live")]);
         w.write(&mut input, 8, 0, MSG_COMMAND_AMF0, 1, &publish);
         input.extend_from_slice(&[0x02, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, 0, 0, 0, 0, 200]);
@@ -1076,14 +1099,22 @@ mod tests {
         assert!(matches!(err, SessionError::Protocol(_)));
         let mut c = Client::new();
         let err = c
-            .try_send(3, 0, MSG_COMMAND_AMF0, 1, &amf0::encode_all(&[s("publish"), Value::Number(1.0), Value::Null, s("x")]))
+            .try_send(
+                3,
+                0,
+                MSG_COMMAND_AMF0,
+                1,
+                &amf0::encode_all(&[s("publish"), Value::Number(1.0), Value::Null, s("x")]),
+            )
             .unwrap_err();
         assert_eq!(err, SessionError::Protocol("'publish' command before 'connect'".into()));
         let mut c = Client::new();
-        let err = c.try_send(3, 0, MSG_COMMAND_AMF0, 0, &amf0::encode_all(&[s("connect"), Value::Number(1.0)])).unwrap_err();
+        let err =
+            c.try_send(3, 0, MSG_COMMAND_AMF0, 0, &amf0::encode_all(&[s("connect"), Value::Number(1.0)])).unwrap_err();
         assert!(matches!(err, SessionError::Protocol(_)));
         c.connect("live", "rtmp://h/live");
-        let err = c.try_send(3, 0, MSG_COMMAND_AMF0, 0, &amf0::encode_all(&[s("connect"), Value::Number(1.0), obj(&[])]));
+        let err =
+            c.try_send(3, 0, MSG_COMMAND_AMF0, 0, &amf0::encode_all(&[s("connect"), Value::Number(1.0), obj(&[])]));
         assert!(matches!(err, Err(SessionError::Protocol(_))));
     }
 
