@@ -1,1 +1,10 @@
-//! ingest
+//! RTMP ingest. The protocol is sans-IO: [`handshake`], [`chunk`] and [`session`] take bytes
+//! and return events and bytes to send; the tokio connection code drives a [`ServerSession`].
+
+pub mod chunk;
+pub mod handshake;
+pub mod session;
+
+pub use chunk::{ChunkError, ChunkReader, ChunkWriter, RawMessage};
+pub use handshake::{HandshakeError, HandshakeKind, HandshakeStatus, ServerHandshake};
+pub use session::{PublishRequest, ServerSession, SessionError, SessionEvent};
