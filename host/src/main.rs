@@ -62,6 +62,8 @@ fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("REEL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let res = match cli.command {

@@ -214,7 +214,7 @@ pub struct Packet {
 
 /// Packets of `path` as ffmpeg demuxes them (`-c copy`), per stream type (`v` or `a`).
 pub fn packets(path: &Path, map: &str) -> Vec<Packet> {
-    let out = run(Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(path).args(["-map", &format!("0:{map}"), "-c", "copy", "-f", "framemd5", "-"]));
+    let out = run(Command::new("ffmpeg").args(["-v", "error", "-copyts", "-i"]).arg(path).args(["-map", &format!("0:{map}"), "-c", "copy", "-f", "framemd5", "-"]));
     parse_framemd5(&String::from_utf8_lossy(&out.stdout))
 }
 

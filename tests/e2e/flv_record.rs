@@ -133,7 +133,7 @@ fn librtmp_client_records_identically() {
     let reel = Reel::start("librtmp", BASE_CONFIG);
     // rtmpsink is GStreamer's librtmp-based sink; flvdemux/flvmux pass the payloads through.
     let pipeline = format!(
-        "filesrc location={} ! flvdemux name=d d.video ! queue ! flvmux name=m streamable=true ! rtmpsink location={} d.audio ! queue ! m.",
+        "filesrc location={} ! flvdemux name=d d.video ! queue ! flvmux name=m streamable=true ! rtmpsink location={} d.audio ! queue ! aacparse ! m.",
         src.display(),
         reel.url("live", "gst")
     );

@@ -2,6 +2,7 @@
 //! and return events and bytes to send; the tokio connection code drives a [`ServerSession`].
 
 pub mod chunk;
+pub mod conn;
 pub mod handshake;
 pub mod session;
 

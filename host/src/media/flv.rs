@@ -71,8 +71,12 @@ fn parse_video(dts: i64, body: Bytes) -> Result<Frame, MediaError> {
                 f.payload_offset = 8;
             }
             1 | 3 => {}
-            // Sequence end, metadata, MPEG-2 TS sequence start: kept in FLV, skipped elsewhere.
-            _ => f.codec = Codec::Other,
+            // Sequence end, metadata, MPEG-2 TS sequence start: kept in FLV, skipped elsewhere,
+            // and never a random access point.
+            _ => {
+                f.codec = Codec::Other;
+                f.keyframe = false;
+            }
         }
     } else {
         let frame_type = b0 >> 4;
@@ -93,13 +97,17 @@ fn parse_video(dts: i64, body: Bytes) -> Result<Frame, MediaError> {
                     need(&body, 5, "AVC composition time")?;
                     f.cts = si24(&body[2..5]);
                 }
-                // End of sequence.
-                _ => f.codec = Codec::Other,
+                // End of sequence: no picture.
+                _ => {
+                    f.codec = Codec::Other;
+                    f.keyframe = false;
+                }
             }
             if frame_type == 5 {
                 // Video info/command frame: no picture.
                 f.codec = Codec::Other;
                 f.config = false;
+                f.keyframe = false;
             }
         }
     }
@@ -277,6 +285,14 @@ mod tests {
         assert!(f.keyframe);
         assert_eq!(f.cts, 5);
         assert_eq!(f.payload_ref(), &[9, 9]);
+    }
+
+    #[test]
+    fn end_of_sequence_is_not_a_keyframe() {
+        // ffmpeg ends FLV files with an AVC end-of-sequence tag flagged as a key frame.
+        let f = parse_tag(TAG_VIDEO, 6000, Bytes::from_static(&[0x17, 2, 0, 0, 0])).unwrap();
+        assert!(!f.keyframe && !f.config);
+        assert_eq!(f.codec, Codec::Other);
     }
 
     #[test]

@@ -43,22 +43,31 @@ impl FsStorage {
         Ok(path)
     }
 
-    /// The final path for a new file: `key`, or `stem_N.ext` when `key` is taken (two files
-    /// named alike within one second never overwrite each other).
-    fn fresh_path(&self, key: &str) -> Result<(String, PathBuf), StorageError> {
-        let path = self.final_path(key)?;
-        if !path.exists() {
-            return Ok((key.to_string(), path));
-        }
+    /// Publishes `staged` under `key`, or `stem_N.ext` when `key` is taken: two files named
+    /// alike (e.g. within one second) never overwrite each other. Hard links make the
+    /// "create only if absent" atomic even when two files close at once.
+    fn publish(&self, staged: &Path, key: &str) -> Result<(String, PathBuf), StorageError> {
         let (stem, ext) = match key.rfind('.') {
             Some(i) if !key[i..].contains('/') => (&key[..i], &key[i..]),
             _ => (key, ""),
         };
-        for n in 1..10_000 {
-            let k = format!("{stem}_{n}{ext}");
-            let p = self.root.join(&k);
-            if !p.exists() {
-                return Ok((k, p));
+        for n in 0..10_000 {
+            let k = if n == 0 { key.to_string() } else { format!("{stem}_{n}{ext}") };
+            let path = self.final_path(&k)?;
+            match fs::hard_link(staged, &path) {
+                Ok(()) => {
+                    fs::remove_file(staged).map_err(io_err("remove", staged))?;
+                    return Ok((k, path));
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(_) => {
+                    // No hard links on this filesystem: check, then rename.
+                    if path.exists() {
+                        continue;
+                    }
+                    fs::rename(staged, &path).map_err(io_err("rename", staged))?;
+                    return Ok((k, path));
+                }
             }
         }
         Err(StorageError::InvalidKey { key: key.into(), why: "too many files with this name" })
@@ -138,16 +147,16 @@ impl FileWriter for FsFile {
     fn finish(self: Box<Self>, key: &str, fin: Finalize<'_>) -> Result<Stored, StorageError> {
         let FsFile { file, path, root, .. } = *self;
         let store = FsStorage { root };
-        let (key, dest) = store.fresh_path(key)?;
         let size;
+        let staged;
         if fin.head.is_empty() && fin.ranges.is_empty() && fin.tail.is_empty() {
             file.sync_data().map_err(io_err("sync", &path))?;
             size = file.metadata().map_err(io_err("stat", &path))?.len();
             drop(file);
-            fs::rename(&path, &dest).map_err(io_err("rename", &path))?;
+            staged = path;
         } else {
             drop(file);
-            let staged = path.with_extension("final");
+            staged = path.with_extension("final");
             let mut out = File::create(&staged).map_err(io_err("create", &staged))?;
             let mut src = File::open(&path).map_err(io_err("open", &path))?;
             out.write_all(fin.head).map_err(io_err("write", &staged))?;
@@ -168,9 +177,9 @@ impl FileWriter for FsFile {
             out.sync_data().map_err(io_err("sync", &staged))?;
             size = out.metadata().map_err(io_err("stat", &staged))?.len();
             drop(out);
-            fs::rename(&staged, &dest).map_err(io_err("rename", &staged))?;
             let _ = fs::remove_file(&path);
         }
+        let (key, dest) = store.publish(&staged, key)?;
         if let Some(dir) = dest.parent() {
             sync_dir(dir);
         }
