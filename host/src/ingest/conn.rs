@@ -17,6 +17,8 @@ use crate::media::Frame;
 /// Read buffer growth step. Frames are split off the read buffer as refcounted slices, so a
 /// buffer is shared until its frames are written; a new one is started when this runs low.
 const READ_CHUNK: usize = 64 * 1024;
+/// Warnings (e.g. unparsable frames) logged per connection; the rest are only counted.
+const MAX_LOGGED_WARNINGS: u32 = 5;
 
 /// Receives the frames of one accepted publish. Dropping it ends the publish.
 pub trait FrameSink: Send + 'static {
@@ -83,6 +85,7 @@ async fn connection<H: PublishHandler>(
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut events = Vec::with_capacity(64);
     let mut sink: Option<H::Sink> = None;
+    let mut warnings = 0u32;
     let result = loop {
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
@@ -119,7 +122,14 @@ async fn connection<H: PublishHandler>(
                     }
                 }
                 SessionEvent::Unpublished => sink = None,
-                SessionEvent::Warning(w) => tracing::warn!("rtmp: {w}"),
+                SessionEvent::Warning(w) => {
+                    // One bad frame can repeat every frame: log the first few per connection.
+                    warnings += 1;
+                    if warnings <= MAX_LOGGED_WARNINGS {
+                        tracing::warn!("rtmp: {w}");
+                    }
+                    metrics::counter!("reel_rtmp_bad_frames_total").increment(1);
+                }
             }
         }
         while let Some(out) = session.take_output() {

@@ -111,7 +111,7 @@ pub struct ActiveStream {
 }
 
 struct Inner {
-    runtime: RwLock<Arc<Runtime>>,
+    runtime: Arc<RwLock<Arc<Runtime>>>,
     active: Mutex<BTreeMap<StreamKey, ActiveStream>>,
     tracker: TaskTracker,
     next_session: AtomicU64,
@@ -147,6 +147,7 @@ impl StreamHandle {
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::error!(stream = %self.key.name, app = %self.key.app, "recording fell behind its queue; ending it (storage too slow?)");
                 self.overflow.store(true, Ordering::Release);
+                metrics::counter!("reel_recordings_overflowed_total").increment(1);
                 self.tx = None;
             }
             Err(mpsc::error::TrySendError::Closed(_)) => self.tx = None,
@@ -173,7 +174,7 @@ impl Recorder {
         let runtime = Runtime::new(config)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                runtime: RwLock::new(Arc::new(runtime)),
+                runtime: Arc::new(RwLock::new(Arc::new(runtime))),
                 active: Mutex::new(BTreeMap::new()),
                 tracker: TaskTracker::new(),
                 next_session: AtomicU64::new(1),
@@ -224,12 +225,13 @@ impl Recorder {
             );
         }
         let overflow = Arc::new(AtomicBool::new(false));
+        metrics::counter!("reel_publishes_total").increment(1);
         let tx = match chosen {
             Some((tname, template)) if !template.formats.is_empty() => {
                 let (tx, rx) = mpsc::channel(rt.config.server.queue_frames);
                 tracing::info!(domain = %info.domain, app = %info.app, stream = %info.name, template = %tname,
                     formats = ?template.formats.iter().map(|f| f.name()).collect::<Vec<_>>(), session = %session_id, "publish");
-                let task = stream::StreamTask::new(rt, info, template, session_id.clone(), overflow.clone(), stats, self.inner.tracker.clone());
+                let task = stream::StreamTask::new(rt, self.inner.runtime.clone(), info, template, session_id.clone(), overflow.clone(), stats, self.inner.tracker.clone());
                 self.inner.tracker.spawn(task.run(rx));
                 Some(tx)
             }

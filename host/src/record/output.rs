@@ -259,12 +259,17 @@ impl FileOutput {
             match w.finish(&key, Finalize { head: &head, ranges: &ranges, tail: &tail }) {
                 Ok(stored) => {
                     stats.files.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("reel_files_total", "format" => format.name()).increment(1);
+                    metrics::counter!("reel_file_bytes_total", "format" => format.name()).increment(stored.size);
                     fi.size = stored.size;
                     fi.key = stored.key.clone();
                     tracing::info!(app = %info.app, stream = %info.name, format = format.name(), file = %stored.location,
                         bytes = stored.size, duration_s = duration_ms as f64 / 1000.0, failed, "file closed");
                 }
-                Err(e) => tracing::error!(stream = %info.name, format = format.name(), key = %key, "closing file failed: {e}"),
+                Err(e) => {
+                    metrics::counter!("reel_file_errors_total", "format" => format.name()).increment(1);
+                    tracing::error!(stream = %info.name, format = format.name(), key = %key, "closing file failed: {e}")
+                }
             }
         });
     }

@@ -2,7 +2,7 @@
 //! metadata, decides cut points, and drives the outputs (one per format).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
@@ -54,6 +54,8 @@ impl StreamCtx {
 
 pub(crate) struct StreamTask {
     ctx: StreamCtx,
+    /// The recorder's current runtime: a reload reaches this recording at its next cut.
+    live: Arc<RwLock<Arc<Runtime>>>,
     outputs: Vec<Output>,
     overflow: Arc<AtomicBool>,
 }
@@ -61,6 +63,7 @@ pub(crate) struct StreamTask {
 impl StreamTask {
     pub fn new(
         rt: Arc<Runtime>,
+        live: Arc<RwLock<Arc<Runtime>>>,
         info: StreamInfo,
         template: Template,
         session_id: String,
@@ -88,7 +91,7 @@ impl StreamTask {
             metadata: None,
             has_video: false,
         };
-        Self { ctx, outputs, overflow }
+        Self { ctx, live, outputs, overflow }
     }
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
@@ -166,6 +169,10 @@ impl StreamTask {
             }
         }
         let cut = ctx.is_cut_point(&f);
+        if cut {
+            // Files opened from here on follow the latest reload (naming, callbacks).
+            ctx.rt = self.live.read().unwrap_or_else(|e| e.into_inner()).clone();
+        }
         for o in &mut self.outputs {
             o.push(&f, cut, &self.ctx);
         }
