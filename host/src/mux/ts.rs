@@ -10,8 +10,9 @@
 //! - Video: AVCC/HVCC length prefixes become Annex-B start codes, an access unit delimiter
 //!   opens every access unit, and the parameter sets of the last sequence header go in front of
 //!   every keyframe (unless the frame carries its own).
-//! - Audio: each raw AAC frame gets an ADTS header; up to [`AUDIO_PES_MAX_FRAMES`] contiguous
-//!   frames share a PES to cut packet overhead.
+//! - Audio: each raw AAC frame gets an ADTS header; contiguous frames share a PES (at most
+//!   [`AUDIO_PES_MAX_FRAMES`] and 100 ms of audio) to cut packet overhead. Batched frames are
+//!   written by a later push or by `finish`.
 //!
 //! This is the one writer that copies payload bytes: each byte is copied once, straight from
 //! the frame into TS packets built in a reusable buffer.
@@ -55,7 +56,8 @@ const TS_MASK: u64 = (1 << 33) - 1;
 /// the very start of a stream rather than wrapped.
 pub const PCR_LEAD_MS: i64 = 100;
 
-/// Most AAC frames batched into one PES (5 × 23 ms at 44.1 kHz).
+/// Most AAC frames batched into one PES. At common sample rates the 100 ms span limit binds
+/// first (4 frames at 44.1 and 48 kHz).
 pub const AUDIO_PES_MAX_FRAMES: usize = 5;
 /// Most audio time one PES spans; keeps the PCR of audio-only streams within the 100 ms that
 /// ISO/IEC 13818-1 asks for.
