@@ -2,7 +2,10 @@
 //! list of `Bytes`: headers it builds, plus slices of the frames' own payloads (no copy).
 //! Nothing here touches files or sockets.
 
+pub mod aac;
 pub mod flv;
+pub mod hls;
+pub mod ts;
 
 use bytes::Bytes;
 
