@@ -34,6 +34,8 @@ pub fn fixture(name: &str, seconds: u32, audio: bool, video: bool) -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     let dir = DIR.get_or_init(|| test_dir("fixtures"));
     let path = dir.join(format!("{name}-{seconds}s-a{}-v{}.flv", u8::from(audio), u8::from(video)));
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     if path.exists() {
         return path;
     }

@@ -3,3 +3,4 @@
 mod common;
 mod config_errors;
 mod flv_record;
+mod formats;

@@ -27,8 +27,7 @@ impl AacConfig {
             if b.len() < 5 {
                 return Err(MediaError::Truncated { what: "AudioSpecificConfig", need: 5, have: b.len() });
             }
-            let v = (u32::from(b[1] & 0x7f) << 17) | (u32::from(b[2]) << 9) | (u32::from(b[3]) << 1) | u32::from(b[4] >> 7);
-            v
+            (u32::from(b[1] & 0x7f) << 17) | (u32::from(b[2]) << 9) | (u32::from(b[3]) << 1) | u32::from(b[4] >> 7)
         } else {
             *SAMPLE_RATES.get(usize::from(sample_rate_index)).ok_or_else(|| MediaError::Invalid {
                 what: "AudioSpecificConfig",
@@ -44,8 +43,12 @@ impl AacConfig {
     /// The 7-byte ADTS header (no CRC) for a raw frame of `payload_len` bytes.
     pub fn adts_header(&self, payload_len: usize) -> [u8; 7] {
         let len = payload_len + 7;
-        // ADTS profile is object type - 1 and only has two bits: HE-AAC signals as LC.
-        let profile = self.object_type.saturating_sub(1).min(3);
+        // ADTS profile is object type - 1 and only has two bits (Main, LC, SSR, LTP):
+        // HE-AAC (SBR 5, PS 29) signals its LC core, as encoders do.
+        let profile = match self.object_type {
+            1..=4 => self.object_type - 1,
+            _ => 1,
+        };
         let sri = if self.sample_rate_index > 12 { 4 } else { self.sample_rate_index };
         let ch = self.channels & 7;
         [

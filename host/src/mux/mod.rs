@@ -37,7 +37,7 @@ pub enum MuxError {
 }
 
 /// A writer of one file.
-pub trait Muxer: Send {
+pub trait Muxer: Send + Sync {
     /// Container name, for logs (`flv`, `mp4`, ...).
     fn container(&self) -> &'static str;
     /// Appends the bytes for `frame` (sequence headers included) to `out`.

@@ -108,7 +108,7 @@ impl StreamTask {
                         break;
                     }
                     for Msg::Frame(f) in batch.drain(..) {
-                        self.on_frame(f);
+                        self.on_frame(f).await;
                     }
                     if self.overflow.load(Ordering::Acquire) {
                         break;
@@ -129,7 +129,7 @@ impl StreamTask {
         }
         let failed = self.overflow.load(Ordering::Acquire);
         for o in &mut self.outputs {
-            o.close(&self.ctx, failed);
+            o.close(&self.ctx, failed).await;
         }
         let s = &self.ctx.stats;
         tracing::info!(
@@ -140,7 +140,7 @@ impl StreamTask {
         );
     }
 
-    fn on_frame(&mut self, f: Frame) {
+    async fn on_frame(&mut self, f: Frame) {
         let ctx = &mut self.ctx;
         ctx.stats.frames.fetch_add(1, Ordering::Relaxed);
         ctx.stats.bytes.fetch_add(f.tag.len() as u64, Ordering::Relaxed);
@@ -174,7 +174,7 @@ impl StreamTask {
             ctx.rt = self.live.read().unwrap_or_else(|e| e.into_inner()).clone();
         }
         for o in &mut self.outputs {
-            o.push(&f, cut, &self.ctx);
+            o.push(&f, cut, &self.ctx).await;
         }
     }
 }

@@ -44,7 +44,7 @@ pub trait Storage: Send + Sync {
     fn put(&self, key: &str, data: &[u8]) -> Result<Stored, StorageError>;
 }
 
-pub trait FileWriter: Send {
+pub trait FileWriter: Send + Sync {
     /// Appends the chunks in order.
     fn write(&mut self, chunks: &[Bytes]) -> Result<(), StorageError>;
     /// Bytes written so far.
