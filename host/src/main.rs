@@ -43,7 +43,14 @@ enum Command {
         /// Output file (for hls: the playlist; segments go beside it).
         #[arg(short = 'o', long = "output")]
         output: PathBuf,
+        /// HLS segment length (cut at the first keyframe at or after it).
+        #[arg(long, default_value = "6s", value_parser = parse_duration)]
+        segment: reel::config::Duration,
     },
+}
+
+fn parse_duration(s: &str) -> Result<reel::config::Duration, String> {
+    reel::config::parse_duration(s)
 }
 
 fn parse_format(s: &str) -> Result<Format, String> {
@@ -68,7 +75,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {
         Command::Serve { config, check } => serve(config, check),
-        Command::Remux { input, format, output } => remux(input, format, output),
+        Command::Remux { input, format, output, segment } => remux(input, format, output, segment),
     };
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -86,8 +93,8 @@ fn load_config(path: &Option<PathBuf>) -> Result<Config> {
     })
 }
 
-fn remux(input: PathBuf, format: Format, output: PathBuf) -> Result<()> {
-    let r = reel::record::remux::remux(&input, format, &output)?;
+fn remux(input: PathBuf, format: Format, output: PathBuf, segment: reel::config::Duration) -> Result<()> {
+    let r = reel::record::remux::remux(&input, format, &output, segment.as_millis())?;
     eprintln!(
         "remuxed {} frames, {} -> {} bytes in {:.3} s ({:.0} MB/s)",
         r.frames,

@@ -4,3 +4,4 @@ mod common;
 mod config_errors;
 mod flv_record;
 mod formats;
+mod remux;

@@ -37,24 +37,30 @@ pub enum RemuxError {
 /// Flush to disk every this many bytes of output.
 const BATCH_BYTES: usize = 4 << 20;
 
-pub fn remux(input: &Path, format: Format, output: &Path) -> Result<RemuxReport, RemuxError> {
+/// Maps the input file: tags are then slices of the page cache, never copied.
+fn map(input: &Path) -> Result<Bytes, RemuxError> {
+    let err = |source| RemuxError::Read { path: input.display().to_string(), source };
+    let file = std::fs::File::open(input).map_err(err)?;
+    // SAFETY: the mapping is read-only and private to this process; like every reader of a
+    // file, we assume nobody truncates it while we read (an offline tool's input).
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(err)?;
+    Ok(Bytes::from_owner(map))
+}
+
+/// Remuxes `input` (FLV) into `output`. For HLS, `output` is the playlist and segments of
+/// `segment_ms` (cut at keyframes) go beside it.
+pub fn remux(input: &Path, format: Format, output: &Path, segment_ms: u64) -> Result<RemuxReport, RemuxError> {
     let started = Instant::now();
-    let data = std::fs::read(input).map_err(|source| RemuxError::Read { path: input.display().to_string(), source })?;
+    let data = map(input)?;
     let bytes_in = data.len() as u64;
-    let mut reader = FileReader::new(Bytes::from(data))?;
+    let mut reader = FileReader::new(data)?;
     let mut muxer: Box<dyn Muxer> = match format {
         Format::Flv => Box::new(crate::mux::flv::FlvMuxer::new()),
+        Format::Aac => Box::new(crate::mux::aac::AdtsMuxer::new()),
+        Format::Hls => return remux_hls(reader, output, segment_ms, started, bytes_in),
         other => return Err(RemuxError::Unsupported(format!("remux to {} is not available in this build", other.name()))),
     };
-    let dir = match output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => ".".into(),
-    };
-    let name = output
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| RemuxError::Unsupported(format!("bad output path {}", output.display())))?
-        .to_string();
+    let (dir, name) = split_output(output)?;
     let storage = FsStorage::new(&dir)?;
     let mut w = storage.create(&format!("remux-{}-{name}", std::process::id()))?;
     let mut out: Chunks = Vec::with_capacity(4096);
@@ -76,4 +82,105 @@ pub fn remux(input: &Path, format: Format, output: &Path) -> Result<RemuxReport,
     let Rewrite { head, ranges, tail } = rw.unwrap_or_default();
     let stored = w.finish(&name, Finalize { head: &head, ranges: &ranges, tail: &tail })?;
     Ok(RemuxReport { frames, bytes_in, bytes_out: stored.size, seconds: started.elapsed().as_secs_f64() })
+}
+
+fn split_output(output: &Path) -> Result<(std::path::PathBuf, String), RemuxError> {
+    let dir = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => ".".into(),
+    };
+    let name = output
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| RemuxError::Unsupported(format!("bad output path {}", output.display())))?
+        .to_string();
+    Ok((dir, name))
+}
+
+fn remux_hls(
+    mut reader: FileReader,
+    output: &Path,
+    segment_ms: u64,
+    started: Instant,
+    bytes_in: u64,
+) -> Result<RemuxReport, RemuxError> {
+    use crate::media::FrameKind;
+    use crate::mux::hls::{Playlist, Segment};
+    use crate::mux::ts::TsMuxer;
+
+    let (dir, name) = split_output(output)?;
+    let stem = name.strip_suffix(".m3u8").unwrap_or(&name).to_string();
+    let storage = FsStorage::new(&dir)?;
+    let has_video = reader.has_video;
+    let mut ts = TsMuxer::new();
+    let mut playlist = Playlist::new(segment_ms.div_ceil(1000));
+    let mut out: Chunks = Vec::with_capacity(4096);
+    let mut pending = 0usize;
+    let mut w = None;
+    let mut seg_first: Option<i64> = None;
+    let mut frames = 0u64;
+    let mut bytes_out = 0u64;
+    let mut close = |w: Option<Box<dyn crate::storage::FileWriter>>,
+                     ts: &mut TsMuxer,
+                     out: &mut Chunks,
+                     next_pts: Option<i64>,
+                     playlist: &mut Playlist|
+     -> Result<(), RemuxError> {
+        let Some(mut w) = w else { return Ok(()) };
+        ts.finish(out)?;
+        w.write(out)?;
+        out.clear();
+        let stats = ts.stats();
+        let dur = match (next_pts, stats.start_ms()) {
+            (Some(n), Some(s)) if n > s => n - s,
+            _ => stats.duration_ms(),
+        };
+        ts.reset_for_next_segment();
+        let key = format!("{stem}{:05}.ts", playlist.segments.len());
+        let stored = w.finish(&key, Finalize::default())?;
+        bytes_out += stored.size;
+        playlist.segments.push(Segment {
+            uri: stored.key,
+            duration_secs: dur.max(0) as f64 / 1000.0,
+            program_date_time_ms: None,
+            discontinuity: false,
+        });
+        Ok(())
+    };
+    while let Some(f) = reader.next_frame()? {
+        frames += 1;
+        let cut_point = f.is_sample() && if has_video { f.kind == FrameKind::Video && f.keyframe } else { f.kind == FrameKind::Audio };
+        if cut_point && seg_first.is_some_and(|s| f.dts - s >= segment_ms as i64) {
+            close(w.take(), &mut ts, &mut out, Some(f.pts()), &mut playlist)?;
+            pending = 0;
+            seg_first = None;
+        }
+        if w.is_none() && f.is_sample() {
+            w = Some(storage.create(&format!("remux-{}-{stem}-{}", std::process::id(), playlist.segments.len()))?);
+            seg_first = Some(f.dts);
+        }
+        let before = out.len();
+        match ts.push(&f, &mut out) {
+            Ok(()) => {}
+            Err(e @ crate::mux::MuxError::UnsupportedCodec { .. }) => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!("frame {frames} skipped: {e}");
+                continue;
+            }
+        }
+        pending += out[before..].iter().map(Bytes::len).sum::<usize>();
+        if pending >= BATCH_BYTES {
+            if let Some(w) = &mut w {
+                w.write(&out)?;
+                out.clear();
+                pending = 0;
+            }
+        }
+    }
+    close(w.take(), &mut ts, &mut out, None, &mut playlist)?;
+    playlist.ended = true;
+    let text = playlist.render();
+    let stored = storage.put(&name, text.as_bytes())?;
+    bytes_out += stored.size;
+    Ok(RemuxReport { frames, bytes_in, bytes_out, seconds: started.elapsed().as_secs_f64() })
 }

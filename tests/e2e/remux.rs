@@ -1,0 +1,50 @@
+//! `reel remux`: the recorder's muxers over a file, checked against the source with ffmpeg.
+
+use std::process::Command;
+
+use crate::common::*;
+
+fn remux(src: &std::path::Path, format: &str, out: &std::path::Path) {
+    run(Command::new(REEL).arg("remux").arg(src).args(["-f", format, "-o"]).arg(out).args(["--segment", "2s"]));
+}
+
+fn hashes(v: Vec<Packet>) -> Vec<String> {
+    v.into_iter().map(|p| p.hash).collect()
+}
+
+#[test]
+fn remux_flv_is_packet_identical() {
+    let src = fixture("av", 6, true, true);
+    let dir = test_dir("remux-flv");
+    let out = dir.join("out.flv");
+    remux(&src, "flv", &out);
+    assert_eq!(decode_errors(&out), "");
+    assert_eq!(packets(&out, "v"), packets(&src, "v"));
+    assert_eq!(packets(&out, "a"), packets(&src, "a"));
+}
+
+#[test]
+fn remux_hls_and_aac_decode_identically() {
+    let src = fixture("av", 6, true, true);
+    let dir = test_dir("remux-hls");
+    let pl = dir.join("out.m3u8");
+    remux(&src, "hls", &pl);
+    let text = std::fs::read_to_string(&pl).unwrap();
+    assert_eq!(text.lines().filter(|l| l.ends_with(".ts")).count(), 3, "{text}");
+    assert!(text.contains("#EXT-X-ENDLIST"));
+    assert_eq!(decode_errors(&pl), "");
+    assert_eq!(hashes(decoded(&pl, "v")), hashes(decoded(&src, "v")));
+    assert_eq!(hashes(decoded(&pl, "a")), hashes(decoded(&src, "a")));
+
+    let aac = dir.join("out.aac");
+    remux(&src, "aac", &aac);
+    assert_eq!(decode_errors(&aac), "");
+    assert_eq!(hashes(decoded(&aac, "a")), hashes(decoded(&src, "a")));
+}
+
+#[test]
+fn remux_of_a_missing_file_is_a_clear_error() {
+    let out = Command::new(REEL).args(["remux", "/nonexistent.flv", "-f", "flv", "-o", "/tmp/x.flv"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.flv"));
+}
