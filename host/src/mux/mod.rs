@@ -3,6 +3,7 @@
 //! Nothing here touches files or sockets.
 
 pub mod flv;
+pub mod mp4;
 
 use bytes::Bytes;
 
