@@ -297,7 +297,7 @@ impl Timing {
 /// composition time (B-frames: the first picture is shown at time 0 of its track, not later).
 fn timings(tracks: &[(&TrackInfo, &TrackTable)]) -> Vec<Timing> {
     let media_time = |t: &TrackTable| t.ctts.first().map_or(0, |&(_, c)| c.max(0) as u64);
-    let shown = |(i, t): &(&TrackInfo, &TrackTable)| to_movie(t.start + media_time(t), i.timescale);
+    let shown = |(i, t): &(&TrackInfo, &TrackTable)| to_movie(t.start.saturating_add(media_time(t)), i.timescale);
     let first = tracks.iter().map(shown).min().unwrap_or(0);
     tracks
         .iter()
@@ -313,12 +313,12 @@ fn timings(tracks: &[(&TrackInfo, &TrackTable)]) -> Vec<Timing> {
 /// offsets are `base` + each chunk's offset in the payload. `co64` selects 64-bit offsets.
 pub(crate) fn write_final_moov(w: &mut BoxWriter, tracks: &[(&TrackInfo, &TrackTable)], base: u64, co64: bool) {
     let timings = timings(tracks);
-    let movie_duration = timings.iter().map(|t| t.delay + t.duration).max().unwrap_or(0);
+    let movie_duration = timings.iter().map(|t| t.delay.saturating_add(t.duration)).max().unwrap_or(0);
     w.open(b"moov");
     write_mvhd(w, movie_duration, next_track_id(tracks.iter().map(|(i, _)| *i)));
     for ((info, table), timing) in tracks.iter().zip(&timings) {
         w.open(b"trak");
-        write_tkhd(w, info, timing.delay + timing.duration);
+        write_tkhd(w, info, timing.delay.saturating_add(timing.duration));
         if timing.needs_edit() {
             write_edts(w, timing);
         }
@@ -416,13 +416,13 @@ fn write_sample_tables(w: &mut BoxWriter, t: &TrackTable, base: u64, co64: bool)
         w.open_full(b"co64", 0, 0);
         w.u32(t.chunks.len() as u32);
         for &(offset, _) in &t.chunks {
-            w.u64(base + offset);
+            w.u64(base.saturating_add(offset));
         }
     } else {
         w.open_full(b"stco", 0, 0);
         w.u32(t.chunks.len() as u32);
         for &(offset, _) in &t.chunks {
-            w.u32((base + offset) as u32);
+            w.u32(base.saturating_add(offset) as u32);
         }
     }
     w.close();

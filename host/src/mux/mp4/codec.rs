@@ -42,7 +42,12 @@ pub(crate) fn video_setup(codec: Codec, record: &Bytes) -> Result<Setup, MuxErro
         }
         Codec::Hevc => {
             let c = HevcConfig::parse(record)?;
-            let dims = c.arrays.iter().filter(|(t, _)| *t == 33).flat_map(|(_, u)| u.first()).find_map(|s| hevc_sps_dimensions(s));
+            let dims = c
+                .arrays
+                .iter()
+                .filter(|(t, _)| *t == 33)
+                .flat_map(|(_, u)| u.first())
+                .find_map(|s| hevc_sps_dimensions(s));
             (b"hvc1", b"hvcC", dims)
         }
         Codec::Av1 => {
@@ -161,7 +166,12 @@ pub(crate) fn mp3_setup(frame: &[u8]) -> Result<Setup, MuxError> {
         width: 0,
         height: 0,
         sample_entry: mp4a_entry(h.channels, h.sample_rate, oti, None)?,
-        config: Bytes::copy_from_slice(&[(h.sample_rate >> 16) as u8, (h.sample_rate >> 8) as u8, h.sample_rate as u8, h.channels as u8]),
+        config: Bytes::copy_from_slice(&[
+            (h.sample_rate >> 16) as u8,
+            (h.sample_rate >> 8) as u8,
+            h.sample_rate as u8,
+            h.channels as u8,
+        ]),
         frame_samples: h.frame_samples,
     })
 }

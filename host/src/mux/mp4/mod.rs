@@ -7,6 +7,20 @@
 //!
 //! A recording whose writer died is finalised by [`recover`] / [`recover_from`], which build the
 //! same `moov` from what the fragments on disk say (shared sample table model, `table.rs`).
+//!
+//! Driving it:
+//! - Push every frame in arrival order, sequence headers included. Nothing is emitted until
+//!   the init segment can be written: the sequence headers are known and video has a keyframe
+//!   (video frames before it are dropped), or [`PREROLL_MS`] passed with one track ready.
+//!   Until then at most [`MAX_PREROLL_FRAMES`] frames are held (reference-counted, not copied).
+//! - Append the emitted chunks to the temporary file in order; [`Mp4Muxer::bytes_written`] is
+//!   its length. If the stream stalls, call [`Mp4Muxer::flush`] on a timer.
+//! - [`Muxer::finish`] emits the last fragment, then returns the [`Rewrite`]: the final file is
+//!   `head` (`ftyp` + `moov` + `mdat` header) ++ one range per fragment of the temporary file.
+//!   `Ok(None)`: the file holds no sample; discard it.
+//! - An error from `push` (a sequence header or codec changed mid-file) ends this file: finish
+//!   it and give the new headers to a new muxer. Unsupported or late tracks are not errors;
+//!   they are counted in [`Mp4Stats`].
 
 mod boxes;
 mod codec;
@@ -198,6 +212,18 @@ impl Mp4Muxer {
     /// Bytes emitted so far (the length of the fragmented file).
     pub fn bytes_written(&self) -> u64 {
         self.written
+    }
+
+    /// Writes a fragment now with every sample whose duration is known (all but the newest
+    /// sample of each track), for a recorder whose stream stalled: without new frames the
+    /// regular cadence does not run. Does nothing before the init segment.
+    pub fn flush(&mut self, out: &mut Chunks) -> Result<(), MuxError> {
+        if !self.init_written || self.finished {
+            return Ok(());
+        }
+        self.write_fragment(out, false)?;
+        self.fragment_start = self.tracks.iter().flat_map(|t| t.pending.iter().map(|p| p.ms)).min();
+        Ok(())
     }
 
     fn track_index(&self, kind: FrameKind) -> Option<usize> {
@@ -397,7 +423,9 @@ impl Mp4Muxer {
         if f.codec == Codec::Mp3 {
             if let Some(h) = mpeg_audio_header(&data) {
                 if h.sample_rate != t.info.timescale {
-                    return Err(MuxError::Invalid("MP3 sample rate changed mid-file; MP4 needs a new file from here".into()));
+                    return Err(MuxError::Invalid(
+                        "MP3 sample rate changed mid-file; MP4 needs a new file from here".into(),
+                    ));
                 }
             }
         }
@@ -441,9 +469,7 @@ impl Mp4Muxer {
         if let Some(s) = self.fragment_start {
             let span = ms - s;
             if span >= FRAGMENT_MS || (video && sync && (keyframe_cut || span >= MIN_KEYFRAME_FRAGMENT_MS)) {
-                self.write_fragment(out, false)?;
-                self.fragment_start =
-                    self.tracks.iter().flat_map(|t| t.pending.iter().map(|p| p.ms)).min();
+                self.flush(out)?;
             }
         }
         self.tracks[ti].pending.push(Pending { data, ms, time, duration: 0, cts, sync });

@@ -14,6 +14,9 @@ use crate::mux::{MuxError, Rewrite};
 const MAX_MOOV_BYTES: u64 = 16 << 20;
 /// Largest `moof` we read. A one-second fragment of ours is a few kilobytes.
 const MAX_MOOF_BYTES: u64 = 16 << 20;
+/// Most samples one `trun` may declare (a `trun` using only defaults has no per-sample bytes
+/// to bound its count).
+const MAX_RUN_SAMPLES: u32 = 1 << 20;
 
 /// Errors of [`recover_from`].
 #[derive(Debug, thiserror::Error)]
@@ -314,7 +317,7 @@ impl<R: Read + Seek> FragmentReader<R> {
                 };
                 let first_flags = if flags & 0x04 != 0 { Some(c.u32()?) } else { None };
                 let per_sample = [0x100, 0x200, 0x400, 0x800].iter().filter(|&&f| flags & f != 0).count();
-                if (count as usize).saturating_mul(per_sample * 4) > c.b.len() {
+                if count > MAX_RUN_SAMPLES || (count as usize).saturating_mul(per_sample * 4) > c.b.len() {
                     return Err(invalid("trun sample count past its box"));
                 }
                 let mut samples = Vec::with_capacity(count as usize);
@@ -329,7 +332,11 @@ impl<R: Read + Seek> FragmentReader<R> {
                     }
                     let cts = if flags & 0x800 != 0 {
                         let v = c.u32()?;
-                        if version == 0 { i32::try_from(v).unwrap_or(i32::MAX) } else { v as i32 }
+                        if version == 0 {
+                            i32::try_from(v).unwrap_or(i32::MAX)
+                        } else {
+                            v as i32
+                        }
                     } else {
                         0
                     };
@@ -411,7 +418,7 @@ pub fn recover_from<R: Read + Seek>(file: R) -> Result<Option<Rewrite>, RecoverE
                 continue;
             }
             let table = &mut tables[i];
-            let time = run.tfdt.unwrap_or(table.start + table.duration);
+            let time = run.tfdt.unwrap_or(table.start.saturating_add(table.duration));
             table.begin_chunk(payload_len + (run.data_start - f.payload.start), time);
             for s in &run.samples {
                 table.push(s.size, s.duration, s.cts, s.sync);

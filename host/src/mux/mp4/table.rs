@@ -95,8 +95,7 @@ pub(crate) fn finalize(
     payload_len: u64,
     ranges: &[Range<u64>],
 ) -> Result<Option<Rewrite>, MuxError> {
-    let tracks: Vec<(&TrackInfo, &TrackTable)> =
-        tracks.iter().copied().filter(|(_, t)| t.sample_count() > 0).collect();
+    let tracks: Vec<(&TrackInfo, &TrackTable)> = tracks.iter().copied().filter(|(_, t)| t.sample_count() > 0).collect();
     if tracks.is_empty() {
         return Ok(None);
     }

@@ -20,9 +20,9 @@ use crate::media::flv::{parse_tag, FileReader, TAG_AUDIO, TAG_VIDEO};
 
 /// AVCDecoderConfigurationRecord of a 320x240 High profile libx264 stream.
 const AVC_RECORD: &[u8] = &[
-    0x01, 0x64, 0x00, 0x0d, 0xff, 0xe1, 0x00, 0x19, 0x67, 0x64, 0x00, 0x0d, 0xac, 0xd9, 0x41, 0x41, 0xfb, 0x01,
-    0x10, 0x00, 0x00, 0x03, 0x00, 0x10, 0x00, 0x00, 0x03, 0x03, 0xc0, 0xf1, 0x42, 0x99, 0x60, 0x01, 0x00, 0x06,
-    0x68, 0xeb, 0xe3, 0xcb, 0x22, 0xc0,
+    0x01, 0x64, 0x00, 0x0d, 0xff, 0xe1, 0x00, 0x19, 0x67, 0x64, 0x00, 0x0d, 0xac, 0xd9, 0x41, 0x41, 0xfb, 0x01, 0x10,
+    0x00, 0x00, 0x03, 0x00, 0x10, 0x00, 0x00, 0x03, 0x03, 0xc0, 0xf1, 0x42, 0x99, 0x60, 0x01, 0x00, 0x06, 0x68, 0xeb,
+    0xe3, 0xcb, 0x22, 0xc0,
 ];
 
 fn video_config(dts: i64) -> Frame {
@@ -333,7 +333,14 @@ fn synthetic_table(chunks: usize, chunk_payload: u64) -> TrackTable {
 
 fn avc_info() -> TrackInfo {
     let s = video_setup(Codec::H264, &Bytes::from_static(AVC_RECORD)).unwrap();
-    TrackInfo { id: 1, kind: TrackKind::Video, timescale: s.timescale, width: s.width, height: s.height, sample_entry: s.sample_entry }
+    TrackInfo {
+        id: 1,
+        kind: TrackKind::Video,
+        timescale: s.timescale,
+        width: s.width,
+        height: s.height,
+        sample_entry: s.sample_entry,
+    }
 }
 
 #[test]
@@ -404,7 +411,14 @@ fn moov_uses_64_bit_durations_when_needed() {
 fn init_moov_reads_back_as_the_same_tracks() {
     let video = avc_info();
     let a = aac_setup(&Bytes::from_static(&[0x12, 0x10])).unwrap();
-    let audio = TrackInfo { id: 2, kind: TrackKind::Audio, timescale: 44100, width: 0, height: 0, sample_entry: a.sample_entry };
+    let audio = TrackInfo {
+        id: 2,
+        kind: TrackKind::Audio,
+        timescale: 44100,
+        width: 0,
+        height: 0,
+        sample_entry: a.sample_entry,
+    };
     let mut b = BytesMut::new();
     let mut w = BoxWriter::new(&mut b);
     write_ftyp(&mut w);
@@ -459,6 +473,35 @@ fn fragments_start_at_keyframes_and_span_at_most_a_second() {
     for t in (0..6000).step_by(2000) {
         assert!(video.iter().any(|f| f.1 == t as f64 && f.4), "no fragment at keyframe {t}");
     }
+}
+
+#[test]
+fn flush_writes_what_is_complete_when_the_stream_stalls() {
+    let mut m = Mp4Muxer::new();
+    let mut out = Vec::new();
+    let frames: Vec<Frame> = av_stream(1, 50, true, true).into_iter().filter(|f| f.dts < 500).collect();
+    for f in &frames {
+        m.push(f, &mut out).unwrap();
+    }
+    assert_eq!(m.stats().fragments, 0);
+    m.flush(&mut out).unwrap();
+    assert_eq!(m.stats().fragments, 1);
+    let temp: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
+    let t = read_progressive(&apply(&temp, &recover(&temp).unwrap().unwrap()));
+    // All but the newest sample of each track (its duration is not known yet).
+    assert_eq!(t[0].samples.len(), frames.iter().filter(|f| f.kind == FrameKind::Video && f.is_sample()).count() - 1);
+    assert_eq!(t[1].samples.len(), frames.iter().filter(|f| f.kind == FrameKind::Audio && f.is_sample()).count() - 1);
+    m.flush(&mut out).unwrap();
+    assert_eq!(m.stats().fragments, 1, "nothing new to flush");
+    for f in av_stream(2, 50, true, true).into_iter().filter(|f| f.dts >= 500) {
+        m.push(&f, &mut out).unwrap();
+    }
+    let rw = m.finish(&mut out).unwrap();
+    let temp: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
+    assert_eq!(recover(&temp).unwrap(), rw);
+    let t = read_progressive(&apply(&temp, rw.as_ref().unwrap()));
+    assert_eq!(t[0].samples.len(), 50);
+    assert!(t[0].samples.windows(2).all(|w| w[1].1 - w[0].1 == 3600));
 }
 
 #[test]
@@ -587,11 +630,9 @@ fn unsupported_frames_are_skipped_and_invalid_configs_counted() {
     let mut m = Mp4Muxer::new();
     let mut out = Vec::new();
     // Nellymoser audio, VP6 video, script data, an AVC end-of-sequence.
-    for (ty, body) in [
-        (TAG_AUDIO, &[0x62u8, 1, 2][..]),
-        (TAG_VIDEO, &[0x14, 1, 2][..]),
-        (TAG_VIDEO, &[0x17, 2, 0, 0, 0][..]),
-    ] {
+    for (ty, body) in
+        [(TAG_AUDIO, &[0x62u8, 1, 2][..]), (TAG_VIDEO, &[0x14, 1, 2][..]), (TAG_VIDEO, &[0x17, 2, 0, 0, 0][..])]
+    {
         m.push(&parse_tag(ty, 0, Bytes::copy_from_slice(body)).unwrap(), &mut out).unwrap();
     }
     m.push(&parse_tag(TAG_VIDEO, 0, Bytes::from_static(&[0x17, 0, 0, 0, 0, 1, 2])).unwrap(), &mut out).unwrap();
@@ -662,7 +703,8 @@ fn recovery_keeps_every_complete_fragment_at_any_cut() {
         }
         ends.push((f.payload.end as usize, counts));
     }
-    let cuts: Vec<usize> = (0..m.temp.len()).step_by(97).chain(ends.iter().flat_map(|e| [e.0.saturating_sub(1), e.0, e.0 + 1])).collect();
+    let cuts: Vec<usize> =
+        (0..m.temp.len()).step_by(97).chain(ends.iter().flat_map(|e| [e.0.saturating_sub(1), e.0, e.0 + 1])).collect();
     for cut in cuts.into_iter().filter(|&c| c <= m.temp.len()) {
         let data = &m.temp[..cut];
         let expect = ends.iter().rev().find(|e| e.0 <= cut).unwrap().1;
@@ -696,6 +738,36 @@ fn recovery_rejects_what_is_not_a_fragmented_recording() {
     let mut padded = m.temp.clone();
     padded.extend_from_slice(&[0; 4096]);
     assert_eq!(recover(&padded).unwrap(), m.rewrite);
+}
+
+#[test]
+fn recovery_survives_corrupted_fragments() {
+    let m = mux(&av_stream(3, 50, true, true));
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..2000 {
+        let mut data = m.temp.clone();
+        for _ in 0..1 + next() % 4 {
+            let at = (next() % data.len() as u64) as usize;
+            data[at] = next() as u8;
+        }
+        // Any answer but a panic; a rewrite must stay within the file.
+        if let Ok(Some(rw)) = recover(&data) {
+            assert!(rw.ranges.iter().all(|r| r.start <= r.end && r.end <= data.len() as u64));
+        }
+    }
+    // Every byte of the init segment and the first fragment set to 0xff, one at a time.
+    let first_fragment_end = m.lengths.iter().copied().find(|&l| l > 1000).unwrap_or(m.temp.len());
+    for at in 0..first_fragment_end.min(m.temp.len()) {
+        let mut data = m.temp.clone();
+        data[at] = 0xff;
+        let _ = recover(&data);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -736,7 +808,9 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        if !std::thread::panicking() {
+        if std::env::var_os("REEL_KEEP_TEST_FILES").is_some() {
+            eprintln!("kept {}", self.0.display());
+        } else if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
@@ -777,7 +851,8 @@ fn probe_start(path: &Path) -> f64 {
 /// Packets of one stream as `ffmpeg -c copy -f framemd5` sees them: (dts ms, pts ms, size, hash),
 /// with times relative to the first packet's dts.
 fn packets(path: &Path, map: &str) -> Vec<(f64, f64, u64, String)> {
-    let (out, _) = run("ffmpeg", &["-nostdin", "-v", "error", "-i", p(path), "-map", map, "-c", "copy", "-f", "framemd5", "-"]);
+    let (out, _) =
+        run("ffmpeg", &["-nostdin", "-v", "error", "-i", p(path), "-map", map, "-c", "copy", "-f", "framemd5", "-"]);
     let mut tb = 1.0;
     let mut rows = Vec::new();
     for line in out.lines() {
@@ -851,8 +926,24 @@ fn check_against_source(dir: &TempDir, src: &Path, m: &Muxed, maps: &[&str], fra
 }
 
 const SRC_ARGS: &[&str] = &[
-    "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
-    "-t", "6", "-c:v", "libx264", "-g", "50", "-bf", "2", "-c:a", "aac",
+    "-f",
+    "lavfi",
+    "-i",
+    "testsrc2=size=320x240:rate=25",
+    "-f",
+    "lavfi",
+    "-i",
+    "sine=frequency=440:sample_rate=44100",
+    "-t",
+    "6",
+    "-c:v",
+    "libx264",
+    "-g",
+    "50",
+    "-bf",
+    "2",
+    "-c:a",
+    "aac",
 ];
 
 fn make_flv(dir: &TempDir, extra: &[&str]) -> PathBuf {
@@ -907,7 +998,19 @@ fn golden_mp3_audio() {
     }
     let dir = TempDir::new("mp3");
     let src = dir.path("src.flv");
-    ffmpeg(&["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", "4", "-c:a", "libmp3lame", "-f", "flv", p(&src)]);
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=44100",
+        "-t",
+        "4",
+        "-c:a",
+        "libmp3lame",
+        "-f",
+        "flv",
+        p(&src),
+    ]);
     let (_, m) = mux_flv(&src);
     check_against_source(&dir, &src, &m, &["0:a"], 27.0);
 }
@@ -1021,7 +1124,17 @@ fn golden_enhanced(name: &str, encoder: &[&str], fourcc: &[u8; 4], config_box: &
     args.extend_from_slice(encoder);
     args.push(p(&plain));
     ffmpeg(&args);
-    ffmpeg(&["-i", p(&plain), "-c", "copy", "-movflags", "frag_keyframe+empty_moov+default_base_moof", "-f", "mp4", p(&src)]);
+    ffmpeg(&[
+        "-i",
+        p(&plain),
+        "-c",
+        "copy",
+        "-movflags",
+        "frag_keyframe+empty_moov+default_base_moof",
+        "-f",
+        "mp4",
+        p(&src),
+    ]);
     let frames = frames_from_fmp4(&src, fourcc, config_box);
     let m = mux(&frames);
     let file = apply(&m.temp, m.rewrite.as_ref().unwrap());
@@ -1031,7 +1144,8 @@ fn golden_enhanced(name: &str, encoder: &[&str], fourcc: &[u8; 4], config_box: &
     assert_same_packets(&src, &out, "0:v", 0.01);
     let entry = find(&file, &[b"moov", b"trak", b"mdia", b"minf", b"stbl", b"stsd"]).unwrap();
     assert_eq!(&entry[12..16], fourcc);
-    let (w, h) = (u16::from_be_bytes([entry[8 + 32], entry[8 + 33]]), u16::from_be_bytes([entry[8 + 34], entry[8 + 35]]));
+    let (w, h) =
+        (u16::from_be_bytes([entry[8 + 32], entry[8 + 33]]), u16::from_be_bytes([entry[8 + 34], entry[8 + 35]]));
     assert_eq!((w, h), (320, 240), "picture size read from the sequence header");
 }
 
