@@ -47,6 +47,15 @@ enum Command {
         #[arg(long, default_value = "6s", value_parser = parse_duration)]
         segment: reel::config::Duration,
     },
+    /// Finish a file a crash left in STORAGE_ROOT/.partial/ (FLV or fragmented MP4) into a
+    /// complete, seekable file.
+    Recover {
+        /// The .part file.
+        input: PathBuf,
+        /// Where the finished file goes.
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<reel::config::Duration, String> {
@@ -76,6 +85,9 @@ fn main() -> std::process::ExitCode {
     let res = match cli.command {
         Command::Serve { config, check } => serve(config, check),
         Command::Remux { input, format, output, segment } => remux(input, format, output, segment),
+        Command::Recover { input, output } => reel::record::remux::recover(&input, &output)
+            .map(|r| eprintln!("recovered {} -> {} ({} bytes)", input.display(), output.display(), r.bytes_out))
+            .map_err(Into::into),
     };
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,

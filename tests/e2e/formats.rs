@@ -87,4 +87,81 @@ fn all_formats_cut_on_keyframes_and_add_up() {
     }
     assert_eq!(decoded_audio, packets(&src, "a").len(), "AAC frames add up to the source");
     assert_eq!(hashes(decoded(&pl, "v")), hashes(decoded(&src, "v")));
+
+    let (mp4, _) = wait_files(&dir, "mp4", 3, Duration::from_secs(10));
+    assert_eq!(mp4.len(), 3, "MP4 files follow the same interval: {}", reel.log_text());
+    // MP4 timelines start at zero: order files by where their first packet is in the source.
+    let source_v = hashes(packets(&src, "v"));
+    let mut mp4 = mp4;
+    mp4.sort_by_key(|f| packets(f, "v").first().and_then(|p| source_v.iter().position(|h| *h == p.hash)));
+    let mut all = Vec::new();
+    for f in &mp4 {
+        assert_eq!(decode_errors(f), "", "{}", f.display());
+        assert!(video_key_flags(f)[0], "{} starts with a keyframe", f.display());
+        assert!(moov_before_mdat(f), "{} is faststart", f.display());
+        all.extend(packets(f, "v"));
+    }
+    assert_eq!(hashes(all), hashes(packets(&src, "v")), "MP4 files add up to the source");
+    let audio: Vec<String> = mp4.iter().flat_map(|f| hashes(packets(f, "a"))).collect();
+    assert_eq!(audio, hashes(packets(&src, "a")), "MP4 audio adds up to the source");
+}
+
+/// Top-level boxes: `moov` comes before `mdat`.
+fn moov_before_mdat(path: &Path) -> bool {
+    let data = std::fs::read(path).unwrap();
+    let mut pos = 0usize;
+    let mut order = Vec::new();
+    while pos + 8 <= data.len() {
+        let mut size = u32::from_be_bytes(data[pos..pos + 4].try_into().unwrap()) as u64;
+        let kind = String::from_utf8_lossy(&data[pos + 4..pos + 8]).to_string();
+        if size == 1 {
+            size = u64::from_be_bytes(data[pos + 8..pos + 16].try_into().unwrap());
+        }
+        order.push(kind);
+        if size < 8 {
+            break;
+        }
+        pos += size as usize;
+    }
+    let moov = order.iter().position(|k| k == "moov");
+    let mdat = order.iter().position(|k| k == "mdat");
+    matches!((moov, mdat), (Some(a), Some(b)) if a < b)
+}
+
+#[test]
+fn sigkill_loses_at_most_two_seconds_of_mp4() {
+    let src = fixture("av", 20, true, true);
+    let mut reel = Reel::start("sigkill-mp4", &config("[\"mp4\", \"flv\"]", "30m", "6s"));
+    let mut publisher = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-re", "-i"])
+        .arg(&src)
+        .args(["-c", "copy", "-f", "flv", &reel.url("live", "crash")])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    let mut child = reel.child.take().unwrap();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let killed_after = 6.0;
+    let _ = publisher.kill();
+    let _ = publisher.wait();
+    let partial = reel.recordings().join(".partial");
+    for ext in ["mp4", "flv"] {
+        let parts: Vec<PathBuf> = std::fs::read_dir(&partial)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().ends_with(&format!(".{ext}.part")))
+            .collect();
+        assert_eq!(parts.len(), 1, "{ext} partial file left by the crash: {parts:?}");
+        let out = reel.dir.join(format!("recovered.{ext}"));
+        run(std::process::Command::new(REEL).arg("recover").arg(&parts[0]).arg("-o").arg(&out));
+        assert_eq!(decode_errors(&out), "", "recovered {ext} decodes cleanly");
+        let got = packets(&out, "v");
+        let want = packets(&src, "v");
+        // The publisher ran ~6 s at real time; everything but the last 2 s must be there.
+        let seconds = got.len() as f64 / 25.0;
+        assert!(seconds >= killed_after - 2.0 - 1.0, "{ext}: recovered {seconds:.2} s of ~{killed_after} s");
+        assert_eq!(hashes(got.clone()), hashes(want[..got.len()].to_vec()), "{ext}: recovered packets are the source's");
+    }
 }

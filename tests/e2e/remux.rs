@@ -43,6 +43,21 @@ fn remux_hls_and_aac_decode_identically() {
 }
 
 #[test]
+fn remux_mp4_is_packet_identical_and_faststart() {
+    let src = fixture("av", 6, true, true);
+    let dir = test_dir("remux-mp4");
+    let out = dir.join("out.mp4");
+    remux(&src, "mp4", &out);
+    assert_eq!(decode_errors(&out), "");
+    assert_eq!(hashes(packets(&out, "v")), hashes(packets(&src, "v")));
+    assert_eq!(hashes(packets(&out, "a")), hashes(packets(&src, "a")));
+    let data = std::fs::read(&out).unwrap();
+    assert_eq!(&data[4..8], b"ftyp");
+    let ftyp = u32::from_be_bytes(data[..4].try_into().unwrap()) as usize;
+    assert_eq!(&data[ftyp + 4..ftyp + 8], b"moov", "moov right after ftyp (faststart)");
+}
+
+#[test]
 fn remux_of_a_missing_file_is_a_clear_error() {
     let out = Command::new(REEL).args(["remux", "/nonexistent.flv", "-f", "flv", "-o", "/tmp/x.flv"]).output().unwrap();
     assert!(!out.status.success());

@@ -5,6 +5,7 @@
 pub mod aac;
 pub mod flv;
 pub mod hls;
+pub mod mp4;
 pub mod ts;
 
 use bytes::Bytes;

@@ -27,7 +27,8 @@ fn new_muxer(f: Format) -> Option<Box<dyn Muxer>> {
     match f {
         Format::Flv => Some(Box::new(FlvMuxer::new())),
         Format::Aac => Some(Box::new(AdtsMuxer::new())),
-        Format::Hls | Format::Mp4 => None,
+        Format::Mp4 => Some(Box::new(crate::mux::mp4::Mp4Muxer::new())),
+        Format::Hls => None,
     }
 }
 
@@ -216,7 +217,7 @@ impl HlsOutput {
             self.next_index += 1;
             let mut seg = OpenSegment {
                 writer: None,
-                hint: format!("{}-{}-{}-hls-{}", ctx.info.app, ctx.info.name, ctx.session_id, self.next_index),
+                hint: format!("{}-{}-{}-{}.ts", ctx.info.app, ctx.info.name, ctx.session_id, self.next_index),
                 pending: Vec::with_capacity(256),
                 pending_bytes: 0,
                 first_dts: f.dts,
@@ -371,7 +372,7 @@ impl FileOutput {
         let mut file = OpenFile {
             muxer,
             writer: None,
-            hint: format!("{}-{}-{}-{}", ctx.info.app, ctx.info.name, ctx.session_id, self.sequence),
+            hint: format!("{}-{}-{}-{}.{}", ctx.info.app, ctx.info.name, ctx.session_id, self.sequence, self.format.extension()),
             pending: Vec::with_capacity(256),
             pending_bytes: 0,
             first_dts: None,

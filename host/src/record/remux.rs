@@ -57,8 +57,8 @@ pub fn remux(input: &Path, format: Format, output: &Path, segment_ms: u64) -> Re
     let mut muxer: Box<dyn Muxer> = match format {
         Format::Flv => Box::new(crate::mux::flv::FlvMuxer::new()),
         Format::Aac => Box::new(crate::mux::aac::AdtsMuxer::new()),
+        Format::Mp4 => Box::new(crate::mux::mp4::Mp4Muxer::new()),
         Format::Hls => return remux_hls(reader, output, segment_ms, started, bytes_in),
-        other => return Err(RemuxError::Unsupported(format!("remux to {} is not available in this build", other.name()))),
     };
     let (dir, name) = split_output(output)?;
     let storage = FsStorage::new(&dir)?;
@@ -183,4 +183,36 @@ fn remux_hls(
     let stored = storage.put(&name, text.as_bytes())?;
     bytes_out += stored.size;
     Ok(RemuxReport { frames, bytes_in, bytes_out, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// Finishes a file a crash left under `.partial/`: an FLV gets its index rebuilt (a torn last
+/// tag is dropped), a fragmented MP4 becomes a faststart MP4 holding every complete fragment.
+pub fn recover(input: &Path, output: &Path) -> Result<RemuxReport, RemuxError> {
+    let started = Instant::now();
+    let mut magic = [0u8; 8];
+    {
+        use std::io::Read;
+        let mut f = std::fs::File::open(input).map_err(|source| RemuxError::Read { path: input.display().to_string(), source })?;
+        let _ = f.read(&mut magic).map_err(|source| RemuxError::Read { path: input.display().to_string(), source })?;
+    }
+    if &magic[..3] == b"FLV" {
+        return remux(input, Format::Flv, output, 0);
+    }
+    if &magic[4..8] != b"ftyp" {
+        return Err(RemuxError::Unsupported(format!("{}: neither FLV nor MP4", input.display())));
+    }
+    let err = |source| RemuxError::Read { path: input.display().to_string(), source };
+    let file = std::fs::File::open(input).map_err(err)?;
+    let bytes_in = file.metadata().map_err(err)?.len();
+    let rw = crate::mux::mp4::recover_from(std::io::BufReader::new(file)).map_err(|e| RemuxError::Unsupported(format!("{}: {e}", input.display())))?;
+    let Some(Rewrite { head, ranges, tail }) = rw else {
+        return Err(RemuxError::Unsupported(format!("{}: no complete fragment to recover", input.display())));
+    };
+    let (dir, name) = split_output(output)?;
+    let storage = FsStorage::new(&dir)?;
+    let mut w = storage.create(&format!("recover-{}-{name}", std::process::id()))?;
+    let data = map(input)?;
+    w.write(&[data])?;
+    let stored = w.finish(&name, Finalize { head: &head, ranges: &ranges, tail: &tail })?;
+    Ok(RemuxReport { frames: 0, bytes_in, bytes_out: stored.size, seconds: started.elapsed().as_secs_f64() })
 }

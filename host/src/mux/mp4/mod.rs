@@ -1,0 +1,646 @@
+//! MP4 writer. While recording it writes a fragmented MP4 that is playable and recoverable at
+//! any moment (`ftyp` + `moov` with `mvex`, then a `moof` + `mdat` fragment at every video
+//! keyframe and at least every [`FRAGMENT_MS`]); at close, a [`Rewrite`] turns it into an
+//! ordinary progressive MP4 with the `moov` first and one `mdat` made of the fragments'
+//! payloads, copied by the storage layer as byte ranges. Frame payloads are never copied here:
+//! the writer emits the boxes it builds plus slices of the frames.
+//!
+//! A recording whose writer died is finalised by [`recover`] / [`recover_from`], which build the
+//! same `moov` from what the fragments on disk say (shared sample table model, `table.rs`).
+//!
+//! Driving it:
+//! - Push every frame in arrival order, sequence headers included. Nothing is emitted until
+//!   the init segment can be written: the sequence headers are known and video has a keyframe
+//!   (video frames before it are dropped), or [`PREROLL_MS`] passed with one track ready.
+//!   Until then at most [`MAX_PREROLL_FRAMES`] frames are held (reference-counted, not copied).
+//! - Append the emitted chunks to the temporary file in order; [`Mp4Muxer::bytes_written`] is
+//!   its length. If the stream stalls, call [`Mp4Muxer::flush`] on a timer.
+//! - [`Muxer::finish`] emits the last fragment, then returns the [`Rewrite`]: the final file is
+//!   `head` (`ftyp` + `moov` + `mdat` header) ++ one range per fragment of the temporary file.
+//!   `Ok(None)`: the file holds no sample; discard it.
+//! - An error from `push` (a sequence header or codec changed mid-file) ends this file: finish
+//!   it and give the new headers to a new muxer. Unsupported or late tracks are not errors;
+//!   they are counted in [`Mp4Stats`].
+
+mod boxes;
+mod codec;
+mod recover;
+mod table;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+
+use self::boxes::{write_ftyp, write_init_moov, BoxWriter, FLAGS_NON_SYNC, FLAGS_SYNC};
+use self::codec::{aac_setup, av1_temporal_delimiter_len, mp3_setup, mpeg_audio_header, video_setup, Setup};
+use self::table::{finalize, TrackInfo, TrackKind, TrackTable};
+use super::{Chunks, MuxError, Muxer, Rewrite};
+use crate::media::{Codec, Frame, FrameKind};
+
+pub use self::recover::{recover, recover_from, RecoverError};
+
+/// Longest stretch of media (by decode time, ms) a fragment holds: what a crash can lose, plus
+/// the one sample per track held back until the next one gives its duration.
+pub const FRAGMENT_MS: i64 = 1000;
+/// Every video keyframe starts a new fragment, unless keyframes come closer together than
+/// this (all-intra video): then only once the current fragment spans this much.
+pub const MIN_KEYFRAME_FRAGMENT_MS: i64 = 200;
+/// Before the init segment: how long to wait (stream time) for the other track's sequence
+/// header once one track is ready, and how much audio to keep while waiting for a keyframe.
+pub const PREROLL_MS: i64 = 1000;
+/// Before the init segment: at most this many frames are held (bounds memory for streams
+/// with broken timestamps).
+pub const MAX_PREROLL_FRAMES: usize = 256;
+/// With a video sequence header but no keyframe for this long (stream time, ms), start the file
+/// without video.
+pub const MAX_KEYFRAME_WAIT_MS: i64 = 20_000;
+/// A decode timestamp this far behind (or [`MAX_FORWARD_JUMP_MS`] ahead of) the newest one is
+/// a discontinuity (publisher restart, timestamp reset): the timeline continues from the newest
+/// sample instead.
+pub const MAX_BACKWARD_JUMP_MS: i64 = 2000;
+pub const MAX_FORWARD_JUMP_MS: i64 = 10_000;
+
+/// Used for a final video sample when there is no earlier duration to copy: 40 ms.
+const DEFAULT_VIDEO_DURATION: u32 = 3600;
+
+/// What the writer did with the frames it was given, for logs and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mp4Stats {
+    /// Fragments written (`moof` + `mdat` pairs).
+    pub fragments: u64,
+    /// Samples accepted (written or about to be written in the next fragment).
+    pub samples: u64,
+    /// Video frames dropped because they came before the first keyframe or its sequence header.
+    pub dropped_before_keyframe: u64,
+    /// Audio frames dropped while waiting for the first video keyframe (older than
+    /// [`PREROLL_MS`]).
+    pub dropped_preroll: u64,
+    /// Frames of a track the file does not have: its sequence header came after the init
+    /// segment was written, or never came.
+    pub dropped_no_track: u64,
+    /// Frames MP4 does not carry here: other codecs, script data, empty payloads.
+    pub skipped: u64,
+    /// Sequence headers that did not parse (the track is left out).
+    pub invalid_configs: u64,
+    /// Timestamp jumps smoothed over (see [`MAX_BACKWARD_JUMP_MS`]).
+    pub discontinuities: u64,
+}
+
+/// A sample waiting for its fragment. `duration` is 0 until the next sample of the track
+/// arrives (or the file ends).
+struct Pending {
+    data: Bytes,
+    /// Timeline position in ms (decode time), for fragment cadence.
+    ms: i64,
+    time: u64,
+    duration: u32,
+    cts: i32,
+    sync: bool,
+}
+
+struct Track {
+    info: TrackInfo,
+    setup: Setup,
+    pending: Vec<Pending>,
+    table: TrackTable,
+}
+
+impl Track {
+    fn complete(&self) -> usize {
+        self.pending.iter().take_while(|p| p.duration > 0).count()
+    }
+
+    /// A duration for the last sample when nothing follows it.
+    fn estimated_duration(&self) -> u32 {
+        match self.info.kind {
+            TrackKind::Audio if self.setup.frame_samples > 0 => self.setup.frame_samples,
+            _ => self
+                .pending
+                .iter()
+                .rev()
+                .find(|p| p.duration > 0)
+                .map(|p| p.duration)
+                .or(self.table.last_duration())
+                .unwrap_or(match self.info.kind {
+                    TrackKind::Video => DEFAULT_VIDEO_DURATION,
+                    TrackKind::Audio => 1024,
+                }),
+        }
+    }
+}
+
+/// Fragmented-MP4 writer; see the module documentation.
+///
+/// Output order: nothing until the init segment can be written (sequence headers known and,
+/// for video, a keyframe: see [`PREROLL_MS`]); then `ftyp` + `moov`; then fragments.
+pub struct Mp4Muxer {
+    scratch: BytesMut,
+    video: Option<Setup>,
+    audio: Option<Setup>,
+    /// Frames held until the init segment is written.
+    preroll: VecDeque<Frame>,
+    /// Decode time of the first video keyframe in `preroll`.
+    preroll_keyframe: Option<i64>,
+    first_dts: Option<i64>,
+    newest_dts: i64,
+    /// The file's tracks, once the init segment is written.
+    tracks: Vec<Track>,
+    init_written: bool,
+    /// Decode timestamp (ms) that is time 0 of the file.
+    base: i64,
+    /// Correction added to timestamps after discontinuities.
+    shift: i64,
+    newest_ms: Option<i64>,
+    /// Timeline position (ms) of the oldest sample not yet in a fragment.
+    fragment_start: Option<i64>,
+    last_keyframe_ms: Option<i64>,
+    sequence: u32,
+    /// Bytes of the fragmented file so far.
+    written: u64,
+    /// Bytes of `mdat` payload so far (= the final file's `mdat` payload).
+    payload_len: u64,
+    /// The `mdat` payloads in the fragmented file.
+    ranges: Vec<Range<u64>>,
+    stats: Mp4Stats,
+    finished: bool,
+}
+
+impl Default for Mp4Muxer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Mp4Muxer {
+    pub fn new() -> Self {
+        Self {
+            scratch: BytesMut::with_capacity(4096),
+            video: None,
+            audio: None,
+            preroll: VecDeque::new(),
+            preroll_keyframe: None,
+            first_dts: None,
+            newest_dts: 0,
+            tracks: Vec::new(),
+            init_written: false,
+            base: 0,
+            shift: 0,
+            newest_ms: None,
+            fragment_start: None,
+            last_keyframe_ms: None,
+            sequence: 0,
+            written: 0,
+            payload_len: 0,
+            ranges: Vec::new(),
+            stats: Mp4Stats::default(),
+            finished: false,
+        }
+    }
+
+    pub fn stats(&self) -> Mp4Stats {
+        self.stats
+    }
+
+    /// Whether `ftyp` + `moov` have been emitted (the file has started).
+    pub fn init_written(&self) -> bool {
+        self.init_written
+    }
+
+    /// Bytes emitted so far (the length of the fragmented file).
+    pub fn bytes_written(&self) -> u64 {
+        self.written
+    }
+
+    /// Writes a fragment now with every sample whose duration is known (all but the newest
+    /// sample of each track), for a recorder whose stream stalled: without new frames the
+    /// regular cadence does not run. Does nothing before the init segment.
+    pub fn flush(&mut self, out: &mut Chunks) -> Result<(), MuxError> {
+        if !self.init_written || self.finished {
+            return Ok(());
+        }
+        self.write_fragment(out, false)?;
+        self.fragment_start = self.tracks.iter().flat_map(|t| t.pending.iter().map(|p| p.ms)).min();
+        Ok(())
+    }
+
+    fn track_index(&self, kind: FrameKind) -> Option<usize> {
+        let want = match kind {
+            FrameKind::Video => TrackKind::Video,
+            FrameKind::Audio => TrackKind::Audio,
+            FrameKind::Data => return None,
+        };
+        self.tracks.iter().position(|t| t.info.kind == want)
+    }
+
+    fn on_config(&mut self, f: &Frame, out: &mut Chunks) -> Result<(), MuxError> {
+        let payload = f.payload();
+        let current = match f.kind {
+            FrameKind::Video => &self.video,
+            _ => &self.audio,
+        };
+        if current.as_ref().is_some_and(|s| s.codec == f.codec && s.config == payload) {
+            return Ok(()); // repeated sequence header
+        }
+        if self.init_written {
+            if self.track_index(f.kind).is_some() {
+                let what = if f.kind == FrameKind::Video { "video" } else { "audio" };
+                return Err(MuxError::Invalid(format!(
+                    "{what} decoder configuration changed mid-file; MP4 needs a new file from here"
+                )));
+            }
+            // A track that is not in the init segment cannot be added to a fragmented file.
+            self.stats.dropped_no_track += 1;
+            return Ok(());
+        }
+        let setup = match (f.kind, f.codec) {
+            (FrameKind::Video, codec) => video_setup(codec, &payload),
+            (FrameKind::Audio, Codec::Aac) => aac_setup(&payload),
+            _ => {
+                self.stats.skipped += 1;
+                return Ok(());
+            }
+        };
+        let Ok(setup) = setup else {
+            self.stats.invalid_configs += 1;
+            return Ok(());
+        };
+        // A different header before the file started: frames buffered under the old one go.
+        // (Frames buffered before the first header are kept: it describes them.)
+        let kind = f.kind;
+        let before = self.preroll.len();
+        if current.is_some() {
+            self.preroll.retain(|p| p.kind != kind);
+        }
+        let dropped = (before - self.preroll.len()) as u64;
+        if kind == FrameKind::Video {
+            self.stats.dropped_before_keyframe += dropped;
+            self.preroll_keyframe = None;
+            self.video = Some(setup);
+        } else {
+            self.stats.dropped_preroll += dropped;
+            self.audio = Some(setup);
+        }
+        if !self.preroll.is_empty() {
+            self.maybe_start(out, false)?;
+        }
+        Ok(())
+    }
+
+    fn preroll_push(&mut self, f: &Frame, out: &mut Chunks) -> Result<(), MuxError> {
+        match f.kind {
+            FrameKind::Video => {
+                if self.video.as_ref().map(|s| s.codec) != Some(f.codec) {
+                    self.stats.dropped_before_keyframe += 1;
+                    return Ok(());
+                }
+                if self.preroll_keyframe.is_none() {
+                    if !f.keyframe {
+                        self.stats.dropped_before_keyframe += 1;
+                        return Ok(());
+                    }
+                    self.preroll_keyframe = Some(f.dts);
+                }
+            }
+            _ => {
+                if f.codec == Codec::Mp3 && self.audio.is_none() {
+                    match mp3_setup(f.payload_ref()) {
+                        Ok(s) => self.audio = Some(s),
+                        Err(_) => {
+                            self.stats.skipped += 1;
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+        self.newest_dts = if self.first_dts.is_none() { f.dts } else { self.newest_dts.max(f.dts) };
+        self.first_dts.get_or_insert(f.dts);
+        self.preroll.push_back(f.clone());
+        self.maybe_start(out, false)
+    }
+
+    /// Writes the init segment if the tracks are ready (or `force`, at the end of the file);
+    /// otherwise keeps the preroll buffer bounded.
+    fn maybe_start(&mut self, out: &mut Chunks, force: bool) -> Result<(), MuxError> {
+        let video_ready = self.video.is_some() && self.preroll_keyframe.is_some();
+        let audio_ready = self.audio.is_some();
+        let newest = self.newest_dts;
+        let oldest = self.preroll.front().map_or(newest, |f| f.dts);
+        let waited = newest - self.first_dts.unwrap_or(newest);
+        let start = if force {
+            video_ready || audio_ready
+        } else {
+            (video_ready && (audio_ready || newest - self.preroll_keyframe.unwrap_or(newest) >= PREROLL_MS))
+                || (audio_ready && self.video.is_none() && newest - oldest >= PREROLL_MS)
+                || (audio_ready && !video_ready && waited >= MAX_KEYFRAME_WAIT_MS)
+                || ((video_ready || audio_ready) && self.preroll.len() >= MAX_PREROLL_FRAMES)
+        };
+        if start {
+            return self.start(out, video_ready, audio_ready);
+        }
+        if self.preroll_keyframe.is_none() {
+            while let Some(f) = self.preroll.front() {
+                if newest - f.dts <= PREROLL_MS && self.preroll.len() <= MAX_PREROLL_FRAMES {
+                    break;
+                }
+                self.preroll.pop_front();
+                self.stats.dropped_preroll += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, out: &mut Chunks, video: bool, audio: bool) -> Result<(), MuxError> {
+        let setups = [self.video.as_ref().filter(|_| video), self.audio.as_ref().filter(|_| audio)];
+        for setup in setups.into_iter().flatten() {
+            let info = TrackInfo {
+                id: self.tracks.len() as u32 + 1,
+                kind: setup.kind,
+                timescale: setup.timescale,
+                width: setup.width,
+                height: setup.height,
+                sample_entry: setup.sample_entry.clone(),
+            };
+            self.tracks.push(Track { info, setup: setup.clone(), pending: Vec::new(), table: TrackTable::default() });
+        }
+        let infos: Vec<TrackInfo> = self.tracks.iter().map(|t| t.info.clone()).collect();
+        let mut w = BoxWriter::new(&mut self.scratch);
+        write_ftyp(&mut w);
+        write_init_moov(&mut w, &infos);
+        w.done()?;
+        let init = self.scratch.split().freeze();
+        self.written += init.len() as u64;
+        out.push(init);
+        self.init_written = true;
+
+        let frames = std::mem::take(&mut self.preroll);
+        self.base = frames.iter().filter(|f| self.track_index(f.kind).is_some()).map(|f| f.dts).min().unwrap_or(0);
+        for f in &frames {
+            match self.track_index(f.kind) {
+                Some(i) => self.add_sample(i, f, out)?,
+                None => self.stats.dropped_no_track += 1,
+            }
+        }
+        Ok(())
+    }
+
+    /// Maps a decode timestamp to the file's timeline (ms), smoothing over discontinuities.
+    fn timeline(&mut self, dts: i64) -> i64 {
+        let mut t = dts + self.shift - self.base;
+        if let Some(newest) = self.newest_ms {
+            if t < newest - MAX_BACKWARD_JUMP_MS || t > newest + MAX_FORWARD_JUMP_MS {
+                self.shift += newest - t;
+                t = newest;
+                self.stats.discontinuities += 1;
+            }
+        }
+        self.newest_ms = Some(self.newest_ms.map_or(t, |n| n.max(t)));
+        t
+    }
+
+    fn add_sample(&mut self, ti: usize, f: &Frame, out: &mut Chunks) -> Result<(), MuxError> {
+        let mut data = f.payload();
+        if f.codec == Codec::Av1 {
+            let n = av1_temporal_delimiter_len(&data);
+            data = data.slice(n..);
+        }
+        if data.is_empty() {
+            self.stats.skipped += 1;
+            return Ok(());
+        }
+        u32::try_from(data.len()).map_err(|_| MuxError::Invalid(format!("frame of {} bytes", data.len())))?;
+        let t = &self.tracks[ti];
+        if t.setup.codec != f.codec {
+            return Err(MuxError::Invalid(format!(
+                "codec changed from {} to {} mid-file; MP4 needs a new file from here",
+                t.setup.codec.name(),
+                f.codec.name()
+            )));
+        }
+        if f.codec == Codec::Mp3 {
+            if let Some(h) = mpeg_audio_header(&data) {
+                if h.sample_rate != t.info.timescale {
+                    return Err(MuxError::Invalid(
+                        "MP3 sample rate changed mid-file; MP4 needs a new file from here".into(),
+                    ));
+                }
+            }
+        }
+
+        let ms = self.timeline(f.dts);
+        let t = &mut self.tracks[ti];
+        let video = t.info.kind == TrackKind::Video;
+        let timescale = i128::from(t.info.timescale);
+        let target = ((i128::from(ms) * timescale * 2 + 1000) / 2000) as i64;
+        let time = match t.pending.last() {
+            None if t.table.sample_count() == 0 => target.max(0) as u64,
+            None => t.table.start + t.table.duration,
+            Some(prev) => {
+                let mut time = target;
+                let n = i64::from(t.setup.frame_samples);
+                if !video && n > 0 {
+                    // Audio frames are a fixed number of samples: keep that exact while the
+                    // timestamps agree within half a frame, follow the timestamps otherwise.
+                    let expected = prev.time as i64 + n;
+                    if (target - expected).abs() <= n / 2 {
+                        time = expected;
+                    }
+                }
+                let duration = (time - prev.time as i64).clamp(1, i64::from(u32::MAX));
+                prev.time + duration as u64
+            }
+        };
+        if let Some(prev) = t.pending.last_mut() {
+            prev.duration = (time - prev.time) as u32;
+        }
+        let sync = !video || f.keyframe;
+        let cts = if video { f.cts.saturating_mul((t.info.timescale / 1000) as i32) } else { 0 };
+        let mut keyframe_cut = false;
+
+        if video && sync {
+            // Normal GOPs cut at every keyframe; all-intra video only every MIN_KEYFRAME_FRAGMENT_MS.
+            let gop = self.last_keyframe_ms.map_or(i64::MAX, |k| ms - k);
+            self.last_keyframe_ms = Some(ms);
+            keyframe_cut = gop >= MIN_KEYFRAME_FRAGMENT_MS;
+        }
+        if let Some(s) = self.fragment_start {
+            let span = ms - s;
+            if span >= FRAGMENT_MS || (video && sync && (keyframe_cut || span >= MIN_KEYFRAME_FRAGMENT_MS)) {
+                self.flush(out)?;
+            }
+        }
+        self.tracks[ti].pending.push(Pending { data, ms, time, duration: 0, cts, sync });
+        self.fragment_start = Some(self.fragment_start.map_or(ms, |s| s.min(ms)));
+        self.stats.samples += 1;
+        Ok(())
+    }
+
+    /// Writes the samples whose durations are known (all of them if `last`) as a fragment.
+    fn write_fragment(&mut self, out: &mut Chunks, last: bool) -> Result<(), MuxError> {
+        let mut counts = [0usize; 2];
+        for (i, t) in self.tracks.iter_mut().enumerate() {
+            if last {
+                let estimate = t.estimated_duration();
+                if let Some(p) = t.pending.last_mut().filter(|p| p.duration == 0) {
+                    p.duration = estimate;
+                }
+            }
+            counts[i] = t.complete();
+        }
+        let run_len = |t: &Track, n: usize| t.pending[..n].iter().map(|p| p.data.len() as u64).sum::<u64>();
+        let payload: u64 = self.tracks.iter().zip(counts).map(|(t, n)| run_len(t, n)).sum();
+        if payload == 0 {
+            return Ok(());
+        }
+        let mdat_header: u64 = if payload + 8 > u64::from(u32::MAX) { 16 } else { 8 };
+
+        let mut w = BoxWriter::new(&mut self.scratch);
+        let moof_at = w.len();
+        w.open(b"moof");
+        w.open_full(b"mfhd", 0, 0);
+        w.u32(self.sequence.wrapping_add(1));
+        w.close();
+        let mut patches = [(0usize, 0u64); 2];
+        let mut run_start = 0u64;
+        for (i, t) in self.tracks.iter().enumerate() {
+            let n = counts[i];
+            if n == 0 {
+                continue;
+            }
+            let video = t.info.kind == TrackKind::Video;
+            w.open(b"traf");
+            // default-base-is-moof; audio: default sample flags (all sync).
+            w.open_full(b"tfhd", 0, if video { 0x02_0000 } else { 0x02_0020 });
+            w.u32(t.info.id);
+            if !video {
+                w.u32(FLAGS_SYNC);
+            }
+            w.close();
+            w.open_full(b"tfdt", 1, 0);
+            w.u64(t.pending[0].time);
+            w.close();
+            if video {
+                // data offset, duration, size, flags, composition offset (signed, version 1)
+                w.open_full(b"trun", 1, 0x0f01);
+            } else {
+                w.open_full(b"trun", 0, 0x0301);
+            }
+            w.u32(n as u32);
+            patches[i] = (w.len(), run_start);
+            w.u32(0);
+            for p in &t.pending[..n] {
+                w.u32(p.duration);
+                w.u32(p.data.len() as u32);
+                if video {
+                    w.u32(if p.sync { FLAGS_SYNC } else { FLAGS_NON_SYNC });
+                    w.i32(p.cts);
+                }
+            }
+            w.close();
+            w.close();
+            run_start += run_len(t, n);
+        }
+        w.close();
+        let moof_len = (w.len() - moof_at) as u64;
+        for (i, &(at, start)) in patches.iter().enumerate() {
+            if counts.get(i).is_some_and(|&n| n > 0) {
+                let off = u32::try_from(moof_len + mdat_header + start)
+                    .ok()
+                    .filter(|&o| o <= i32::MAX as u32)
+                    .ok_or_else(|| MuxError::Invalid("fragment larger than 2 GiB".into()))?;
+                w.patch_u32(at, off);
+            }
+        }
+        if mdat_header == 16 {
+            w.u32(1);
+            w.bytes(b"mdat");
+            w.u64(payload + 16);
+        } else {
+            w.u32((payload + 8) as u32);
+            w.bytes(b"mdat");
+        }
+        w.done()?;
+        out.push(self.scratch.split().freeze());
+
+        let payload_start = self.written + moof_len + mdat_header;
+        let mut offset = self.payload_len;
+        for (i, t) in self.tracks.iter_mut().enumerate() {
+            let n = counts[i];
+            if n == 0 {
+                continue;
+            }
+            t.table.begin_chunk(offset, t.pending[0].time);
+            for p in t.pending.drain(..n) {
+                t.table.push(p.data.len() as u32, p.duration, p.cts, p.sync);
+                offset += p.data.len() as u64;
+                out.push(p.data);
+            }
+        }
+        self.ranges.push(payload_start..payload_start + payload);
+        self.written = payload_start + payload;
+        self.payload_len += payload;
+        self.sequence = self.sequence.wrapping_add(1);
+        self.stats.fragments += 1;
+        if self.scratch.capacity() < 1024 {
+            self.scratch.reserve(4096);
+        }
+        Ok(())
+    }
+}
+
+impl Muxer for Mp4Muxer {
+    fn container(&self) -> &'static str {
+        "mp4"
+    }
+
+    fn push(&mut self, f: &Frame, out: &mut Chunks) -> Result<(), MuxError> {
+        if self.finished {
+            return Err(MuxError::Invalid("frame pushed after the MP4 file was finished".into()));
+        }
+        let supported = match f.kind {
+            FrameKind::Video => matches!(f.codec, Codec::H264 | Codec::Hevc | Codec::Av1),
+            FrameKind::Audio => matches!(f.codec, Codec::Aac | Codec::Mp3),
+            FrameKind::Data => false,
+        };
+        if !supported {
+            if f.kind != FrameKind::Data {
+                self.stats.skipped += 1;
+            }
+            return Ok(());
+        }
+        if f.config {
+            return self.on_config(f, out);
+        }
+        if !self.init_written {
+            return self.preroll_push(f, out);
+        }
+        match self.track_index(f.kind) {
+            Some(i) => self.add_sample(i, f, out),
+            None => {
+                self.stats.dropped_no_track += 1;
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(&mut self, out: &mut Chunks) -> Result<Option<Rewrite>, MuxError> {
+        if self.finished {
+            return Ok(None);
+        }
+        self.finished = true;
+        if !self.init_written && !self.preroll.is_empty() {
+            self.maybe_start(out, true)?;
+        }
+        if !self.init_written {
+            self.stats.dropped_no_track += self.preroll.len() as u64;
+            self.preroll.clear();
+            return Ok(None);
+        }
+        self.write_fragment(out, true)?;
+        let tracks: Vec<(&TrackInfo, &TrackTable)> = self.tracks.iter().map(|t| (&t.info, &t.table)).collect();
+        finalize(&tracks, self.payload_len, &self.ranges)
+    }
+}

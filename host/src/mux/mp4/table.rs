@@ -1,0 +1,147 @@
+//! The sample table model shared by the live writer and crash recovery: what each track is
+//! ([`TrackInfo`]) and what its fragments carried ([`TrackTable`], kept in `stbl` form so it
+//! stays compact), and [`finalize`], which turns them into the faststart [`Rewrite`].
+
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+
+use super::boxes::{write_final_moov, write_ftyp, BoxWriter};
+use crate::mux::{MuxError, Rewrite};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TrackKind {
+    Video,
+    Audio,
+}
+
+/// What a track is: everything the `moov` says about it besides its samples. Written into the
+/// init segment and read back from it by recovery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct TrackInfo {
+    pub id: u32,
+    pub kind: TrackKind,
+    pub timescale: u32,
+    /// Display size (video), written to `tkhd`.
+    pub width: u16,
+    pub height: u16,
+    /// The complete sample entry box (`avc1`, `hvc1`, `av01`, `mp4a`).
+    pub sample_entry: Bytes,
+}
+
+/// The samples of one track, in the run-length form of `stts`/`ctts`/`stss`/`stsc`.
+/// About 4 bytes per sample plus one entry per change of duration or composition offset.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TrackTable {
+    /// Decode time of the first sample (the first fragment's `tfdt`), track timescale.
+    pub start: u64,
+    /// Sum of the sample durations, track timescale.
+    pub duration: u64,
+    pub sizes: Vec<u32>,
+    /// (sample count, duration).
+    pub stts: Vec<(u32, u32)>,
+    /// (sample count, composition offset).
+    pub ctts: Vec<(u32, i32)>,
+    /// 1-based numbers of the sync samples.
+    pub sync: Vec<u32>,
+    /// (offset in the final `mdat` payload, sample count): one chunk per fragment run.
+    pub chunks: Vec<(u64, u32)>,
+}
+
+impl TrackTable {
+    pub fn sample_count(&self) -> usize {
+        self.sizes.len()
+    }
+
+    /// Starts a chunk (a fragment's run) at `offset` in the `mdat` payload, decode time `time`.
+    pub fn begin_chunk(&mut self, offset: u64, time: u64) {
+        if self.sizes.is_empty() && self.chunks.is_empty() {
+            self.start = time;
+        }
+        self.chunks.push((offset, 0));
+    }
+
+    /// Appends a sample to the current chunk.
+    pub fn push(&mut self, size: u32, duration: u32, cts: i32, sync: bool) {
+        self.sizes.push(size);
+        self.duration += u64::from(duration);
+        match self.stts.last_mut() {
+            Some((n, d)) if *d == duration => *n += 1,
+            _ => self.stts.push((1, duration)),
+        }
+        match self.ctts.last_mut() {
+            Some((n, c)) if *c == cts => *n += 1,
+            _ => self.ctts.push((1, cts)),
+        }
+        if sync {
+            self.sync.push(self.sizes.len() as u32);
+        }
+        if let Some((_, n)) = self.chunks.last_mut() {
+            *n += 1;
+        }
+    }
+
+    /// The duration of the last sample, if any.
+    pub fn last_duration(&self) -> Option<u32> {
+        self.stts.last().map(|&(_, d)| d)
+    }
+}
+
+/// Builds the faststart file: `ftyp` + `moov` + `mdat` header as the head, then the fragments'
+/// `mdat` payloads (`ranges` of the fragmented file, `payload_len` bytes in all).
+/// Tracks without samples are left out. `Ok(None)` when no track has a sample.
+pub(crate) fn finalize(
+    tracks: &[(&TrackInfo, &TrackTable)],
+    payload_len: u64,
+    ranges: &[Range<u64>],
+) -> Result<Option<Rewrite>, MuxError> {
+    let tracks: Vec<(&TrackInfo, &TrackTable)> = tracks.iter().copied().filter(|(_, t)| t.sample_count() > 0).collect();
+    if tracks.is_empty() {
+        return Ok(None);
+    }
+    debug_assert_eq!(payload_len, ranges.iter().map(|r| r.end - r.start).sum::<u64>());
+    let mdat_header: u64 = if payload_len + 8 > u64::from(u32::MAX) { 16 } else { 8 };
+    let mut ftyp = BytesMut::new();
+    let mut w = BoxWriter::new(&mut ftyp);
+    write_ftyp(&mut w);
+    w.done()?;
+    let last_chunk = tracks.iter().filter_map(|(_, t)| t.chunks.last().map(|c| c.0)).max().unwrap_or(0);
+
+    // The moov size depends on the choice of stco/co64, not on the offset values.
+    let moov_len = |co64: bool| -> Result<u64, MuxError> {
+        let mut b = BytesMut::new();
+        let mut w = BoxWriter::new(&mut b);
+        write_final_moov(&mut w, &tracks, 0, co64);
+        w.done()?;
+        Ok(b.len() as u64)
+    };
+    let mut co64 = false;
+    let mut base = ftyp.len() as u64 + moov_len(false)? + mdat_header;
+    if base + last_chunk > u64::from(u32::MAX) {
+        co64 = true;
+        base = ftyp.len() as u64 + moov_len(true)? + mdat_header;
+    }
+
+    let mut head = ftyp;
+    let mut w = BoxWriter::new(&mut head);
+    write_final_moov(&mut w, &tracks, base, co64);
+    w.done()?;
+    if mdat_header == 16 {
+        head.extend_from_slice(&1u32.to_be_bytes());
+        head.extend_from_slice(b"mdat");
+        head.extend_from_slice(&(payload_len + 16).to_be_bytes());
+    } else {
+        head.extend_from_slice(&((payload_len + 8) as u32).to_be_bytes());
+        head.extend_from_slice(b"mdat");
+    }
+    debug_assert_eq!(head.len() as u64, base);
+
+    let mut merged: Vec<Range<u64>> = Vec::with_capacity(ranges.len());
+    for r in ranges.iter().filter(|r| r.end > r.start) {
+        match merged.last_mut() {
+            Some(last) if last.end == r.start => last.end = r.end,
+            _ => merged.push(r.clone()),
+        }
+    }
+    Ok(Some(Rewrite { head: head.freeze(), ranges: merged, tail: Bytes::new() }))
+}
