@@ -172,7 +172,9 @@ impl Muxer for FlvMuxer {
         let mut head = file_header(self.has_audio, self.has_video).to_vec();
         head.extend_from_slice(&self.metadata_tag(total as f64, meta_len));
         debug_assert_eq!(head.len() as u64, FILE_HEADER_LEN as u64 + meta_len);
-        Ok(Some(Rewrite { head: head.into(), ranges: vec![FILE_HEADER_LEN as u64..self.written], tail: Bytes::new() }))
+        #[allow(clippy::single_range_in_vec_init)] // one range of the body, not a range of values
+        let ranges = vec![FILE_HEADER_LEN as u64..self.written];
+        Ok(Some(Rewrite { head: head.into(), ranges, tail: Bytes::new() }))
     }
 }
 

@@ -34,13 +34,13 @@ fn new_muxer(f: Format) -> Option<Box<dyn Muxer>> {
 
 pub(crate) enum Output {
     File(FileOutput),
-    Hls(HlsOutput),
+    Hls(Box<HlsOutput>),
 }
 
 impl Output {
     pub fn new(format: Format, t: &Template, storage: Arc<dyn Storage>) -> Self {
         match format {
-            Format::Hls => Output::Hls(HlsOutput {
+            Format::Hls => Output::Hls(Box::new(HlsOutput {
                 storage,
                 segment_ms: t.hls_segment.as_millis(),
                 ts: TsMuxer::new(),
@@ -53,7 +53,7 @@ impl Output {
                 first_dts: None,
                 last_dts: 0,
                 disabled: false,
-            }),
+            })),
             _ => Output::File(FileOutput {
                 format,
                 storage,
@@ -413,9 +413,7 @@ impl FileOutput {
         if self.cur.is_none() {
             // A new file is only worth starting with media (not a lone header or metadata).
             if !f.is_sample() {
-                if f.config || f.kind == FrameKind::Data {
-                    return; // kept in ctx and replayed when the file opens
-                }
+                return; // headers and metadata are kept in ctx and replayed when the file opens
             }
             self.cur = self.open(ctx);
         }

@@ -61,6 +61,7 @@ pub(crate) struct StreamTask {
 }
 
 impl StreamTask {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         rt: Arc<Runtime>,
         live: Arc<RwLock<Arc<Runtime>>>,
