@@ -44,6 +44,11 @@ enum Command {
         #[arg(short = 'o', long = "output")]
         output: PathBuf,
     },
+    /// Load generators for benchmarking a recorder (see BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        command: reel::bench::BenchCommand,
+    },
 }
 
 fn parse_format(s: &str) -> Result<Format, String> {
@@ -69,6 +74,7 @@ fn main() -> std::process::ExitCode {
     let res = match cli.command {
         Command::Serve { config, check } => serve(config, check),
         Command::Remux { input, format, output } => remux(input, format, output),
+        Command::Bench { command } => bench(command),
     };
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -96,6 +102,17 @@ fn remux(input: PathBuf, format: Format, output: PathBuf) -> Result<()> {
         r.seconds,
         r.bytes_in as f64 / r.seconds.max(1e-9) / 1e6
     );
+    Ok(())
+}
+
+/// Runs a benchmark: the JSON report on stdout (one line), a summary on stderr. Fails when
+/// any stream had an error, after printing the report.
+fn bench(command: reel::bench::BenchCommand) -> Result<()> {
+    let report = reel::bench::run(command)?;
+    println!("{}", report.to_json());
+    eprint!("{}", report.human());
+    let errors = report.errors().len();
+    anyhow::ensure!(errors == 0, "{errors} of {} streams had errors", report.streams.len());
     Ok(())
 }
 
