@@ -36,6 +36,9 @@ pub async fn publish(opts: PublishOptions) -> Result<Report, BenchError> {
         .map(|i| RtmpUrl::parse(&opts.url.replace("{n}", &i.to_string())))
         .collect::<Result<_, _>>()?;
     let started = Instant::now();
+    // Every connection ticks on the same grid, so the runtime wakes once per tick for all of
+    // them instead of once per connection.
+    let epoch = tokio::time::Instant::now();
     let n = opts.streams as u32;
     let mut tasks = Vec::with_capacity(urls.len());
     for (i, url) in urls.into_iter().enumerate() {
@@ -45,7 +48,7 @@ pub async fn publish(opts: PublishOptions) -> Result<Report, BenchError> {
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let mut r = StreamResult::default();
-            if let Err(e) = one_stream(&url, media, &opts, &mut r).await {
+            if let Err(e) = one_stream(&url, media, &opts, epoch, &mut r).await {
                 r.error = Some(e);
             }
             r
@@ -58,6 +61,18 @@ pub async fn publish(opts: PublishOptions) -> Result<Report, BenchError> {
         );
     }
     Ok(Report { streams, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// The first instant at or after `now` on the grid `epoch + k * tick`.
+fn next_grid_tick(
+    epoch: tokio::time::Instant,
+    now: tokio::time::Instant,
+    tick: std::time::Duration,
+) -> tokio::time::Instant {
+    let since = now.saturating_duration_since(epoch).as_nanos();
+    let tick_ns = tick.as_nanos().max(1);
+    let k = since.div_ceil(tick_ns);
+    epoch + std::time::Duration::from_nanos(u64::try_from(k * tick_ns).unwrap_or(u64::MAX))
 }
 
 fn now_unix_ms() -> u64 {
@@ -82,6 +97,7 @@ async fn one_stream(
     url: &RtmpUrl,
     media: Arc<Media>,
     opts: &PublishOptions,
+    epoch: tokio::time::Instant,
     r: &mut StreamResult,
 ) -> Result<(), String> {
     let mut client = ClientSession::new(url.config(Role::Publish));
@@ -126,7 +142,7 @@ async fn one_stream(
     let duration_ms = opts.duration.as_millis() as u64;
     let mut pacer = Pacer::new(media, duration_ms);
     let start = tokio::time::Instant::now();
-    let mut ticks = interval_at(start, opts.tick);
+    let mut ticks = interval_at(next_grid_tick(epoch, start, opts.tick), opts.tick);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let (mut rd, mut wr) = sock.split();
     let result: Result<(), String> = loop {
