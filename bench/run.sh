@@ -14,6 +14,7 @@
 #   BENCH_CLIP_SECONDS=120   length of the clip encoded once, then looped to the size
 #   BENCH_SECONDS=60         media seconds each live publisher sends
 #   BENCH_STREAMS="10 100"   publisher counts (BENCH_FULL=1: "10 100 500 1000")
+#   BENCH_REPEAT=3           runs of each remux command (the fastest is reported)
 #   BENCH_TICK=20ms          publisher pacing tick (one write per stream per tick)
 #   BENCH_OUT=BENCHMARKS.md  report file (relative to the repository root)
 #   BENCH_SKIP_REMUX=1 / BENCH_SKIP_LIVE=1 to leave a part out
@@ -25,6 +26,7 @@ REMUX_MB=${BENCH_REMUX_MB:-1024}
 CLIP_SECONDS=${BENCH_CLIP_SECONDS:-120}
 LIVE_SECONDS=${BENCH_SECONDS:-60}
 TICK=${BENCH_TICK:-20ms}
+REPEAT=${BENCH_REPEAT:-3}
 if [ "${BENCH_FULL:-0}" = 1 ]; then
     STREAMS=${BENCH_STREAMS:-"10 100 500 1000"}
 else
@@ -140,21 +142,34 @@ log "reel remux formats: flv=${REEL_FMT[flv]} mp4=${REEL_FMT[mp4]} hls=${REEL_FM
 timed() {
     local label=$1 fmt=$2 input=$3 outdir=$4
     shift 5
-    local t status=ok e=0 u=0 s=0 m=0 bytes_out=0 in_bytes
+    local t status=skipped e=0 u=0 s=0 m=0 bytes_out=0 in_bytes
     in_bytes=$(stat -c %s "$input")
     t=$(cap 900)
     if [ "$t" -le 5 ]; then
         status=skipped
     else
-        rm -rf "$outdir" && mkdir -p "$outdir"
-        if /usr/bin/time -f '%e %U %S %M' -o "$WORK/time.txt" timeout "$t" "$@" >"$WORK/cmd.log" 2>&1; then
-            read -r e u s m < <(tail -1 "$WORK/time.txt")
-            bytes_out=$(du -sb "$outdir" | cut -f1)
-        elif grep -q "not available" "$WORK/cmd.log"; then
-            status=n/a
-        else
-            status="error: $(tail -1 "$WORK/cmd.log" | tr -d '"\\' | cut -c1-120)"
-        fi
+        local i best=""
+        for ((i = 0; i < REPEAT; i++)); do
+            rm -rf "$outdir" && mkdir -p "$outdir"
+            t=$(cap 900)
+            if /usr/bin/time -f '%e %U %S %M' -o "$WORK/time.txt" timeout "$t" "$@" >"$WORK/cmd.log" 2>&1; then
+                status=ok
+                read -r e u s m < <(tail -1 "$WORK/time.txt")
+                # Keep the fastest of the repeats (the machine may be shared).
+                if [ -z "$best" ] || awk -v a="$e" -v b="$best" 'BEGIN { exit !(a < b) }'; then
+                    best=$e
+                    echo "$e $u $s $m" >"$WORK/best.txt"
+                fi
+                bytes_out=$(du -sb "$outdir" | cut -f1)
+            elif grep -q "not available" "$WORK/cmd.log"; then
+                status=n/a
+                break
+            else
+                status="error: $(tail -1 "$WORK/cmd.log" | tr -d '"\\' | cut -c1-120)"
+                break
+            fi
+        done
+        [ "$status" = ok ] && read -r e u s m <"$WORK/best.txt"
         rm -rf "$outdir"
     fi
     printf '{"input":"%s","in_bytes":%s,"format":"%s","tool":"%s","status":"%s","wall_s":%s,"user_s":%s,"sys_s":%s,"max_rss_kb":%s,"out_bytes":%s}\n' \
@@ -585,6 +600,7 @@ md = [
     "Measured by `bench/run.sh` (see the script's header for its settings). Every ratio compares",
     "Reel with the peer measured **in the same run, on the same machine**. Inputs, outputs and",
     "recordings live in tmpfs (`/dev/shm`), so the figures are CPU and memory costs, not disk speed.",
+    "The machine may be shared with other work while this runs: treat differences under ~20% as noise.",
     "",
     f"- machine: {os.environ['NPROC']} CPUs, {os.environ['MACHINE_CPU']}, {os.environ['MACHINE_MEM']} RAM, Linux {os.environ['KERNEL']}",
     f"- reel {os.environ['REEL_REV']} (release build), ffmpeg {os.environ['FFMPEG_VER']}, nginx {os.environ['NGINX_VER']} with libnginx-mod-rtmp {os.environ['RTMP_VER']}",
@@ -596,7 +612,8 @@ md = [
     "`reel remux IN -f F -o OUT` against `ffmpeg -v error -i IN -c copy -f F OUT` (hls: `-hls_time 6",
     "-hls_list_size 0`; aac: `-vn -c:a copy -f adts`; mp4 also with `-movflags +faststart`), and `cp`",
     "as the physical limit. MB/s = input bytes / wall time. CPU = user + sys. Inputs: testsrc2 + AAC",
-    "encoded once with x264 and looped with `-stream_loop -c copy`. n/a: not supported by this build.",
+    "encoded once with x264 and looped with `-stream_loop -c copy`. Each command runs BENCH_REPEAT",
+    "times; the fastest run is shown. n/a: not supported by this build.",
     "",
     "| input | format | tool | wall s | MB/s | CPU s | max RSS MB | out MB | CPU vs ffmpeg | speed vs ffmpeg |",
     "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
