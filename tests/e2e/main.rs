@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `reel` binary, real publishers, verified with ffprobe/ffmpeg.
 
+mod bench;
 mod common;
 mod config_errors;
 mod flv_record;

@@ -2,10 +2,12 @@
 //! and return events and bytes to send; the tokio connection code drives a [`ServerSession`].
 
 pub mod chunk;
+pub mod client;
 pub mod conn;
 pub mod handshake;
 pub mod session;
 
 pub use chunk::{ChunkError, ChunkReader, ChunkWriter, RawMessage};
+pub use client::{ClientConfig, ClientError, ClientEvent, ClientSession, Role, RtmpUrl};
 pub use handshake::{HandshakeError, HandshakeKind, HandshakeStatus, ServerHandshake};
 pub use session::{PublishRequest, ServerSession, SessionError, SessionEvent};
