@@ -16,7 +16,13 @@ use crate::media::Frame;
 
 /// Read buffer growth step. Frames are split off the read buffer as refcounted slices, so a
 /// buffer is shared until its frames are written; a new one is started when this runs low.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 32 * 1024;
+/// Once a publish is accepted, the kernel wakes us only when this much media is waiting (or
+/// at the fallback tick): a 500 kbit/s stream then costs a few reads a second, not one per
+/// packet. Recording tolerates the added latency (at most one tick).
+const PUBLISH_LOW_WATER: i32 = 16 * 1024;
+/// Fallback tick: picks up data below the low-water mark and checks the idle timeout.
+const TICK: Duration = Duration::from_millis(250);
 /// Warnings (e.g. unparsable frames) logged per connection; the rest are only counted.
 const MAX_LOGGED_WARNINGS: u32 = 5;
 
@@ -86,21 +92,50 @@ async fn connection<H: PublishHandler>(
     let mut events = Vec::with_capacity(64);
     let mut sink: Option<H::Sink> = None;
     let mut warnings = 0u32;
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_data = tokio::time::Instant::now();
+    let mut batching = false;
+    let mut draining = false;
     let result = loop {
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
         }
-        let n = tokio::select! {
-            r = tokio::time::timeout(idle_timeout, sock.read_buf(&mut buf)) => match r {
-                Ok(Ok(n)) => n,
-                Ok(Err(e)) => break Err(e.into()),
-                Err(_) => break Err(ConnError::Idle(idle_timeout)),
-            },
-            _ = shutdown.cancelled() => break Ok(()),
+        let n = if draining {
+            // Shutting down: take what the kernel already holds, then stop.
+            match sock.try_read_buf(&mut buf) {
+                Ok(n) => n,
+                Err(_) => 0,
+            }
+        } else {
+            tokio::select! {
+                biased;
+                _ = &mut cancelled => {
+                    draining = true;
+                    continue;
+                }
+                r = sock.read_buf(&mut buf) => match r {
+                    Ok(n) => n,
+                    Err(e) => break Err(e.into()),
+                },
+                _ = tick.tick() => match sock.try_read_buf(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if last_data.elapsed() > idle_timeout {
+                            break Err(ConnError::Idle(idle_timeout));
+                        }
+                        continue;
+                    }
+                    Err(e) => break Err(e.into()),
+                },
+            }
         };
         if n == 0 {
             break Ok(());
         }
+        last_data = tokio::time::Instant::now();
         let fed = session.feed(&mut buf, &mut events);
         let mut refused = None;
         for ev in events.drain(..) {
@@ -109,6 +144,9 @@ async fn connection<H: PublishHandler>(
                     Ok(s) => {
                         sink = Some(s);
                         session.accept_publish();
+                        if !batching {
+                            batching = set_low_water(&sock, PUBLISH_LOW_WATER);
+                        }
                     }
                     Err((code, why)) => {
                         tracing::warn!(app = %req.app, stream = %req.stream, "publish refused: {why}");
@@ -147,4 +185,26 @@ async fn connection<H: PublishHandler>(
     drop(sink);
     let _ = sock.shutdown().await;
     result
+}
+
+/// Sets SO_RCVLOWAT; returns whether it took effect.
+#[cfg(unix)]
+fn set_low_water(sock: &TcpStream, bytes: i32) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt on a socket we own, with a pointer to a live c_int of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&bytes as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    rc == 0
+}
+
+#[cfg(not(unix))]
+fn set_low_water(_sock: &TcpStream, _bytes: i32) -> bool {
+    false
 }

@@ -34,7 +34,7 @@ pub enum RemuxError {
     Unsupported(String),
 }
 
-/// Flush to disk every this many bytes of output.
+/// Flush to disk every this many bytes of output (HLS segments).
 const BATCH_BYTES: usize = 4 << 20;
 
 /// Maps the input file: tags are then slices of the page cache, never copied.
@@ -43,7 +43,8 @@ fn map(input: &Path) -> Result<Bytes, RemuxError> {
     let file = std::fs::File::open(input).map_err(err)?;
     // SAFETY: the mapping is read-only and private to this process; like every reader of a
     // file, we assume nobody truncates it while we read (an offline tool's input).
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(err)?;
+    // Populated up front: one pass of page-table setup instead of a fault per page.
+    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }.map_err(err)?;
     Ok(Bytes::from_owner(map))
 }
 
@@ -53,35 +54,108 @@ pub fn remux(input: &Path, format: Format, output: &Path, segment_ms: u64) -> Re
     let started = Instant::now();
     let data = map(input)?;
     let bytes_in = data.len() as u64;
-    let mut reader = FileReader::new(data)?;
-    let mut muxer: Box<dyn Muxer> = match format {
-        Format::Flv => Box::new(crate::mux::flv::FlvMuxer::new()),
-        Format::Aac => Box::new(crate::mux::aac::AdtsMuxer::new()),
-        Format::Mp4 => Box::new(crate::mux::mp4::Mp4Muxer::new()),
-        Format::Hls => return remux_hls(reader, output, segment_ms, started, bytes_in),
+    let new_muxer = || -> Box<dyn Muxer> {
+        match format {
+            Format::Flv => Box::new(crate::mux::flv::FlvMuxer::new()),
+            Format::Aac => Box::new(crate::mux::aac::AdtsMuxer::new()),
+            _ => Box::new(crate::mux::mp4::Mp4Muxer::new()),
+        }
     };
+    if format == Format::Hls {
+        return remux_hls(FileReader::new(data)?, output, segment_ms, started, bytes_in);
+    }
     let (dir, name) = split_output(output)?;
     let storage = FsStorage::new(&dir)?;
-    let mut w = storage.create(&format!("remux-{}-{name}", std::process::id()))?;
     let mut out: Chunks = Vec::with_capacity(4096);
-    let mut pending = 0usize;
+
+    // Pass 1 builds the index a container wants up front (FLV onMetaData, MP4 moov): muxing
+    // costs only header building here, payloads are refcounted slices and nothing is written.
+    let mut muxer = new_muxer();
+    let mut reader = FileReader::new(data.clone())?;
     let mut frames = 0u64;
     while let Some(f) = reader.next_frame()? {
         frames += 1;
-        let before = out.len();
         muxer.push(&f, &mut out)?;
-        pending += out[before..].iter().map(Bytes::len).sum::<usize>();
-        if pending >= BATCH_BYTES {
-            w.write(&out)?;
-            out.clear();
-            pending = 0;
+        out.clear();
+    }
+    let rewrite = muxer.finish(&mut out)?;
+    out.clear();
+
+    // Pass 2 writes the final file once, in order: the index, then the body bytes the final
+    // file keeps (the same muxer output, filtered by the rewrite's ranges), then the tail.
+    // The live recorder cannot know the future and finalises by copying; a file can.
+    let mut w = storage.create(&format!("remux-{}-{name}", std::process::id()))?;
+    let mut filter = rewrite.as_ref().map(|r| RangeFilter::new(&r.ranges));
+    if let Some(r) = &rewrite {
+        w.write(std::slice::from_ref(&r.head))?;
+    }
+    let mut muxer = new_muxer();
+    let mut reader = FileReader::new(data)?;
+    let mut batch: Chunks = Vec::with_capacity(BATCH_CHUNKS + 64);
+    let mut push = |out: &mut Chunks, batch: &mut Chunks, w: &mut Box<dyn crate::storage::FileWriter>, force: bool| {
+        match &mut filter {
+            Some(f) => out.drain(..).for_each(|c| f.keep(c, batch)),
+            None => batch.append(out),
+        }
+        if force || batch.len() >= BATCH_CHUNKS {
+            let r = w.write(batch);
+            batch.clear();
+            return r;
+        }
+        Ok(())
+    };
+    while let Some(f) = reader.next_frame()? {
+        muxer.push(&f, &mut out)?;
+        push(&mut out, &mut batch, &mut w, false)?;
+    }
+    muxer.finish(&mut out)?;
+    push(&mut out, &mut batch, &mut w, true)?;
+    if let Some(r) = &rewrite {
+        w.write(std::slice::from_ref(&r.tail))?;
+    }
+    let stored = w.finish(&name, Finalize::default())?;
+    Ok(RemuxReport { frames, bytes_in, bytes_out: stored.size, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// Chunks per write call in pass 2.
+const BATCH_CHUNKS: usize = 4096;
+
+/// Keeps the parts of a stream of chunks that fall in ascending byte ranges of the stream.
+struct RangeFilter<'a> {
+    ranges: &'a [std::ops::Range<u64>],
+    idx: usize,
+    pos: u64,
+}
+
+impl<'a> RangeFilter<'a> {
+    fn new(ranges: &'a [std::ops::Range<u64>]) -> Self {
+        Self { ranges, idx: 0, pos: 0 }
+    }
+
+    fn keep(&mut self, chunk: Bytes, out: &mut Chunks) {
+        let start = self.pos;
+        let end = start + chunk.len() as u64;
+        self.pos = end;
+        while let Some(r) = self.ranges.get(self.idx) {
+            if r.start >= end {
+                break;
+            }
+            if r.end > start {
+                let s = (r.start.max(start) - start) as usize;
+                let e = (r.end.min(end) - start) as usize;
+                if s == 0 && e == chunk.len() {
+                    out.push(chunk.clone());
+                } else {
+                    out.push(chunk.slice(s..e));
+                }
+            }
+            if r.end <= end {
+                self.idx += 1;
+            } else {
+                break;
+            }
         }
     }
-    let rw = muxer.finish(&mut out)?;
-    w.write(&out)?;
-    let Rewrite { head, ranges, tail } = rw.unwrap_or_default();
-    let stored = w.finish(&name, Finalize { head: &head, ranges: &ranges, tail: &tail })?;
-    Ok(RemuxReport { frames, bytes_in, bytes_out: stored.size, seconds: started.elapsed().as_secs_f64() })
 }
 
 fn split_output(output: &Path) -> Result<(std::path::PathBuf, String), RemuxError> {

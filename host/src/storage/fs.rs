@@ -114,6 +114,12 @@ fn write_all_vectored(file: &mut File, chunks: &[Bytes]) -> io::Result<u64> {
     let mut offset = 0usize; // into chunks[i]
     let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(chunks.len().min(MAX_IOV));
     while i < chunks.len() {
+        if chunks[i].len() == offset {
+            // Empty chunks (and finished ones) take no write.
+            i += 1;
+            offset = 0;
+            continue;
+        }
         iov.clear();
         iov.push(IoSlice::new(&chunks[i][offset..]));
         iov.extend(chunks[i + 1..].iter().take(MAX_IOV - 1).map(|c| IoSlice::new(c)));
@@ -208,6 +214,7 @@ mod tests {
         let mut f = s.create("a/b c").unwrap();
         let chunks: Vec<Bytes> = (0..3000u32).map(|i| Bytes::from(i.to_be_bytes().to_vec())).collect();
         f.write(&chunks).unwrap();
+        f.write(&[Bytes::new(), Bytes::new()]).unwrap();
         assert_eq!(f.written(), 12000);
         let st = f.finish("live/s/x.flv", Finalize::default()).unwrap();
         let data = fs::read(root.join("live/s/x.flv")).unwrap();
