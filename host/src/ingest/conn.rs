@@ -105,10 +105,7 @@ async fn connection<H: PublishHandler>(
         }
         let n = if draining {
             // Shutting down: take what the kernel already holds, then stop.
-            match sock.try_read_buf(&mut buf) {
-                Ok(n) => n,
-                Err(_) => 0,
-            }
+            recv_now(&sock, &mut buf).unwrap_or(0)
         } else {
             tokio::select! {
                 biased;
@@ -120,7 +117,7 @@ async fn connection<H: PublishHandler>(
                     Ok(n) => n,
                     Err(e) => break Err(e.into()),
                 },
-                _ = tick.tick() => match sock.try_read_buf(&mut buf) {
+                _ = tick.tick() => match recv_now(&sock, &mut buf) {
                     Ok(n) => n,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         if last_data.elapsed() > idle_timeout {
@@ -185,6 +182,28 @@ async fn connection<H: PublishHandler>(
     drop(sink);
     let _ = sock.shutdown().await;
     result
+}
+
+/// Reads what the kernel holds right now, below the low-water mark too. (Tokio's `try_read`
+/// trusts its cached readiness, which a low-water mark keeps unset.)
+#[cfg(unix)]
+fn recv_now(sock: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: recv writes at most `spare.len()` bytes into the buffer's spare capacity; we
+    // mark exactly the bytes it reports as initialised.
+    let n = unsafe { libc::recv(sock.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: see above; n <= spare.len().
+    unsafe { buf.set_len(buf.len() + n as usize) };
+    Ok(n as usize)
+}
+
+#[cfg(not(unix))]
+fn recv_now(sock: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    sock.try_read_buf(buf)
 }
 
 /// Sets SO_RCVLOWAT; returns whether it took effect.
