@@ -9,6 +9,7 @@ pub mod config;
 pub mod ingest;
 pub mod media;
 pub mod mux;
+pub mod notify;
 pub mod policy;
 pub mod record;
 pub mod storage;
