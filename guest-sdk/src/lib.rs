@@ -26,7 +26,7 @@ extern crate self as reel_plugin;
 
 mod shared;
 
-pub use shared::{civil, escaped_time, is_wildcard, most_specific, Civil, FileVars, Json, DEFAULT_NAME_TEMPLATE};
+pub use shared::{civil, escaped_time, is_wildcard, most_specific, safe_component, Civil, FileVars, Json, DEFAULT_NAME_TEMPLATE};
 
 #[doc(hidden)]
 pub mod __private {
@@ -366,9 +366,10 @@ pub mod builtin {
         Some(candidates[i].rule_id.clone())
     }
 
-    /// `{AppName}/{StreamName}/{EscapedStartTime}_{EscapedEndTime}.{ext}`.
+    /// `{AppName}/{StreamName}/{EscapedStartTime}_{EscapedEndTime}.{ext}`, with `/` and `..`
+    /// in publisher-chosen names replaced by `_`.
     pub fn name_file(s: &StreamInfo, f: &FileInfo) -> String {
-        expand(DEFAULT_NAME_TEMPLATE, s, f)
+        shared::default_name(&file_vars(s, f))
     }
 
     /// A JSON POST to `url` with the stream and file fields (`"event": "record_file"`).

@@ -134,6 +134,28 @@ impl FileVars<'_> {
     }
 }
 
+/// Makes a publisher-chosen name safe as one path component: `/`, `\\` and control characters
+/// become `_`, and an empty, `.` or `..` name becomes `_`.
+pub fn safe_component(s: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| c == '/' || c == '\\' || c.is_control();
+    if s.is_empty() || s == "." || s == ".." {
+        return "_".into();
+    }
+    if s.contains(bad) {
+        s.replace(bad, "_").into()
+    } else {
+        s.into()
+    }
+}
+
+/// The built-in storage key of a file ([`DEFAULT_NAME_TEMPLATE`], with the publisher-chosen
+/// names made safe by [`safe_component`]).
+pub fn default_name(v: &FileVars<'_>) -> String {
+    let (domain, app, stream) = (safe_component(v.domain), safe_component(v.app), safe_component(v.stream));
+    let safe = FileVars { domain: &domain, app: &app, stream: &stream, ..*v };
+    expand(DEFAULT_NAME_TEMPLATE, |n| safe.get(n))
+}
+
 /// True for a rule pattern that matches anything: empty (Tencent) or `*` (Aliyun).
 pub fn is_wildcard(pattern: &str) -> bool {
     pattern.is_empty() || pattern == "*"
@@ -283,6 +305,12 @@ mod tests {
         assert_eq!(expand("{{AppName}}", |n| v.get(n)), "{live}");
         assert_eq!(expand("{}{ AppName}x{", |n| v.get(n)), "{}{ AppName}x{");
         assert_eq!(expand("ünï{AppName}çødé", |n| v.get(n)), "ünïliveçødé");
+    }
+
+    #[test]
+    fn default_names_stay_inside_the_root() {
+        let v = FileVars { app: "..", stream: "a/../../b", ..vars() };
+        assert_eq!(default_name(&v), "_/a_.._.._b/2026-11-22-13-05-09_2026-11-22-13-35-09.flv");
     }
 
     #[test]
