@@ -515,7 +515,7 @@ fn a_tighter_deadline_and_memory_cap_apply() {
     // A cap below what the plugin needs to start refuses it at load.
     let tiny = PolicyConfig { memory: 64 << 10, ..policy };
     let err = Registry::without_cache(&configs, &tiny).unwrap_err().to_string();
-    assert!(err.contains("(memory)"), "{err}");
+    assert!(err.contains("does not fit the memory cap ([policy] memory = 65536 bytes)"), "{err}");
 }
 
 #[test]

@@ -83,6 +83,21 @@ impl Adapter {
         call.run(|store, instance| idx.load(&mut *store, instance)?.call_name_file(&mut *store, &ctx, &s, &f))
     }
 
+    pub fn warm_naming(&self, call: &Call<'_>, env: CallEnv, s: &StreamInfo, f: &FileInfo, n: u32) -> Result<std::time::Duration, Failure> {
+        let idx = self.naming.as_ref().ok_or_else(|| not_exported(Interface::Naming))?;
+        let (ctx, s, f) = (self.context(env), stream(s), file(f));
+        call.run(|store, instance| {
+            let guest = idx.load(&mut *store, instance)?;
+            let started = std::time::Instant::now();
+            for _ in 0..n {
+                if let Err(e) = guest.call_name_file(&mut *store, &ctx, &s, &f)? {
+                    return Ok(Err(e));
+                }
+            }
+            Ok(Ok(started.elapsed()))
+        })
+    }
+
     pub fn on_file(&self, call: &Call<'_>, env: CallEnv, s: &StreamInfo, f: &FileInfo, url: &str) -> Result<Option<CallbackRequest>, Failure> {
         let idx = self.callbacks.as_ref().ok_or_else(|| not_exported(Interface::Callbacks))?;
         let (ctx, s, f) = (self.context(env), stream(s), file(f));
