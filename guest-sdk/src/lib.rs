@@ -26,7 +26,9 @@ extern crate self as reel_plugin;
 
 mod shared;
 
-pub use shared::{civil, escaped_time, is_wildcard, most_specific, safe_component, Civil, FileVars, Json, DEFAULT_NAME_TEMPLATE};
+pub use shared::{
+    civil, escaped_time, is_wildcard, most_specific, safe_component, Civil, FileVars, Json, DEFAULT_NAME_TEMPLATE,
+};
 
 #[doc(hidden)]
 pub mod __private {
@@ -362,7 +364,8 @@ pub mod builtin {
     /// The most specific candidate (exact stream > exact app > exact domain > wildcard), then
     /// the higher priority, then the first configured.
     pub fn select(_s: &StreamInfo, candidates: &[Candidate]) -> Option<String> {
-        let i = most_specific(candidates.iter().map(|c| (c.domain.as_str(), c.app.as_str(), c.name.as_str(), c.priority)))?;
+        let i =
+            most_specific(candidates.iter().map(|c| (c.domain.as_str(), c.app.as_str(), c.name.as_str(), c.priority)))?;
         Some(candidates[i].rule_id.clone())
     }
 

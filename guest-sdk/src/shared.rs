@@ -250,7 +250,15 @@ pub fn push_json_str(out: &mut String, s: &str) {
 
 /// The built-in callback body: `{"event":"record_file","domain":…,"task_id":…}`.
 #[allow(clippy::too_many_arguments)]
-pub fn default_callback_body(v: &FileVars<'_>, container: &str, key: &str, size: u64, duration_ms: u64, session_id: &str, task_id: Option<&str>) -> String {
+pub fn default_callback_body(
+    v: &FileVars<'_>,
+    container: &str,
+    key: &str,
+    size: u64,
+    duration_ms: u64,
+    session_id: &str,
+    task_id: Option<&str>,
+) -> String {
     Json::new()
         .str("event", "record_file")
         .str("domain", v.domain)
@@ -288,7 +296,10 @@ mod tests {
     #[test]
     fn expands_the_default_template() {
         let v = vars();
-        assert_eq!(expand(DEFAULT_NAME_TEMPLATE, |n| v.get(n)), "live/cam1/2026-11-22-13-05-09_2026-11-22-13-35-09.flv");
+        assert_eq!(
+            expand(DEFAULT_NAME_TEMPLATE, |n| v.get(n)),
+            "live/cam1/2026-11-22-13-05-09_2026-11-22-13-35-09.flv"
+        );
     }
 
     #[test]
@@ -315,7 +326,8 @@ mod tests {
 
     #[test]
     fn picks_the_most_specific_rule() {
-        let c = [("*", "*", "*", 9), ("d", "", "", 0), ("d", "live", "", 0), ("", "", "cam1", 0), ("d", "live", "*", 5)];
+        let c =
+            [("*", "*", "*", 9), ("d", "", "", 0), ("d", "live", "", 0), ("", "", "cam1", 0), ("d", "live", "*", 5)];
         assert_eq!(most_specific(c), Some(3));
         assert_eq!(most_specific(c[..3].iter().copied()), Some(2));
         assert_eq!(most_specific([("", "a", "", 1), ("", "a", "", 2), ("", "a", "", 2)]), Some(1));

@@ -9,7 +9,9 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use reel::policy::{Builtin, Container, FileInfo, Grants, Plan, Policy, PolicyConfig, PluginConfig, Registry, StreamInfo};
+use reel::policy::{
+    Builtin, Container, FileInfo, Grants, Plan, PluginConfig, Policy, PolicyConfig, Registry, StreamInfo,
+};
 
 fn build_plugins(repo: &Path) -> Option<std::path::PathBuf> {
     let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -52,10 +54,17 @@ fn main() {
         return;
     };
     let plugins = BTreeMap::from([
-        ("defaults".to_string(), PluginConfig { path: dir.join("defaults.wasm"), config: Default::default(), allow: Grants::default() }),
+        (
+            "defaults".to_string(),
+            PluginConfig { path: dir.join("defaults.wasm"), config: Default::default(), allow: Grants::default() },
+        ),
         (
             "tencent".to_string(),
-            PluginConfig { path: dir.join("tencent_css.wasm"), config: toml::from_str(r#"key = "k""#).unwrap(), allow: Grants::default() },
+            PluginConfig {
+                path: dir.join("tencent_css.wasm"),
+                config: toml::from_str(r#"key = "k""#).unwrap(),
+                allow: Grants::default(),
+            },
         ),
     ]);
     let load = Instant::now();
@@ -91,30 +100,50 @@ fn main() {
 
     println!("\n{:<44} {:>12}", "decision", "ns/decision");
     let row = |what: &str, ns: f64| println!("{what:<44} {ns:>12.0}");
-    row("builtin naming", per_iter(budget, || {
-        black_box(Builtin.name_file(black_box(&s), &f));
-    }));
-    row("builtin callback", per_iter(budget, || {
-        black_box(Builtin.on_file(black_box(&s), &f, "http://cb/"));
-    }));
-    row("plugin naming (defaults, fresh instance)", per_iter(budget, || {
-        black_box(defaults.name_file(black_box(&s), &f));
-    }));
-    row("plugin plan (defaults, fresh instance)", per_iter(budget, || {
-        black_box(defaults.plan(black_box(&s), Container::Hls, plan));
-    }));
-    row("plugin naming (tencent-css, fresh instance)", per_iter(budget, || {
-        black_box(tencent.name_file(black_box(&s), &f));
-    }));
-    row("plugin callback (tencent-css, md5 signed)", per_iter(budget, || {
-        black_box(tencent.on_file(black_box(&s), &f, "http://cb/"));
-    }));
+    row(
+        "builtin naming",
+        per_iter(budget, || {
+            black_box(Builtin.name_file(black_box(&s), &f));
+        }),
+    );
+    row(
+        "builtin callback",
+        per_iter(budget, || {
+            black_box(Builtin.on_file(black_box(&s), &f, "http://cb/"));
+        }),
+    );
+    row(
+        "plugin naming (defaults, fresh instance)",
+        per_iter(budget, || {
+            black_box(defaults.name_file(black_box(&s), &f));
+        }),
+    );
+    row(
+        "plugin plan (defaults, fresh instance)",
+        per_iter(budget, || {
+            black_box(defaults.plan(black_box(&s), Container::Hls, plan));
+        }),
+    );
+    row(
+        "plugin naming (tencent-css, fresh instance)",
+        per_iter(budget, || {
+            black_box(tencent.name_file(black_box(&s), &f));
+        }),
+    );
+    row(
+        "plugin callback (tencent-css, md5 signed)",
+        per_iter(budget, || {
+            black_box(tencent.on_file(black_box(&s), &f, "http://cb/"));
+        }),
+    );
 
     let inst = per_iter(budget, || registry.instantiate_only("defaults").unwrap());
     println!("\ninstantiation (fresh store + instance, no call): {:.1} µs", inst / 1e3);
     let warm = |name: &str| {
         let n = 1_000;
-        (0..20).map(|_| registry.warm_naming(name, &s, &f, n).unwrap().as_nanos() as f64 / n as f64).fold(f64::INFINITY, f64::min)
+        (0..20)
+            .map(|_| registry.warm_naming(name, &s, &f, n).unwrap().as_nanos() as f64 / n as f64)
+            .fold(f64::INFINITY, f64::min)
     };
     println!("warm call into a live instance, naming (defaults): {:.0} ns", warm("defaults"));
     println!("warm call into a live instance, naming (tencent-css): {:.0} ns", warm("tencent"));

@@ -182,7 +182,10 @@ pub struct Notifier {
 
 impl std::fmt::Debug for Notifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Notifier").field("callbacks", &self.callbacks).field("pending", &self.shared.outbox.len()).finish()
+        f.debug_struct("Notifier")
+            .field("callbacks", &self.callbacks)
+            .field("pending", &self.shared.outbox.len())
+            .finish()
     }
 }
 
@@ -323,7 +326,9 @@ fn post(agent: &ureq::Agent, r: &CallbackRequest, timeout: Duration) -> Outcome 
             }
         }
         Err(e) => match e {
-            ureq::Error::BadUri(_) | ureq::Error::Http(_) | ureq::Error::RequireHttpsOnly(_) => Outcome::Fail(e.to_string()),
+            ureq::Error::BadUri(_) | ureq::Error::Http(_) | ureq::Error::RequireHttpsOnly(_) => {
+                Outcome::Fail(e.to_string())
+            }
             e => Outcome::Retry(e.to_string()),
         },
     }

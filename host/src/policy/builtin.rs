@@ -35,7 +35,9 @@ impl Policy for Builtin {
     /// Exact stream > exact app > exact domain > wildcard, then higher priority, then the
     /// first configured.
     fn select_rule(&self, _s: &StreamInfo, candidates: &[Candidate]) -> Option<String> {
-        let i = shared::most_specific(candidates.iter().map(|c| (c.domain.as_str(), c.app.as_str(), c.name.as_str(), c.priority)))?;
+        let i = shared::most_specific(
+            candidates.iter().map(|c| (c.domain.as_str(), c.app.as_str(), c.name.as_str(), c.priority)),
+        )?;
         Some(candidates[i].rule_id.clone())
     }
 

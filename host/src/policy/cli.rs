@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use super::registry::check_choice;
 use super::wasm::{CallEnv, Plugin, Runtime};
 use super::{
-    check_key, check_plan, check_request, config_values, Candidate, Container, Failure, FileInfo, Grants, Interface, Plan, PolicyConfig,
-    PolicyError, StreamInfo,
+    check_key, check_plan, check_request, config_values, Candidate, Container, Failure, FileInfo, Grants, Interface,
+    Plan, PolicyConfig, PolicyError, StreamInfo,
 };
 
 fn plugin_name(path: &Path) -> String {
@@ -19,9 +19,11 @@ fn load(path: &Path, config: &toml::Table) -> Result<Plugin, PolicyError> {
     let defaults = PolicyConfig::default();
     let runtime = Runtime::new(defaults.deadline, defaults.memory).map_err(PolicyError::Runtime)?;
     let name = plugin_name(path);
-    runtime
-        .load(&name, path, &config_values(config), &Grants::default(), None)
-        .map_err(|reason| PolicyError::Load { name, path: path.to_owned(), reason })
+    runtime.load(&name, path, &config_values(config), &Grants::default(), None).map_err(|reason| PolicyError::Load {
+        name,
+        path: path.to_owned(),
+        reason,
+    })
 }
 
 /// Loads the component at `path` as Reel would (no configuration, default limits) and
@@ -123,7 +125,9 @@ struct Request<'a> {
 /// memory, error or invalid) rather than a silent fallback to the built-in decision.
 pub fn run(path: &Path, interface: &str, input_json: &str, config: toml::Table) -> Result<String, PolicyError> {
     let interface = Interface::parse(interface).ok_or_else(|| {
-        PolicyError::Input(format!("unknown interface {interface:?}: expected rules, segmentation, naming, callbacks or setup"))
+        PolicyError::Input(format!(
+            "unknown interface {interface:?}: expected rules, segmentation, naming, callbacks or setup"
+        ))
     })?;
     let input: RunInput = if input_json.trim().is_empty() && interface == Interface::Setup {
         RunInput::default()
@@ -142,7 +146,12 @@ pub fn run(path: &Path, interface: &str, input_json: &str, config: toml::Table) 
     let defaults = CallEnv::now();
     let env = CallEnv { now_ms: input.now_ms.unwrap_or(defaults.now_ms), nonce: input.nonce.unwrap_or(defaults.nonce) };
     let need = |field: &str| PolicyError::Input(format!("interface `{interface}` needs `{field}` in the input"));
-    let fail = |f: Failure| PolicyError::Call { plugin: p.name.clone(), interface: interface.as_str(), reason: f.reason.as_str(), message: f.message };
+    let fail = |f: Failure| PolicyError::Call {
+        plugin: p.name.clone(),
+        interface: interface.as_str(),
+        reason: f.reason.as_str(),
+        message: f.message,
+    };
     let invalid = |m: String| fail(Failure::new(super::FailureReason::Invalid, m));
     let stream = || input.stream.as_ref().ok_or_else(|| need("stream"));
     let file = || input.file.as_ref().ok_or_else(|| need("file"));
@@ -174,7 +183,12 @@ pub fn run(path: &Path, interface: &str, input_json: &str, config: toml::Table) 
             }
             let request = r.as_ref().map(|r| {
                 let text = std::str::from_utf8(&r.body).ok();
-                Request { url: &r.url, headers: &r.headers, body: text, body_bytes: text.is_none().then_some(r.body.as_slice()) }
+                Request {
+                    url: &r.url,
+                    headers: &r.headers,
+                    body: text,
+                    body_bytes: text.is_none().then_some(r.body.as_slice()),
+                }
             });
             serde_json::json!({ "interface": "callbacks", "request": request })
         }

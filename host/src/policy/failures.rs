@@ -49,7 +49,8 @@ impl LogLimiter {
 }
 
 pub(crate) fn decided(plugin: &str, interface: Interface) {
-    metrics::counter!("reel_plugin_decisions_total", "plugin" => plugin.to_owned(), "interface" => interface.as_str()).increment(1);
+    metrics::counter!("reel_plugin_decisions_total", "plugin" => plugin.to_owned(), "interface" => interface.as_str())
+        .increment(1);
 }
 
 pub(crate) fn failed(plugin: &str, interface: Interface, failure: &Failure, log: &LogLimiter) {

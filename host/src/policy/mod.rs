@@ -174,7 +174,8 @@ pub enum Interface {
 }
 
 impl Interface {
-    pub const ALL: [Interface; 5] = [Interface::Rules, Interface::Segmentation, Interface::Naming, Interface::Callbacks, Interface::Setup];
+    pub const ALL: [Interface; 5] =
+        [Interface::Rules, Interface::Segmentation, Interface::Naming, Interface::Callbacks, Interface::Setup];
 
     /// The WIT interface name: `rules`, `segmentation`, `naming`, `callbacks`, `setup`.
     pub fn as_str(self) -> &'static str {
@@ -320,7 +321,8 @@ fn default_memory() -> u64 {
 /// Deserializes a duration string such as `"50ms"` or `"5s"`.
 pub fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e} (write e.g. \"50ms\", \"5s\")")))
+    humantime::parse_duration(&s)
+        .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e} (write e.g. \"50ms\", \"5s\")")))
 }
 
 /// Deserializes a byte size such as `"16MiB"`, `"512KiB"`, `"1GiB"`, or a plain integer.
@@ -333,7 +335,8 @@ pub fn de_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     }
     match Raw::deserialize(d)? {
         Raw::Int(n) => Ok(n),
-        Raw::Text(s) => parse_bytes(&s).ok_or_else(|| serde::de::Error::custom(format!("invalid size {s:?} (write e.g. \"16MiB\", \"512KiB\")"))),
+        Raw::Text(s) => parse_bytes(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("invalid size {s:?} (write e.g. \"16MiB\", \"512KiB\")"))),
     }
 }
 

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use super::failures::{decided, failed};
 use super::wasm::{CallEnv, Plugin, Runtime};
 use super::{
-    check_key, check_plan, check_request, config_values, Builtin, CallbackRequest, Candidate, Container, Failure, FailureReason,
-    FileInfo, Interface, Plan, Policy, PolicyConfig, PolicyError, PluginConfig, StreamInfo,
+    check_key, check_plan, check_request, config_values, Builtin, CallbackRequest, Candidate, Container, Failure,
+    FailureReason, FileInfo, Interface, Plan, PluginConfig, Policy, PolicyConfig, PolicyError, StreamInfo,
 };
 
 /// Where compiled plugins are cached, under the data directory.
@@ -24,30 +24,43 @@ pub struct Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry").field("plugins", &self.plugins.keys().collect::<Vec<_>>()).field("default", &self.default.names()).finish()
+        f.debug_struct("Registry")
+            .field("plugins", &self.plugins.keys().collect::<Vec<_>>())
+            .field("default", &self.default.names())
+            .finish()
     }
 }
 
 impl Registry {
     /// Loads every `[plugins.NAME]`, compiling each once (cached by content hash in
     /// `data_dir/plugin-cache/`). The default chain is `policy.plugins`.
-    pub fn new(plugins: &BTreeMap<String, PluginConfig>, policy: &PolicyConfig, data_dir: &Path) -> Result<Registry, PolicyError> {
+    pub fn new(
+        plugins: &BTreeMap<String, PluginConfig>,
+        policy: &PolicyConfig,
+        data_dir: &Path,
+    ) -> Result<Registry, PolicyError> {
         Self::build(plugins, policy, Some(&data_dir.join(CACHE_DIR)))
     }
 
     /// Like [`Registry::new`], compiling without a cache.
-    pub fn without_cache(plugins: &BTreeMap<String, PluginConfig>, policy: &PolicyConfig) -> Result<Registry, PolicyError> {
+    pub fn without_cache(
+        plugins: &BTreeMap<String, PluginConfig>,
+        policy: &PolicyConfig,
+    ) -> Result<Registry, PolicyError> {
         Self::build(plugins, policy, None)
     }
 
-    fn build(plugins: &BTreeMap<String, PluginConfig>, policy: &PolicyConfig, cache: Option<&Path>) -> Result<Registry, PolicyError> {
+    fn build(
+        plugins: &BTreeMap<String, PluginConfig>,
+        policy: &PolicyConfig,
+        cache: Option<&Path>,
+    ) -> Result<Registry, PolicyError> {
         for name in &policy.plugins {
             if !plugins.contains_key(name) {
                 return Err(PolicyError::UnknownPlugin(name.clone()));
             }
         }
-        let runtime = Runtime::new(policy.deadline, policy.memory)
-            .map_err(PolicyError::Runtime)?;
+        let runtime = Runtime::new(policy.deadline, policy.memory).map_err(PolicyError::Runtime)?;
         let mut loaded = BTreeMap::new();
         for (name, cfg) in plugins {
             let config = config_values(&cfg.config);
@@ -114,7 +127,13 @@ impl Registry {
     /// Calls plugin `name`'s `naming` `n` times in one instance; the time the calls took (for
     /// benchmarks: real decisions never share an instance).
     #[doc(hidden)]
-    pub fn warm_naming(&self, name: &str, s: &StreamInfo, f: &FileInfo, n: u32) -> Result<std::time::Duration, Failure> {
+    pub fn warm_naming(
+        &self,
+        name: &str,
+        s: &StreamInfo,
+        f: &FileInfo,
+        n: u32,
+    ) -> Result<std::time::Duration, Failure> {
         self.plugins[name].warm_naming(s, f, n)
     }
 }
@@ -130,7 +149,12 @@ impl Chain {
     }
 
     /// Asks the first plugin exporting `interface`; `None` if none does or it failed.
-    fn decide<T>(&self, interface: Interface, call: impl FnOnce(&Plugin, CallEnv) -> Result<T, Failure>, check: impl FnOnce(&T) -> Result<(), String>) -> Option<T> {
+    fn decide<T>(
+        &self,
+        interface: Interface,
+        call: impl FnOnce(&Plugin, CallEnv) -> Result<T, Failure>,
+        check: impl FnOnce(&T) -> Result<(), String>,
+    ) -> Option<T> {
         let plugin = self.plugins.iter().find(|p| p.exports(interface))?;
         let answer = call(plugin, CallEnv::now())
             .and_then(|answer| check(&answer).map(|()| answer).map_err(|m| Failure::new(FailureReason::Invalid, m)));
@@ -150,7 +174,9 @@ impl Chain {
 /// Checks a rule choice: `None`, or one of the candidates' ids.
 pub(crate) fn check_choice(choice: &Option<String>, candidates: &[Candidate]) -> Result<(), String> {
     match choice {
-        Some(id) if !candidates.iter().any(|c| &c.rule_id == id) => Err(format!("chose rule {id:?}, which is not a candidate")),
+        Some(id) if !candidates.iter().any(|c| &c.rule_id == id) => {
+            Err(format!("chose rule {id:?}, which is not a candidate"))
+        }
         _ => Ok(()),
     }
 }
@@ -167,11 +193,16 @@ impl Policy for Chain {
     }
 
     fn name_file(&self, s: &StreamInfo, f: &FileInfo) -> String {
-        self.decide(Interface::Naming, |p, env| p.name_file(env, s, f), |k| check_key(k)).unwrap_or_else(|| Builtin.name_file(s, f))
+        self.decide(Interface::Naming, |p, env| p.name_file(env, s, f), |k| check_key(k))
+            .unwrap_or_else(|| Builtin.name_file(s, f))
     }
 
     fn on_file(&self, s: &StreamInfo, f: &FileInfo, callback_url: &str) -> Option<CallbackRequest> {
-        self.decide(Interface::Callbacks, |p, env| p.on_file(env, s, f, callback_url), |r| r.as_ref().map_or(Ok(()), check_request))
-            .unwrap_or_else(|| Builtin.on_file(s, f, callback_url))
+        self.decide(
+            Interface::Callbacks,
+            |p, env| p.on_file(env, s, f, callback_url),
+            |r| r.as_ref().map_or(Ok(()), check_request),
+        )
+        .unwrap_or_else(|| Builtin.on_file(s, f, callback_url))
     }
 }

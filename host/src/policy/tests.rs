@@ -20,10 +20,13 @@ fn plugins_dir() -> Option<&'static Path> {
     DIR.get_or_init(|| {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-        let sysroot = std::process::Command::new(rustc).args(["--print", "sysroot"]).output().expect("rustc --print sysroot");
+        let sysroot =
+            std::process::Command::new(rustc).args(["--print", "sysroot"]).output().expect("rustc --print sysroot");
         let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
         if !sysroot.join("lib/rustlib/wasm32-wasip2").exists() {
-            eprintln!("SKIPPING plugin tests: the wasm32-wasip2 target is not installed (rustup target add wasm32-wasip2)");
+            eprintln!(
+                "SKIPPING plugin tests: the wasm32-wasip2 target is not installed (rustup target add wasm32-wasip2)"
+            );
             return None;
         }
         let target_dir = repo.join("plugins/target");
@@ -54,7 +57,11 @@ macro_rules! fixtures {
 }
 
 fn plugin(dir: &Path, file: &str, config: &str) -> PluginConfig {
-    PluginConfig { path: dir.join(format!("{file}.wasm")), config: toml::from_str(config).unwrap(), allow: Grants::default() }
+    PluginConfig {
+        path: dir.join(format!("{file}.wasm")),
+        config: toml::from_str(config).unwrap(),
+        allow: Grants::default(),
+    }
 }
 
 /// A registry of `plugins` (name, file, TOML config) whose default chain is all of them in order.
@@ -104,7 +111,12 @@ fn candidates() -> Vec<Candidate> {
         template: format!("t-{id}"),
         priority: p,
     };
-    vec![c("domain", "push.example.com", "*", "*", 9), c("app", "", "live", "", 0), c("stream", "*", "*", "cam1", 0), c("app-hi", "", "live", "", 5)]
+    vec![
+        c("domain", "push.example.com", "*", "*", 9),
+        c("app", "", "live", "", 0),
+        c("stream", "*", "*", "cam1", 0),
+        c("app-hi", "", "live", "", 5),
+    ]
 }
 
 fn plan() -> Plan {
@@ -226,9 +238,11 @@ fn run_makes_one_decision_as_json() {
     .to_string();
     let tencent = dir.join("tencent_css.wasm");
     let config: toml::Table = toml::from_str(r#"key = "k""#).unwrap();
-    let out: serde_json::Value = serde_json::from_str(&cli::run(&tencent, "naming", &input, config.clone()).unwrap()).unwrap();
+    let out: serde_json::Value =
+        serde_json::from_str(&cli::run(&tencent, "naming", &input, config.clone()).unwrap()).unwrap();
     assert_eq!(out["key"], "cam1_2026-11-22-13-05-09_2026-11-22-13-35-09.flv");
-    let out: serde_json::Value = serde_json::from_str(&cli::run(&tencent, "callbacks", &input, config).unwrap()).unwrap();
+    let out: serde_json::Value =
+        serde_json::from_str(&cli::run(&tencent, "callbacks", &input, config).unwrap()).unwrap();
     let body: serde_json::Value = serde_json::from_str(out["request"]["body"].as_str().unwrap()).unwrap();
     assert_eq!(body["t"], 1_795_352_709 + 600);
     assert_eq!(out["request"]["url"], "https://cb.example.com/css");
@@ -273,7 +287,10 @@ fn sdk_defaults_decide_exactly_as_the_builtin() {
         }
     }
     assert_eq!(Builtin.select_rule(&stream(), &candidates()).as_deref(), Some("stream"));
-    assert_eq!(Builtin.name_file(&stream(), &file(Container::Hls)), "live/cam1/2026-11-22-13-05-09_2026-11-22-13-35-09.m3u8");
+    assert_eq!(
+        Builtin.name_file(&stream(), &file(Container::Hls)),
+        "live/cam1/2026-11-22-13-05-09_2026-11-22-13-35-09.m3u8"
+    );
 }
 
 #[test]
@@ -290,7 +307,10 @@ vod_file_name = "{StreamID}-{StartYear}{StartMonth}{StartDay}-{Sequence}-{Random
 cos_path = "/{Domain}/{AppName}/"
 "#;
     let r = registry(dir, &[("tencent", "tencent_css", custom)]).unwrap();
-    assert_eq!(r.policy(None).name_file(&stream(), &file(Container::Mp4)), "push.example.com/live/cam1-20261122-3-9f2c4e1a7b3d5c60.mp4");
+    assert_eq!(
+        r.policy(None).name_file(&stream(), &file(Container::Mp4)),
+        "push.example.com/live/cam1-20261122-3-9f2c4e1a7b3d5c60.mp4"
+    );
 }
 
 #[test]
@@ -330,7 +350,9 @@ fn tencent_css_without_a_key_falls_back_to_the_builtin_callback() {
     let dir = fixtures!();
     let counters = Counters::default();
     let r = registry(dir, &[("tencent", "tencent_css", "")]).unwrap();
-    let req = metrics::with_local_recorder(&counters, || r.policy(None).on_file(&stream(), &file(Container::Flv), "http://cb/"));
+    let req = metrics::with_local_recorder(&counters, || {
+        r.policy(None).on_file(&stream(), &file(Container::Flv), "http://cb/")
+    });
     assert_eq!(req, Builtin.on_file(&stream(), &file(Container::Flv), "http://cb/"));
     let labels = [("plugin", "tencent"), ("interface", "callbacks"), ("reason", "error")];
     assert_eq!(counters.get("reel_plugin_failures_total", &labels), 1);
@@ -341,8 +363,14 @@ fn aliyun_oss_names_ranks_and_signs() {
     let dir = fixtures!();
     let r = registry(dir, &[("aliyun", "aliyun_oss", r#"key = "alilive""#)]).unwrap();
     let p = r.policy(None);
-    assert_eq!(p.name_file(&stream(), &file(Container::Flv)), "record/live/cam1/2026-11-22-13-05-09_2026-11-22-13-35-09.flv");
-    assert_eq!(p.name_file(&stream(), &file(Container::Hls)), "record/live/cam1/2026-11-22-13-05-09_2026-11-22-13-35-09.m3u8");
+    assert_eq!(
+        p.name_file(&stream(), &file(Container::Flv)),
+        "record/live/cam1/2026-11-22-13-05-09_2026-11-22-13-35-09.flv"
+    );
+    assert_eq!(
+        p.name_file(&stream(), &file(Container::Hls)),
+        "record/live/cam1/2026-11-22-13-05-09_2026-11-22-13-35-09.m3u8"
+    );
 
     // Stream > app > domain; priorities play no part, the first configured wins among equals.
     let c = candidates();
@@ -357,7 +385,10 @@ fn aliyun_oss_names_ranks_and_signs() {
     let after = crate::media::time::now_ms() / 1000;
     let ts: u64 = header(&req, "ALI-LIVE-TIMESTAMP").unwrap().parse().unwrap();
     assert!((before..=after).contains(&ts));
-    assert_eq!(header(&req, "ALI-LIVE-SIGNATURE").unwrap(), md5_hex(format!("callback.example.com|{ts}|alilive").as_bytes()));
+    assert_eq!(
+        header(&req, "ALI-LIVE-SIGNATURE").unwrap(),
+        md5_hex(format!("callback.example.com|{ts}|alilive").as_bytes())
+    );
     let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
     assert_eq!(
         body,
@@ -408,7 +439,11 @@ fn mps_names_carry_a_fresh_random_part() {
 #[test]
 fn the_first_plugin_exporting_a_decision_makes_it() {
     let dir = fixtures!();
-    let r = registry(dir, &[("mps", "mps", ""), ("tencent", "tencent_css", r#"key = "k""#), ("aliyun", "aliyun_oss", r#"key = "k""#)]).unwrap();
+    let r = registry(
+        dir,
+        &[("mps", "mps", ""), ("tencent", "tencent_css", r#"key = "k""#), ("aliyun", "aliyun_oss", r#"key = "k""#)],
+    )
+    .unwrap();
     let (s, f) = (stream(), file(Container::Flv));
     // Default chain: mps names, tencent calls back, aliyun picks rules.
     let p = r.policy(None);
@@ -449,8 +484,16 @@ fn misbehaves(mode: &str, reason: &str) {
     });
     for interface in ["rules", "segmentation", "naming", "callbacks"] {
         let labels = [("plugin", "misbehave"), ("interface", interface), ("reason", reason)];
-        assert_eq!(counters.get("reel_plugin_failures_total", &labels), 1, "{mode}: {interface}: {:?}", counters.0.lock().unwrap().keys());
-        assert_eq!(counters.get("reel_plugin_decisions_total", &[("plugin", "misbehave"), ("interface", interface)]), 0);
+        assert_eq!(
+            counters.get("reel_plugin_failures_total", &labels),
+            1,
+            "{mode}: {interface}: {:?}",
+            counters.0.lock().unwrap().keys()
+        );
+        assert_eq!(
+            counters.get("reel_plugin_decisions_total", &[("plugin", "misbehave"), ("interface", interface)]),
+            0
+        );
     }
 }
 
@@ -542,7 +585,8 @@ fn compiled_plugins_are_cached_by_content_hash() {
     ]);
     let policy = PolicyConfig::default();
     let cached = || {
-        let mut files: Vec<_> = std::fs::read_dir(data.join("plugin-cache")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let mut files: Vec<_> =
+            std::fs::read_dir(data.join("plugin-cache")).unwrap().map(|e| e.unwrap().file_name()).collect();
         files.sort();
         files
     };
@@ -582,7 +626,10 @@ fn config_types_parse_with_defaults_and_refuse_unknown_keys() {
     assert_eq!(p, PolicyConfig { plugins: vec![], deadline: Duration::from_millis(50), memory: 16 << 20 });
     let p: PolicyConfig = toml::from_str("plugins = [\"a\"]\ndeadline = \"1s\"\nmemory = 1048576").unwrap();
     assert_eq!((p.deadline, p.memory), (Duration::from_secs(1), 1 << 20));
-    assert!(toml::from_str::<PolicyConfig>("deadline = \"soon\"").unwrap_err().to_string().contains("invalid duration"));
+    assert!(toml::from_str::<PolicyConfig>("deadline = \"soon\"")
+        .unwrap_err()
+        .to_string()
+        .contains("invalid duration"));
     assert!(toml::from_str::<PolicyConfig>("memory = \"lots\"").unwrap_err().to_string().contains("invalid size"));
     assert!(toml::from_str::<PolicyConfig>("plugin = []").is_err());
 
@@ -643,7 +690,10 @@ fn expand_is_exposed_with_cloud_variables() {
     let (s, f) = (stream(), file(Container::Aac));
     let vars = FileVars::of(&s, &f);
     assert_eq!(
-        expand("{Domain}/{AppName}/{StreamID}/{EndYear}{EndMonth}{EndDay}-{EndHour}{EndMinute}{EndSecond}.{ext}?{Unknown}", |n| vars.get(n)),
+        expand(
+            "{Domain}/{AppName}/{StreamID}/{EndYear}{EndMonth}{EndDay}-{EndHour}{EndMinute}{EndSecond}.{ext}?{Unknown}",
+            |n| vars.get(n)
+        ),
         "push.example.com/live/cam1/20261122-133509.aac?{Unknown}"
     );
     assert_eq!(crate::media::time::escaped(f.start_ms), vars.get("EscapedStartTime").unwrap());

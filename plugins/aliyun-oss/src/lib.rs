@@ -24,7 +24,9 @@ struct AliyunOss;
 
 impl reel_plugin::Setup for AliyunOss {
     fn validate(config: Config<'_>) -> Result<(), String> {
-        for key in ["object_prefix", "object_prefix_flv", "object_prefix_hls", "object_prefix_mp4", "object_prefix_aac", "key"] {
+        for key in
+            ["object_prefix", "object_prefix_flv", "object_prefix_hls", "object_prefix_mp4", "object_prefix_aac", "key"]
+        {
             config.expect_text(key)?;
         }
         Ok(())
@@ -65,7 +67,10 @@ impl reel_plugin::Naming for AliyunOss {
 
 impl reel_plugin::Callbacks for AliyunOss {
     fn on_file(ctx: &Context, s: &StreamInfo, f: &FileInfo, url: &str) -> Result<Option<Request>, String> {
-        let key = ctx.config().text("key").ok_or("config key `key` is not set: callbacks are signed with md5(host|timestamp|key)")?;
+        let key = ctx
+            .config()
+            .text("key")
+            .ok_or("config key `key` is not set: callbacks are signed with md5(host|timestamp|key)")?;
         let host = url_host(url).ok_or_else(|| format!("callback URL `{url}` has no host"))?;
         let timestamp = ctx.now_secs();
         let signature = reel_plugin::md5_hex(format!("{host}|{timestamp}|{key}").as_bytes());
@@ -100,3 +105,46 @@ fn url_host(url: &str) -> Option<&str> {
 }
 
 reel_plugin::export!(AliyunOss: rules, naming, callbacks, setup);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reel_plugin::{Container, Naming};
+
+    #[test]
+    fn finds_the_callback_host() {
+        assert_eq!(url_host("http://callback.example.com:8080/live?a=b"), Some("callback.example.com"));
+        assert_eq!(url_host("https://user:pw@example.com/x"), Some("example.com"));
+        assert_eq!(url_host("http://[::1]:80/"), Some("[::1]"));
+        assert_eq!(url_host("http:///x"), None);
+        assert_eq!(url_host("nope"), None);
+    }
+
+    #[test]
+    fn names_like_oss_object_prefix() {
+        let ctx = Context { now_ms: 0, nonce: 0, config: vec![] };
+        let s = StreamInfo {
+            domain: "d".into(),
+            app: "live".into(),
+            name: "cam".into(),
+            params: vec![],
+            video_codec: None,
+            audio_codec: None,
+            started_at_ms: 0,
+        };
+        let f = FileInfo {
+            container: Container::Mp4,
+            sequence: 0,
+            start_ms: 0,
+            end_ms: 61_000,
+            size: 0,
+            duration_ms: 0,
+            key: String::new(),
+            session_id: String::new(),
+            task_id: None,
+            random_id: String::new(),
+        };
+        let key = <AliyunOss as Naming>::name_file(&ctx, &s, &f).unwrap();
+        assert_eq!(key, "record/live/cam/1970-01-01-00-00-00_1970-01-01-00-01-01.mp4");
+    }
+}

@@ -23,7 +23,9 @@ impl reel_plugin::Setup for Mps {
     fn validate(config: Config<'_>) -> Result<(), String> {
         if let Some(path) = config.expect_text("path")? {
             if !path.contains("{rand}") && !path.contains("{RandomID}") {
-                return Err("config key `path` must keep `{rand}`: without it, tasks overwrite each other's files".into());
+                return Err(
+                    "config key `path` must keep `{rand}`: without it, tasks overwrite each other's files".into()
+                );
             }
         }
         match config.get("rand_length") {
@@ -39,7 +41,9 @@ impl reel_plugin::Naming for Mps {
         let config = ctx.config();
         let n = config.integer("rand_length").unwrap_or(RAND_LENGTH).clamp(4, 32) as usize;
         let rand = reel_plugin::random_string(ctx.nonce, n);
-        let path = reel_plugin::expand_with(config.text("path").unwrap_or(PATH), s, f, |v| (v == "rand").then(|| rand.clone()));
+        let path = reel_plugin::expand_with(config.text("path").unwrap_or(PATH), s, f, |v| {
+            (v == "rand").then(|| rand.clone())
+        });
         Ok(format!("{}.{}", path.trim_start_matches('/'), f.container.ext()))
     }
 }

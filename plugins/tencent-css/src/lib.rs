@@ -52,7 +52,8 @@ impl reel_plugin::Naming for TencentCss {
 impl reel_plugin::Callbacks for TencentCss {
     fn on_file(ctx: &Context, s: &StreamInfo, f: &FileInfo, url: &str) -> Result<Option<Request>, String> {
         let config = ctx.config();
-        let key = config.text("key").ok_or("config key `key` is not set: CSS callbacks are signed with md5(key + t)")?;
+        let key =
+            config.text("key").ok_or("config key `key` is not set: CSS callbacks are signed with md5(key + t)")?;
         let ttl = config.integer("sign_ttl").filter(|t| *t > 0).unwrap_or(600) as u64;
         let t = ctx.now_secs() + ttl;
         let sign = reel_plugin::md5_hex(format!("{key}{t}").as_bytes());

@@ -26,8 +26,8 @@ use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, 
 
 use super::failures::LogLimiter;
 use super::{
-    CallbackRequest, Candidate, ConfigValue, Container, Failure, FailureReason, FileInfo, Grants, Interface, Plan, StreamInfo,
-    SUPPORTED_WIT_VERSIONS,
+    CallbackRequest, Candidate, ConfigValue, Container, Failure, FailureReason, FileInfo, Grants, Interface, Plan,
+    StreamInfo, SUPPORTED_WIT_VERSIONS,
 };
 
 /// How often the engine's epoch advances; deadlines are rounded up to whole ticks.
@@ -172,7 +172,10 @@ impl Runtime {
                 FailureReason::Error => format!("rejects its configuration: {}", f.message),
                 _ => format!("setup failed ({}): {}", f.reason.as_str(), f.message),
             })?,
-            false => plugin.call().run(|_, _| Ok(Ok(()))).map_err(|f| format!("cannot start ({}): {}", f.reason.as_str(), f.message))?,
+            false => plugin
+                .call()
+                .run(|_, _| Ok(Ok(())))
+                .map_err(|f| format!("cannot start ({}): {}", f.reason.as_str(), f.message))?,
         }
         Ok(plugin)
     }
@@ -202,7 +205,8 @@ impl Runtime {
             }
         }
         let component = compile()?;
-        if let Err(e) = component.serialize().map_err(|e| e.to_string()).and_then(|b| write_atomically(dir, &file, &b)) {
+        if let Err(e) = component.serialize().map_err(|e| e.to_string()).and_then(|b| write_atomically(dir, &file, &b))
+        {
             tracing::warn!(dir = %dir.display(), "cannot cache the compiled plugin: {e}");
         }
         Ok(component)
@@ -303,7 +307,9 @@ fn inspect(engine: &Engine, component: &Component) -> Result<Shape, String> {
     }
     exports.sort();
     if exports.is_empty() {
-        return Err(format!("exports none of the reel:policy@{version} interfaces (rules, segmentation, naming, callbacks, setup)"));
+        return Err(format!(
+            "exports none of the reel:policy@{version} interfaces (rules, segmentation, naming, callbacks, setup)"
+        ));
     }
     Ok(Shape { version, exports, imports })
 }
@@ -314,8 +320,12 @@ fn check_import(name: &str) -> Result<(), String> {
     match package {
         "wasi:cli" | "wasi:io" | "wasi:random" | "wasi:clocks" => Ok(()),
         "reel:policy" if name.starts_with("reel:policy/types@") => Ok(()),
-        "wasi:filesystem" => Err(format!("imports {name}, which is not granted: plugins get no filesystem; pass what it needs in its config")),
-        "wasi:sockets" | "wasi:http" => Err(format!("imports {name}, which is not granted: plugins get no network; return a callback request instead")),
+        "wasi:filesystem" => Err(format!(
+            "imports {name}, which is not granted: plugins get no filesystem; pass what it needs in its config"
+        )),
+        "wasi:sockets" | "wasi:http" => Err(format!(
+            "imports {name}, which is not granted: plugins get no network; return a callback request instead"
+        )),
         _ => Err(format!("imports {name}, which the host does not provide")),
     }
 }
@@ -354,7 +364,13 @@ impl Plugin {
         self.adapter.name_file(&self.call(), env, s, f)
     }
 
-    pub fn on_file(&self, env: CallEnv, s: &StreamInfo, f: &FileInfo, url: &str) -> Result<Option<CallbackRequest>, Failure> {
+    pub fn on_file(
+        &self,
+        env: CallEnv,
+        s: &StreamInfo,
+        f: &FileInfo,
+        url: &str,
+    ) -> Result<Option<CallbackRequest>, Failure> {
         self.adapter.on_file(&self.call(), env, s, f, url)
     }
 
@@ -463,12 +479,20 @@ struct Call<'a> {
 impl Call<'_> {
     /// Instantiates into a fresh store under the deadline and memory cap and runs `f`.
     /// `Ok(Err(message))` is the guest's `err`.
-    fn run<R: Send>(&self, f: impl FnOnce(&mut Store<CallState>, &Instance) -> wasmtime::Result<Result<R, String>> + Send) -> Result<R, Failure> {
-        let state = CallState { wasi: self.grants.wasi(), table: ResourceTable::new(), cap: MemoryCap { max: self.rt.memory, denied: false } };
+    fn run<R: Send>(
+        &self,
+        f: impl FnOnce(&mut Store<CallState>, &Instance) -> wasmtime::Result<Result<R, String>> + Send,
+    ) -> Result<R, Failure> {
+        let state = CallState {
+            wasi: self.grants.wasi(),
+            table: ResourceTable::new(),
+            cap: MemoryCap { max: self.rt.memory, denied: false },
+        };
         let mut store = Store::new(&self.rt.engine, state);
         store.limiter(|s| &mut s.cap);
         store.set_epoch_deadline(self.rt.deadline_ticks);
-        let result = off_async_runtime(|| self.pre.instantiate(&mut store).and_then(|instance| f(&mut store, &instance)));
+        let result =
+            off_async_runtime(|| self.pre.instantiate(&mut store).and_then(|instance| f(&mut store, &instance)));
         match result {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(message)) => Err(Failure::new(FailureReason::Error, message)),
@@ -527,7 +551,9 @@ mod tests {
         assert!(check_import("wasi:cli/environment@0.2.6").is_ok());
         assert!(check_import("wasi:io/streams@0.2.0").is_ok());
         assert!(check_import("reel:policy/types@0.1.0").is_ok());
-        assert!(check_import("wasi:filesystem/types@0.2.6").unwrap_err().contains("imports wasi:filesystem/types@0.2.6, which is not granted"));
+        assert!(check_import("wasi:filesystem/types@0.2.6")
+            .unwrap_err()
+            .contains("imports wasi:filesystem/types@0.2.6, which is not granted"));
         assert!(check_import("wasi:sockets/tcp@0.2.6").unwrap_err().contains("not granted"));
         assert!(check_import("acme:thing/x").unwrap_err().contains("does not provide"));
     }

@@ -5,7 +5,9 @@
 use wasmtime::component::InstancePre;
 
 use super::{Call, CallEnv, CallState};
-use crate::policy::{CallbackRequest, Candidate, ConfigValue, Container, Failure, FileInfo, Interface, Plan, StreamInfo};
+use crate::policy::{
+    CallbackRequest, Candidate, ConfigValue, Container, Failure, FileInfo, Interface, Plan, StreamInfo,
+};
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -26,8 +28,16 @@ pub(super) struct Adapter {
 }
 
 impl Adapter {
-    pub fn new(pre: &InstancePre<CallState>, exports: &[Interface], config: &[(String, ConfigValue)]) -> Result<Adapter, String> {
-        fn indices<I>(exports: &[Interface], i: Interface, new: impl FnOnce() -> wasmtime::Result<I>) -> Result<Option<I>, String> {
+    pub fn new(
+        pre: &InstancePre<CallState>,
+        exports: &[Interface],
+        config: &[(String, ConfigValue)],
+    ) -> Result<Adapter, String> {
+        fn indices<I>(
+            exports: &[Interface],
+            i: Interface,
+            new: impl FnOnce() -> wasmtime::Result<I>,
+        ) -> Result<Option<I>, String> {
             if !exports.contains(&i) {
                 return Ok(None);
             }
@@ -52,7 +62,13 @@ impl Adapter {
         call.run(|store, instance| idx.load(&mut *store, instance)?.call_validate(&mut *store, &self.config))
     }
 
-    pub fn select(&self, call: &Call<'_>, env: CallEnv, s: &StreamInfo, c: &[Candidate]) -> Result<Option<String>, Failure> {
+    pub fn select(
+        &self,
+        call: &Call<'_>,
+        env: CallEnv,
+        s: &StreamInfo,
+        c: &[Candidate],
+    ) -> Result<Option<String>, Failure> {
         let idx = self.rules.as_ref().ok_or_else(|| not_exported(Interface::Rules))?;
         let (ctx, s) = (self.context(env), stream(s));
         let c: Vec<rules::Candidate> = c
@@ -69,11 +85,24 @@ impl Adapter {
         call.run(|store, instance| idx.load(&mut *store, instance)?.call_select(&mut *store, &ctx, &s, &c))
     }
 
-    pub fn plan(&self, call: &Call<'_>, env: CallEnv, s: &StreamInfo, c: Container, default: Plan) -> Result<Plan, Failure> {
+    pub fn plan(
+        &self,
+        call: &Call<'_>,
+        env: CallEnv,
+        s: &StreamInfo,
+        c: Container,
+        default: Plan,
+    ) -> Result<Plan, Failure> {
         let idx = self.segmentation.as_ref().ok_or_else(|| not_exported(Interface::Segmentation))?;
         let (ctx, s) = (self.context(env), stream(s));
-        let d = segmentation::Plan { interval_ms: default.interval_ms, hls_segment_ms: default.hls_segment_ms, resume_window_ms: default.resume_window_ms };
-        let p = call.run(|store, instance| idx.load(&mut *store, instance)?.call_plan_for(&mut *store, &ctx, &s, container(c), d))?;
+        let d = segmentation::Plan {
+            interval_ms: default.interval_ms,
+            hls_segment_ms: default.hls_segment_ms,
+            resume_window_ms: default.resume_window_ms,
+        };
+        let p = call.run(|store, instance| {
+            idx.load(&mut *store, instance)?.call_plan_for(&mut *store, &ctx, &s, container(c), d)
+        })?;
         Ok(Plan { interval_ms: p.interval_ms, hls_segment_ms: p.hls_segment_ms, resume_window_ms: p.resume_window_ms })
     }
 
@@ -83,7 +112,14 @@ impl Adapter {
         call.run(|store, instance| idx.load(&mut *store, instance)?.call_name_file(&mut *store, &ctx, &s, &f))
     }
 
-    pub fn warm_naming(&self, call: &Call<'_>, env: CallEnv, s: &StreamInfo, f: &FileInfo, n: u32) -> Result<std::time::Duration, Failure> {
+    pub fn warm_naming(
+        &self,
+        call: &Call<'_>,
+        env: CallEnv,
+        s: &StreamInfo,
+        f: &FileInfo,
+        n: u32,
+    ) -> Result<std::time::Duration, Failure> {
         let idx = self.naming.as_ref().ok_or_else(|| not_exported(Interface::Naming))?;
         let (ctx, s, f) = (self.context(env), stream(s), file(f));
         call.run(|store, instance| {
@@ -98,10 +134,18 @@ impl Adapter {
         })
     }
 
-    pub fn on_file(&self, call: &Call<'_>, env: CallEnv, s: &StreamInfo, f: &FileInfo, url: &str) -> Result<Option<CallbackRequest>, Failure> {
+    pub fn on_file(
+        &self,
+        call: &Call<'_>,
+        env: CallEnv,
+        s: &StreamInfo,
+        f: &FileInfo,
+        url: &str,
+    ) -> Result<Option<CallbackRequest>, Failure> {
         let idx = self.callbacks.as_ref().ok_or_else(|| not_exported(Interface::Callbacks))?;
         let (ctx, s, f) = (self.context(env), stream(s), file(f));
-        let r = call.run(|store, instance| idx.load(&mut *store, instance)?.call_on_file(&mut *store, &ctx, &s, &f, url))?;
+        let r =
+            call.run(|store, instance| idx.load(&mut *store, instance)?.call_on_file(&mut *store, &ctx, &s, &f, url))?;
         Ok(r.map(|r| CallbackRequest { url: r.url, headers: r.headers, body: r.body }))
     }
 }
