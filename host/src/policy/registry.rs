@@ -16,8 +16,9 @@ pub const CACHE_DIR: &str = "plugin-cache";
 
 /// Every configured plugin, compiled and linked once. Reloading is building a new one.
 pub struct Registry {
-    // Plugins hold the runtime too; keeping it here documents who owns the engine.
-    _runtime: Runtime,
+    // Plugins hold the runtime too; keeping it here documents who owns the engine. No plugins,
+    // no engine (and no epoch thread, no instance pool).
+    _runtime: Option<Runtime>,
     plugins: BTreeMap<String, Arc<Plugin>>,
     default: Arc<Chain>,
 }
@@ -60,9 +61,13 @@ impl Registry {
                 return Err(PolicyError::UnknownPlugin(name.clone()));
             }
         }
-        let runtime = Runtime::new(policy.deadline, policy.memory).map_err(PolicyError::Runtime)?;
+        let runtime = match plugins.is_empty() {
+            true => None,
+            false => Some(Runtime::new(policy.deadline, policy.memory).map_err(PolicyError::Runtime)?),
+        };
         let mut loaded = BTreeMap::new();
         for (name, cfg) in plugins {
+            let Some(runtime) = &runtime else { break };
             let config = config_values(&cfg.config);
             let plugin = runtime
                 .load(name, &cfg.path, &config, &cfg.allow, cache)

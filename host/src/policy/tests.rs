@@ -698,3 +698,79 @@ fn expand_is_exposed_with_cloud_variables() {
     );
     assert_eq!(crate::media::time::escaped(f.start_ms), vars.get("EscapedStartTime").unwrap());
 }
+
+#[test]
+fn plugins_get_no_clock_or_environment_unless_granted() {
+    let dir = fixtures!();
+    // SAFETY: no other test reads or writes this variable.
+    unsafe { std::env::set_var("REEL_PLUGIN_PROBE", "visible") };
+    let (s, f) = (stream(), file(Container::Flv));
+    let name = |mode: &str, allow: Grants| {
+        let mut cfg = plugin(dir, "misbehave", &format!("mode = {mode:?}"));
+        cfg.allow = allow;
+        let configs = BTreeMap::from([("m".to_string(), cfg)]);
+        let policy = PolicyConfig { plugins: vec!["m".into()], ..Default::default() };
+        Registry::without_cache(&configs, &policy).unwrap().policy(None).name_file(&s, &f)
+    };
+    assert_eq!(name("clock", Grants::default()), "clock/0");
+    assert_eq!(name("env", Grants::default()), "env/unset");
+    let now = crate::media::time::now_ms() / 1000;
+    let granted: u64 = name("clock", Grants { clocks: true, ..Default::default() })[6..].parse().unwrap();
+    assert!((now..now + 5).contains(&granted));
+    assert_eq!(name("env", Grants { env: vec!["REEL_PLUGIN_PROBE".into()], ..Default::default() }), "env/visible");
+}
+
+#[test]
+fn decisions_can_be_made_from_many_threads() {
+    let dir = fixtures!();
+    let r = registry(dir, &[("mps", "mps", "")]).unwrap();
+    let p = r.policy(None);
+    let keys: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let p = p.clone();
+                scope.spawn(move || (0..25).map(|_| p.name_file(&stream(), &file(Container::Flv))).collect::<Vec<_>>())
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(keys.len(), 200);
+    let distinct: std::collections::BTreeSet<_> = keys.iter().collect();
+    assert_eq!(distinct.len(), 200, "every name has its own random part");
+    assert!(keys.iter().all(|k| k.starts_with("live/cam1/") && k.ends_with(".flv")));
+}
+
+/// A trapping Rust guest writes its panic message to stderr, a WASI call that blocks on a
+/// future: on a Tokio worker that must not panic the host.
+#[tokio::test(flavor = "current_thread")]
+async fn decisions_work_inside_a_current_thread_runtime() {
+    let dir = fixtures!();
+    let r = registry(dir, &[("misbehave", "misbehave", r#"mode = "trap""#)]).unwrap();
+    let (s, f) = (stream(), file(Container::Flv));
+    assert_eq!(r.policy(None).name_file(&s, &f), Builtin.name_file(&s, &f));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_work_inside_multi_thread_runtime_tasks() {
+    let dir = fixtures!();
+    let r = registry(dir, &[("misbehave", "misbehave", r#"mode = "trap""#)]).unwrap();
+    let p = r.policy(None);
+    let (s, f) = (stream(), file(Container::Flv));
+    let expected = Builtin.name_file(&s, &f);
+    let task = tokio::spawn(async move { p.name_file(&s, &f) });
+    assert_eq!(task.await.unwrap(), expected);
+    let p = r.policy(None);
+    let blocking = tokio::task::spawn_blocking(move || p.name_file(&stream(), &file(Container::Flv)));
+    assert_eq!(blocking.await.unwrap(), expected);
+}
+
+#[test]
+fn without_plugins_the_builtin_decides() {
+    let data = scratch_dir("empty");
+    let r = Registry::new(&BTreeMap::new(), &PolicyConfig::default(), &data).unwrap();
+    let (s, f) = (stream(), file(Container::Hls));
+    assert_eq!(r.policy(None).name_file(&s, &f), Builtin.name_file(&s, &f));
+    assert_eq!(r.policy(Some(&["ghost".into()])).select_rule(&s, &candidates()).as_deref(), Some("stream"));
+    assert_eq!(r.names().count(), 0);
+    assert!(!data.join("plugin-cache").exists());
+}

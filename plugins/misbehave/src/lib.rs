@@ -1,13 +1,15 @@
 //! Test fixture: fails on purpose in every interface, as `mode` says:
 //! `loop` (never returns), `trap` (panics), `oom` (allocates without end), `traversal`
 //! (answers with a path escaping the storage root, a `file:` URL, an unknown rule, a zero plan),
-//! `error` (returns `err`), `ok` (behaves like the defaults).
+//! `error` (returns `err`), `ok` (behaves like the defaults). Two more modes probe the sandbox
+//! through `naming`: `clock` names files `clock/<seconds since the epoch>` after the WASI wall
+//! clock, `env` names them `env/<value of REEL_PLUGIN_PROBE>`.
 
 use reel_plugin::{Candidate, Config, Container, Context, FileInfo, Plan, Request, StreamInfo};
 
 struct Misbehave;
 
-const MODES: [&str; 6] = ["loop", "trap", "oom", "traversal", "error", "ok"];
+const MODES: [&str; 8] = ["loop", "trap", "oom", "traversal", "error", "ok", "clock", "env"];
 
 /// Fails as configured; `Ok(())` means "answer with `bad`", `ok` mode answers normally.
 fn misbehave(ctx: &Context) -> Result<bool, String> {
@@ -55,6 +57,16 @@ impl reel_plugin::Segmentation for Misbehave {
 
 impl reel_plugin::Naming for Misbehave {
     fn name_file(ctx: &Context, s: &StreamInfo, f: &FileInfo) -> Result<String, String> {
+        match ctx.config().text("mode") {
+            Some("clock") => {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                return Ok(format!("clock/{}", now.as_secs()));
+            }
+            Some("env") => {
+                return Ok(format!("env/{}", std::env::var("REEL_PLUGIN_PROBE").unwrap_or_else(|_| "unset".into())))
+            }
+            _ => {}
+        }
         Ok(if misbehave(ctx)? { "../../etc/passwd".into() } else { reel_plugin::builtin::name_file(s, f) })
     }
 }
