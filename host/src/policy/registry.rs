@@ -80,6 +80,9 @@ impl Registry {
             );
             loaded.insert(name.clone(), Arc::new(plugin));
         }
+        if let Some(dir) = cache {
+            prune_cache(dir, &loaded);
+        }
         let default = Arc::new(Chain { plugins: policy.plugins.iter().map(|n| loaded[n].clone()).collect() });
         Ok(Registry { _runtime: runtime, plugins: loaded, default })
     }
@@ -140,6 +143,24 @@ impl Registry {
         n: u32,
     ) -> Result<std::time::Duration, Failure> {
         self.plugins[name].warm_naming(s, f, n)
+    }
+}
+
+/// Removes compiled plugins no loaded plugin uses (older versions, other wasmtime releases)
+/// and interrupted writes.
+fn prune_cache(dir: &Path, loaded: &BTreeMap<String, Arc<Plugin>>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let keep: Vec<&str> = loaded.values().filter_map(|p| p.cache_file.as_deref()).collect();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let ours = name.ends_with(".cwasm") || name.ends_with(".part");
+        if ours && !keep.contains(&name.as_ref()) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::debug!(file = %name, "removed unused compiled plugin"),
+                Err(e) => tracing::warn!(file = %name, "cannot remove unused compiled plugin: {e}"),
+            }
+        }
     }
 }
 

@@ -606,6 +606,15 @@ fn compiled_plugins_are_cached_by_content_hash() {
     let repaired = Registry::new(&configs, &policy, &data).unwrap();
     assert!(repaired.exports("a").unwrap().contains(&Interface::Naming));
     assert!(std::fs::metadata(data.join("plugin-cache").join(&files[0])).unwrap().len() > 1000);
+    // Entries no plugin uses any more are removed.
+    std::fs::write(data.join("plugin-cache").join("0123.cwasm"), b"old").unwrap();
+    std::fs::write(data.join("plugin-cache").join("0123.cwasm.1f.part"), b"interrupted").unwrap();
+    std::fs::write(data.join("plugin-cache").join("README"), b"not ours").unwrap();
+    let only_mps = BTreeMap::from([("c".to_string(), plugin(dir, "mps", ""))]);
+    drop(Registry::new(&only_mps, &policy, &data).unwrap());
+    let mut left = cached();
+    left.retain(|f| f != "README");
+    assert_eq!(left.len(), 1, "{left:?}");
     let _ = std::fs::remove_dir_all(&data);
 }
 
@@ -773,4 +782,11 @@ fn without_plugins_the_builtin_decides() {
     assert_eq!(r.policy(Some(&["ghost".into()])).select_rule(&s, &candidates()).as_deref(), Some("stream"));
     assert_eq!(r.names().count(), 0);
     assert!(!data.join("plugin-cache").exists());
+}
+
+#[test]
+fn check_refuses_exports_with_the_wrong_types() {
+    let dir = fixtures!();
+    let err = cli::check(&dir.join("wrong_shape.wasm")).unwrap_err().to_string();
+    assert!(err.contains("exports `naming` with types that do not match reel:policy@0.1.0"), "{err}");
 }

@@ -148,7 +148,7 @@ impl Runtime {
         cache_dir: Option<&Path>,
     ) -> Result<Plugin, String> {
         check_header(bytes)?;
-        let component = self.compile(bytes, cache_dir)?;
+        let (component, cache_file) = self.compile(bytes, cache_dir)?;
         let shape = inspect(&self.inner.engine, &component)?;
         let pre = self.inner.linker.instantiate_pre(&component).map_err(|e| format!("cannot link it: {e:#}"))?;
         let adapter = match shape.version.as_str() {
@@ -159,28 +159,34 @@ impl Runtime {
             name: name.to_owned(),
             size: bytes.len(),
             shape,
+            cache_file,
             pre,
             adapter,
             grants: CallGrants::new(grants),
             rt: self.inner.clone(),
             log: LogLimiter::default(),
         };
-        // One instantiation now, so that a plugin that cannot start under the limits, or
-        // rejects its configuration, is refused at load rather than at the first recording.
-        match plugin.exports(Interface::Setup) {
-            true => plugin.adapter.validate(&plugin.call()).map_err(|f| match f.reason {
+        // Instantiate now, so that a plugin that cannot start under the limits, exports a
+        // function with the wrong type, or rejects its configuration, is refused at load rather
+        // than at the first recording.
+        plugin
+            .call()
+            .run(|store, instance| Ok(plugin.adapter.typecheck(store, instance).map_err(|e| format!("{e:#}"))))
+            .map_err(|f| match f.reason {
+                FailureReason::Error => f.message,
+                _ => format!("cannot start ({}): {}", f.reason.as_str(), f.message),
+            })?;
+        if plugin.exports(Interface::Setup) {
+            plugin.adapter.validate(&plugin.call()).map_err(|f| match f.reason {
                 FailureReason::Error => format!("rejects its configuration: {}", f.message),
                 _ => format!("setup failed ({}): {}", f.reason.as_str(), f.message),
-            })?,
-            false => plugin
-                .call()
-                .run(|_, _| Ok(Ok(())))
-                .map_err(|f| format!("cannot start ({}): {}", f.reason.as_str(), f.message))?,
+            })?;
         }
         Ok(plugin)
     }
 
-    fn compile(&self, bytes: &[u8], cache_dir: Option<&Path>) -> Result<Component, String> {
+    /// The compiled component, and the cache file it was read from or written to.
+    fn compile(&self, bytes: &[u8], cache_dir: Option<&Path>) -> Result<(Component, Option<String>), String> {
         let engine = &self.inner.engine;
         let compile = || {
             Component::new(engine, bytes).map_err(|e| {
@@ -192,15 +198,16 @@ impl Runtime {
                 }
             })
         };
-        let Some(dir) = cache_dir else { return compile() };
-        let file = dir.join(format!("{}.cwasm", cache_key(engine, bytes)));
+        let Some(dir) = cache_dir else { return Ok((compile()?, None)) };
+        let name = format!("{}.cwasm", cache_key(engine, bytes));
+        let file = dir.join(&name);
         // Read into memory rather than mapped, so a cache file replaced or truncated while in use
         // cannot fault the process.
         if let Ok(compiled) = std::fs::read(&file) {
             // SAFETY: the cache directory is Reel's own (`data_dir/plugin-cache`), written only
             // by `Component::serialize` below; wasmtime checks the version and engine settings.
             match unsafe { Component::deserialize(engine, &compiled) } {
-                Ok(c) => return Ok(c),
+                Ok(c) => return Ok((c, Some(name))),
                 Err(e) => tracing::warn!(file = %file.display(), "ignoring unusable compiled plugin: {e}"),
             }
         }
@@ -209,7 +216,7 @@ impl Runtime {
         {
             tracing::warn!(dir = %dir.display(), "cannot cache the compiled plugin: {e}");
         }
-        Ok(component)
+        Ok((component, Some(name)))
     }
 }
 
@@ -336,6 +343,8 @@ pub(crate) struct Plugin {
     /// Size of the component in bytes.
     pub size: usize,
     pub shape: Shape,
+    /// Its compiled form's file name in the cache directory, if cached.
+    pub cache_file: Option<String>,
     pre: InstancePre<CallState>,
     adapter: v0_1_0::Adapter,
     grants: CallGrants,

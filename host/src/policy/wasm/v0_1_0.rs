@@ -2,7 +2,8 @@
 //! and conversions between them and the host's domain types. One such module per supported
 //! WIT version; generated types never leave it.
 
-use wasmtime::component::InstancePre;
+use wasmtime::component::{Instance, InstancePre};
+use wasmtime::Store;
 
 use super::{Call, CallEnv, CallState};
 use crate::policy::{
@@ -51,6 +52,29 @@ impl Adapter {
             setup: indices(exports, Interface::Setup, || setup::GuestIndices::new(pre))?,
             config: config.iter().map(|(k, v)| (k.clone(), value(v))).collect(),
         })
+    }
+
+    /// Loads every exported interface, which checks each function's type.
+    pub fn typecheck(&self, store: &mut Store<CallState>, instance: &Instance) -> wasmtime::Result<()> {
+        let shape = |i: Interface| {
+            move |e: wasmtime::Error| e.context(format!("exports `{i}` with types that do not match reel:policy@0.1.0"))
+        };
+        if let Some(idx) = &self.rules {
+            idx.load(&mut *store, instance).map_err(shape(Interface::Rules))?;
+        }
+        if let Some(idx) = &self.segmentation {
+            idx.load(&mut *store, instance).map_err(shape(Interface::Segmentation))?;
+        }
+        if let Some(idx) = &self.naming {
+            idx.load(&mut *store, instance).map_err(shape(Interface::Naming))?;
+        }
+        if let Some(idx) = &self.callbacks {
+            idx.load(&mut *store, instance).map_err(shape(Interface::Callbacks))?;
+        }
+        if let Some(idx) = &self.setup {
+            idx.load(&mut *store, instance).map_err(shape(Interface::Setup))?;
+        }
+        Ok(())
     }
 
     fn context(&self, env: CallEnv) -> t::Context {
