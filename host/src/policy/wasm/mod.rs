@@ -39,7 +39,8 @@ pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub(crate) const MAX_CONCURRENT_CALLS: u32 = 256;
 
 /// Address space reserved beyond the memory cap for each linear memory, and the guard region
-/// after it (virtual memory only: 256 slots of 16 MiB + 1 MiB are about 4 GiB of reservation).
+/// after it. Address space only: 256 slots of 16 MiB + 1 MiB reserve about 4.3 GiB, none of it
+/// backed by memory until a plugin touches it.
 const MEMORY_SLACK: u64 = 1 << 20;
 const MEMORY_GUARD: u64 = 64 << 10;
 
@@ -87,7 +88,7 @@ impl Runtime {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(MAX_CONCURRENT_CALLS)
             .total_core_instances(MAX_CONCURRENT_CALLS * 8)
-            .total_memories(MAX_CONCURRENT_CALLS * 2)
+            .total_memories(MAX_CONCURRENT_CALLS)
             .total_tables(MAX_CONCURRENT_CALLS * 4)
             .max_memory_size(memory_bytes);
         config
