@@ -190,7 +190,7 @@ impl std::fmt::Debug for Notifier {
 }
 
 impl Notifier {
-    /// Starts the delivery worker on the current Tokio runtime.
+    /// Starts the delivery worker on the current Tokio runtime (panics outside one).
     pub fn new(callbacks: Vec<CallbackConfig>, outbox: Arc<dyn Outbox>, options: NotifierOptions) -> Notifier {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)

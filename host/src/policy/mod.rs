@@ -251,6 +251,9 @@ pub enum PolicyError {
     /// A plugin call made with `reel plugin run` failed.
     #[error("plugin \"{plugin}\" {interface}: {reason}: {message}")]
     Call { plugin: String, interface: &'static str, reason: &'static str, message: String },
+    /// `[policy]` is invalid; one line per problem, each starting with its key.
+    #[error("{}", .0.join("\n"))]
+    Config(Vec<String>),
     /// The WebAssembly engine could not start.
     #[error("plugin runtime: {0}")]
     Runtime(String),
@@ -302,6 +305,39 @@ pub struct PolicyConfig {
     /// Linear-memory cap of one plugin instance (`"16MiB"`).
     #[serde(default = "default_memory", deserialize_with = "de_bytes")]
     pub memory: u64,
+}
+
+/// Bounds of `[policy] memory`: enough for a Rust plugin to start, and little enough that 256
+/// pooled slots of it stay a modest address-space reservation.
+pub const MEMORY_RANGE: std::ops::RangeInclusive<u64> = (2 << 20)..=(1 << 30);
+
+/// Bounds of `[policy] deadline`.
+pub const DEADLINE_RANGE: std::ops::RangeInclusive<Duration> = Duration::from_millis(1)..=Duration::from_secs(10);
+
+impl PolicyConfig {
+    /// Reports every problem with its key (`policy.memory`, …).
+    pub fn validate(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if !MEMORY_RANGE.contains(&self.memory) {
+            errors.push(format!(
+                "policy.memory: {} bytes is outside {} MiB to {} MiB",
+                self.memory,
+                MEMORY_RANGE.start() >> 20,
+                MEMORY_RANGE.end() >> 20
+            ));
+        }
+        if !DEADLINE_RANGE.contains(&self.deadline) {
+            errors.push(format!("policy.deadline: {:?} is outside 1ms to 10s", self.deadline));
+        }
+        let mut seen = Vec::new();
+        for name in &self.plugins {
+            if seen.contains(&name) {
+                errors.push(format!("policy.plugins: \"{name}\" is listed twice"));
+            }
+            seen.push(name);
+        }
+        errors
+    }
 }
 
 impl Default for PolicyConfig {

@@ -56,6 +56,10 @@ impl Registry {
         policy: &PolicyConfig,
         cache: Option<&Path>,
     ) -> Result<Registry, PolicyError> {
+        let errors = policy.validate();
+        if !errors.is_empty() {
+            return Err(PolicyError::Config(errors));
+        }
         for name in &policy.plugins {
             if !plugins.contains_key(name) {
                 return Err(PolicyError::UnknownPlugin(name.clone()));

@@ -555,10 +555,16 @@ fn a_tighter_deadline_and_memory_cap_apply() {
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(180) && took < Duration::from_secs(1), "took {took:?}");
 
-    // A cap below what the plugin needs to start refuses it at load.
-    let tiny = PolicyConfig { memory: 64 << 10, ..policy };
-    let err = Registry::without_cache(&configs, &tiny).unwrap_err().to_string();
-    assert!(err.contains("does not fit the memory cap ([policy] memory = 65536 bytes)"), "{err}");
+    // Limits out of bounds are configuration errors.
+    let bad =
+        PolicyConfig { memory: 64 << 10, deadline: Duration::from_secs(60), plugins: vec!["m".into(), "m".into()] };
+    let err = Registry::without_cache(&configs, &bad).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "policy.memory: 65536 bytes is outside 2 MiB to 1024 MiB\n\
+         policy.deadline: 60s is outside 1ms to 10s\n\
+         policy.plugins: \"m\" is listed twice"
+    );
 }
 
 #[test]
@@ -789,4 +795,12 @@ fn check_refuses_exports_with_the_wrong_types() {
     let dir = fixtures!();
     let err = cli::check(&dir.join("wrong_shape.wasm")).unwrap_err().to_string();
     assert!(err.contains("exports `naming` with types that do not match reel:policy@0.1.0"), "{err}");
+}
+
+#[test]
+fn registries_and_policies_can_be_shared_across_threads() {
+    fn shared<T: Send + Sync + 'static>() {}
+    shared::<Registry>();
+    shared::<Arc<dyn Policy>>();
+    shared::<crate::notify::Notifier>();
 }
