@@ -369,8 +369,8 @@ pub mod builtin {
         Some(candidates[i].rule_id.clone())
     }
 
-    /// `{AppName}/{StreamName}/{EscapedStartTime}_{EscapedEndTime}.{ext}`, with `/` and `..`
-    /// in publisher-chosen names replaced by `_`.
+    /// `{AppName}/{StreamName}/{EscapedStartTime}_{EscapedEndTime}.{ext}`, with the app and
+    /// stream names made safe by [`safe_component`].
     pub fn name_file(s: &StreamInfo, f: &FileInfo) -> String {
         shared::default_name(&file_vars(s, f))
     }

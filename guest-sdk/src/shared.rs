@@ -134,17 +134,17 @@ impl FileVars<'_> {
     }
 }
 
-/// Makes a publisher-chosen name safe as one path component: `/`, `\\` and control characters
-/// become `_`, and an empty, `.` or `..` name becomes `_`.
+/// Makes a publisher-chosen name safe as one path component: characters other than letters,
+/// digits and `-_.@` become `_`, and a name that is empty or only dots becomes `_`.
 pub fn safe_component(s: &str) -> std::borrow::Cow<'_, str> {
-    let bad = |c: char| c == '/' || c == '\\' || c.is_control();
-    if s.is_empty() || s == "." || s == ".." {
+    let ok = |c: char| c.is_alphanumeric() || "-_.@".contains(c);
+    if s.is_empty() || s.chars().all(|c| c == '.') {
         return "_".into();
     }
-    if s.contains(bad) {
-        s.replace(bad, "_").into()
-    } else {
+    if s.chars().all(ok) {
         s.into()
+    } else {
+        s.chars().map(|c| if ok(c) { c } else { '_' }).collect::<String>().into()
     }
 }
 
@@ -322,6 +322,8 @@ mod tests {
     fn default_names_stay_inside_the_root() {
         let v = FileVars { app: "..", stream: "a/../../b", ..vars() };
         assert_eq!(default_name(&v), "_/a_.._.._b/2026-11-22-13-05-09_2026-11-22-13-35-09.flv");
+        let v = FileVars { app: "", stream: "Kamera 1 ü@x\\y", ..vars() };
+        assert_eq!(default_name(&v), "_/Kamera_1_ü@x_y/2026-11-22-13-05-09_2026-11-22-13-35-09.flv");
     }
 
     #[test]

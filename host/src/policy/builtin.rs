@@ -10,6 +10,12 @@ mod shared;
 
 pub use shared::{expand, FileVars, DEFAULT_NAME_TEMPLATE};
 
+/// Makes a publisher-chosen name safe as one path component: characters other than letters,
+/// digits and `-_.@` become `_`; an empty or all-dots name becomes `_`.
+pub fn sanitize(s: &str) -> String {
+    shared::safe_component(s).into_owned()
+}
+
 /// Today's defaults: the most specific rule, the template's plan,
 /// `{AppName}/{StreamName}/{EscapedStartTime}_{EscapedEndTime}.{ext}`, and a JSON callback.
 #[derive(Clone, Copy, Debug, Default)]
@@ -45,7 +51,7 @@ impl Policy for Builtin {
         default
     }
 
-    /// [`DEFAULT_NAME_TEMPLATE`]; `/`, `\` and `..` in publisher-chosen names become `_`.
+    /// [`DEFAULT_NAME_TEMPLATE`], with the app and stream names passed through [`sanitize`].
     fn name_file(&self, s: &StreamInfo, f: &FileInfo) -> String {
         shared::default_name(&FileVars::of(s, f))
     }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-pub use builtin::{expand, Builtin, FileVars, DEFAULT_NAME_TEMPLATE};
+pub use builtin::{expand, sanitize, Builtin, FileVars, DEFAULT_NAME_TEMPLATE};
 pub use registry::Registry;
 
 /// The WIT package versions this host can load (`reel:policy@…`).
@@ -47,6 +47,11 @@ impl Container {
             Container::Mp4 => "mp4",
             Container::Aac => "aac",
         }
+    }
+
+    /// Same as [`Container::ext`].
+    pub fn extension(self) -> &'static str {
+        self.ext()
     }
 
     /// The format's name: `flv`, `hls`, `mp4`, `aac`.
