@@ -435,8 +435,21 @@ pub fn check_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a callback request: `http://` or `https://` URL with a host, sane headers.
+/// Largest callback body a plugin may return, in bytes.
+pub const MAX_CALLBACK_BODY: usize = 1 << 20;
+
+/// Most headers a plugin's callback request may have.
+pub const MAX_CALLBACK_HEADERS: usize = 64;
+
+/// Checks a callback request: `http://` or `https://` URL with a host, sane headers, a body of
+/// at most [`MAX_CALLBACK_BODY`] bytes.
 pub fn check_request(r: &CallbackRequest) -> Result<(), String> {
+    if r.body.len() > MAX_CALLBACK_BODY {
+        return Err(format!("callback body is {} bytes, more than {MAX_CALLBACK_BODY}", r.body.len()));
+    }
+    if r.headers.len() > MAX_CALLBACK_HEADERS {
+        return Err(format!("callback has {} headers, more than {MAX_CALLBACK_HEADERS}", r.headers.len()));
+    }
     let rest = r
         .url
         .strip_prefix("http://")

@@ -698,6 +698,10 @@ fn callback_requests_must_be_http() {
     }
     assert!(check_request(&r("http://x/", vec![("Bad Name", "v")])).is_err());
     assert!(check_request(&r("http://x/", vec![("X", "v\r\nInjected: 1")])).is_err());
+    let big = CallbackRequest { body: vec![b' '; MAX_CALLBACK_BODY + 1], ..r("http://x/", vec![]) };
+    assert!(check_request(&big).unwrap_err().contains("callback body is"));
+    let many = r("http://x/", vec![("X", "1"); MAX_CALLBACK_HEADERS + 1]);
+    assert!(check_request(&many).is_err());
 }
 
 #[test]
