@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Instance, InstancePre, Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap,
+};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::failures::LogLimiter;
@@ -43,6 +45,13 @@ pub(crate) const MAX_CONCURRENT_CALLS: u32 = 256;
 /// backed by memory until a plugin touches it.
 const MEMORY_SLACK: u64 = 1 << 20;
 const MEMORY_GUARD: u64 = 64 << 10;
+
+/// Freed slots kept ready for the same plugin; with [`KEEP_RESIDENT`] each keeps the pages its
+/// last decision dirtied (typically 100–200 KiB).
+const WARM_SLOTS: u32 = 16;
+
+/// With PAGEMAP_SCAN, how much of a freed linear memory is reset in place instead of released.
+const KEEP_RESIDENT: usize = 2 << 20;
 
 /// Most table elements (function references) one instance may have.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
@@ -83,21 +92,15 @@ impl Runtime {
             .wasm_backtrace_max_frames(None)
             .parallel_compilation(true);
         // Pooled instances: a decision reuses a slot's memory mappings instead of mapping and
-        // unmapping its own, which halves its cost (about 20 µs instead of 45 µs here).
-        let memory_bytes = usize::try_from(memory).unwrap_or(usize::MAX);
-        let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(MAX_CONCURRENT_CALLS)
-            .total_core_instances(MAX_CONCURRENT_CALLS * 8)
-            .total_memories(MAX_CONCURRENT_CALLS)
-            .total_tables(MAX_CONCURRENT_CALLS * 4)
-            .max_memory_size(memory_bytes);
-        config
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-            // Reserve only the cap (plus a guard) per memory rather than the default 4 GiB;
-            // bounds are then checked explicitly, which costs little for plugin-sized work.
-            .memory_reservation(memory.saturating_add(MEMORY_SLACK))
-            .memory_guard_size(MEMORY_GUARD);
-        let engine = Engine::new(&config).map_err(|e| format!("cannot start the WebAssembly engine: {e}"))?;
+        // unmapping its own. Where the kernel has PAGEMAP_SCAN (Linux 6.7+), a freed slot's
+        // dirtied pages are reset in place rather than dropped, so the next decision takes no
+        // page faults: about 20 µs a decision instead of 28 µs (45 µs without the pool).
+        let engine = match engine(&config, memory, true) {
+            Ok(engine) => engine,
+            Err(_) => {
+                engine(&config, memory, false).map_err(|e| format!("cannot start the WebAssembly engine: {e}"))?
+            }
+        };
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| format!("cannot link WASI: {e}"))?;
@@ -219,6 +222,27 @@ impl Runtime {
         }
         Ok((component, Some(name)))
     }
+}
+
+fn engine(base: &Config, memory: u64, pagemap_scan: bool) -> wasmtime::Result<Engine> {
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(MAX_CONCURRENT_CALLS)
+        .total_core_instances(MAX_CONCURRENT_CALLS * 8)
+        .total_memories(MAX_CONCURRENT_CALLS)
+        .total_tables(MAX_CONCURRENT_CALLS * 4)
+        .max_memory_size(usize::try_from(memory).unwrap_or(usize::MAX))
+        .max_unused_warm_slots(WARM_SLOTS);
+    if pagemap_scan {
+        pool.pagemap_scan(Enabled::Yes).linear_memory_keep_resident(KEEP_RESIDENT);
+    }
+    let mut config = base.clone();
+    config
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        // Reserve only the cap (plus a guard) per memory rather than the default 4 GiB;
+        // bounds are then checked explicitly, which costs little for plugin-sized work.
+        .memory_reservation(memory.saturating_add(MEMORY_SLACK))
+        .memory_guard_size(MEMORY_GUARD);
+    Engine::new(&config)
 }
 
 /// sha256 of the component and of the engine's compatibility (wasmtime version and settings).
