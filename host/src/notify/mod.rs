@@ -10,7 +10,7 @@
 //! `reel_callback_attempts_total`.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -169,12 +169,15 @@ struct Shared {
     outbox: Arc<dyn Outbox>,
     wake: Notify,
     closed: AtomicBool,
+    /// Deliveries taken from the outbox and not finished.
+    in_flight: AtomicUsize,
     agent: ureq::Agent,
     options: NotifierOptions,
 }
 
-/// Queues callbacks and delivers them from a Tokio task. Dropping it stops the worker once
-/// in-flight deliveries end; queued ones stay in the outbox.
+/// Queues callbacks and delivers them from a Tokio task. Dropping it stops the worker: attempts
+/// in flight go on, queued deliveries stay in the outbox (a durable one sends them after a
+/// restart). [`Notifier::drain`] waits for the queue to empty first.
 pub struct Notifier {
     shared: Arc<Shared>,
     callbacks: Vec<CallbackConfig>,
@@ -198,7 +201,14 @@ impl Notifier {
             .user_agent(concat!("reel/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
-        let shared = Arc::new(Shared { outbox, wake: Notify::new(), closed: AtomicBool::new(false), agent, options });
+        let shared = Arc::new(Shared {
+            outbox,
+            wake: Notify::new(),
+            closed: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            agent,
+            options,
+        });
         tokio::spawn(worker(shared.clone()));
         // Deliveries left by a previous run (durable outboxes).
         shared.wake.notify_one();
@@ -242,6 +252,26 @@ impl Notifier {
     pub fn pending(&self) -> usize {
         self.shared.outbox.len()
     }
+
+    /// Deliveries being attempted (or waiting to retry) right now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Waits until nothing is queued or in flight, or `timeout` passes (for a graceful
+    /// shutdown). Returns whether everything was delivered or given up on.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.pending() == 0 && self.in_flight() == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for Notifier {
@@ -254,19 +284,25 @@ impl Drop for Notifier {
 async fn worker(shared: Arc<Shared>) {
     let slots = Arc::new(Semaphore::new(shared.options.concurrency.max(1)));
     loop {
-        while let Some(delivery) = shared.outbox.pop() {
-            let Ok(permit) = slots.clone().acquire_owned().await else { return };
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                let delivered = deliver(&shared, &delivery).await;
-                shared.outbox.finish(delivery.id, delivered);
-                drop(permit);
-            });
-        }
         if shared.closed.load(Ordering::Relaxed) {
             return;
         }
-        shared.wake.notified().await;
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        // Counted before it leaves the outbox, so `drain` never sees it in neither place.
+        shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        let Some(delivery) = shared.outbox.pop() else {
+            shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+            shared.wake.notified().await;
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let delivered = deliver(&shared, &delivery).await;
+            shared.outbox.finish(delivery.id, delivered);
+            shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
     }
 }
 

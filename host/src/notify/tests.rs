@@ -180,6 +180,33 @@ async fn announces_finished_files_with_the_policy() {
     assert_eq!(body["task_id"], serde_json::Value::Null);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drains_before_shutdown() {
+    let (url, seen) = server(vec![500, 200, 200, 200]);
+    let n = Notifier::new(vec![], Arc::new(MemoryOutbox::new(8)), fast());
+    for _ in 0..3 {
+        n.send(request(&url), Duration::from_secs(5), 2).unwrap();
+    }
+    assert!(n.drain(Duration::from_secs(10)).await);
+    assert_eq!((n.pending(), n.in_flight()), (0, 0));
+    assert_eq!(seen.try_iter().count(), 4, "three deliveries, one retried");
+    drop(n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_notifier_sends_nothing_new() {
+    let outbox = Arc::new(MemoryOutbox::new(8));
+    let n = Notifier::new(vec![], outbox.clone(), fast());
+    drop(n);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // What a durable outbox would still hold after a restart.
+    outbox
+        .push(Delivery { id: 0, request: request("http://127.0.0.1:9/"), timeout: Duration::from_secs(1), retries: 0 })
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(outbox.len(), 1);
+}
+
 #[test]
 fn the_memory_outbox_is_bounded() {
     let o = MemoryOutbox::new(2);
