@@ -7,6 +7,20 @@
 //! and fall back to [`Builtin`] whenever they fail. Nothing here is called per frame.
 //!
 //! The domain types here carry no WebAssembly types; the plugin runtime is in `wasm/`.
+//!
+//! ```ignore
+//! // At start and on every reload (build a new registry, then swap it in):
+//! let registry = Registry::new(&config.plugins, &config.policy, &data_dir)?;
+//! // Per recording: the template's own chain, or `[policy] plugins`.
+//! let policy = registry.policy(template.plugins.as_deref());
+//! let rule = policy.select_rule(&stream, &candidates);
+//! let key = policy.name_file(&stream, &file);
+//! notifier.file_finished(&*policy, &stream, &finished_file);
+//! ```
+//!
+//! A plugin decision takes about 20 µs and at most `[policy] deadline` (50 ms). The methods may
+//! be called from async code: on a Tokio worker they step off it (`block_in_place`) while the
+//! plugin runs, because WASI's host functions block.
 
 mod builtin;
 pub mod cli;
