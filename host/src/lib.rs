@@ -10,6 +10,7 @@ pub mod config;
 pub mod ingest;
 pub mod media;
 pub mod mux;
+pub mod notify;
 pub mod policy;
 pub mod record;
 pub mod storage;

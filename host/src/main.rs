@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use reel::config::{Config, Format};
-use reel::record::{Recorder, Runtime};
+use reel::record::Recorder;
 
 #[derive(Parser)]
 #[command(name = "reel", version, about = "Reel records live streams at the edge: RTMP in, FLV/HLS/MP4/AAC files out, without transcoding.")]
@@ -56,11 +56,56 @@ enum Command {
         #[arg(short = 'o', long = "output")]
         output: PathBuf,
     },
+    /// Check or try a policy plugin (a WebAssembly component).
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Load generators for benchmarking a recorder (see BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
         command: reel::bench::BenchCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Load a plugin, list the interfaces it exports and its WIT version, and reject what the
+    /// host cannot use (with the reason).
+    Check {
+        /// The plugin's .wasm file.
+        file: PathBuf,
+    },
+    /// Make one decision with a plugin and print it as JSON.
+    Run {
+        /// The plugin's .wasm file.
+        file: PathBuf,
+        /// rules, segmentation, naming or callbacks.
+        #[arg(long)]
+        interface: String,
+        /// JSON input: {"stream": {...}, "file": {...}, "candidates": [...], "url": "..."}.
+        #[arg(long)]
+        input: PathBuf,
+        /// TOML file with the plugin's config table (what `config = {...}` holds).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn plugin(cmd: PluginCommand) -> Result<()> {
+    match cmd {
+        PluginCommand::Check { file } => println!("{}", reel::policy::cli::check(&file)?),
+        PluginCommand::Run { file, interface, input, config } => {
+            let input = std::fs::read_to_string(&input).with_context(|| format!("reading {}", input.display()))?;
+            let table = match config {
+                Some(p) => toml::from_str(&std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?)
+                    .with_context(|| format!("parsing {}", p.display()))?,
+                None => toml::Table::new(),
+            };
+            println!("{}", reel::policy::cli::run(&file, &interface, &input, table)?);
+        }
+    }
+    Ok(())
 }
 
 fn parse_duration(s: &str) -> Result<reel::config::Duration, String> {
@@ -94,6 +139,7 @@ fn main() -> std::process::ExitCode {
             .map(|r| eprintln!("recovered {} -> {} ({} bytes)", input.display(), output.display(), r.bytes_out))
             .map_err(Into::into),
         Command::Bench { command } => bench(command),
+        Command::Plugin { command } => plugin(command),
     };
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -163,8 +209,7 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         let path = config_path.clone();
         Arc::new(move || {
             let cfg = load_config(&path).map_err(|e| format!("{e:#}"))?;
-            let runtime = Runtime::new(cfg).map_err(|e| e.to_string())?;
-            recorder.reload(runtime);
+            recorder.reload(cfg).map_err(|e| e.to_string())?;
             tracing::info!("configuration reloaded");
             Ok(())
         })
@@ -192,6 +237,9 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     conns.close();
     conns.wait().await;
     recorder.drain().await;
+    if !recorder.drain_callbacks(std::time::Duration::from_secs(10)).await {
+        tracing::warn!("some callbacks were not delivered before exit");
+    }
     let _ = http_task.await;
     tracing::info!("all files closed; bye");
     Ok(())

@@ -5,4 +5,5 @@ mod common;
 mod config_errors;
 mod flv_record;
 mod formats;
+mod plugins;
 mod remux;

@@ -44,6 +44,15 @@ pub struct Config {
     pub template: BTreeMap<String, Template>,
     #[serde(default)]
     pub rule: Vec<Rule>,
+    /// `[plugins.NAME]`: WebAssembly policy plugins.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, crate::policy::PluginConfig>,
+    /// `[policy]`: the default plugin chain and per-call limits.
+    #[serde(default)]
+    pub policy: crate::policy::PolicyConfig,
+    /// `[[callback]]`: HTTP endpoints told about every finished file.
+    #[serde(default)]
+    pub callback: Vec<crate::notify::CallbackConfig>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -158,6 +167,9 @@ pub struct Template {
     pub hls_segment: Duration,
     /// Storage target name (a `[storage.NAME]` table).
     pub storage: String,
+    /// Plugin chain for streams of this template, instead of `[policy] plugins`.
+    #[serde(default)]
+    pub plugins: Option<Vec<String>>,
 }
 
 fn default_interval() -> Duration {
@@ -251,6 +263,22 @@ impl Config {
                     p.push(format!("template.{name}.formats lists {:?} twice", f.name()));
                 }
             }
+        }
+        p.extend(self.policy.validate());
+        for name in &self.policy.plugins {
+            if !self.plugins.contains_key(name) {
+                p.push(format!("policy.plugins names {name:?}, which has no [plugins.{name}] table (defined: {})", list(self.plugins.keys())));
+            }
+        }
+        for (tname, t) in &self.template {
+            for name in t.plugins.iter().flatten() {
+                if !self.plugins.contains_key(name) {
+                    p.push(format!("template.{tname}.plugins names {name:?}, which has no [plugins.{name}] table (defined: {})", list(self.plugins.keys())));
+                }
+            }
+        }
+        for (i, cb) in self.callback.iter().enumerate() {
+            p.extend(cb.validate(i));
         }
         for (i, r) in self.rule.iter().enumerate() {
             if !self.template.contains_key(&r.template) {

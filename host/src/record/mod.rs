@@ -15,7 +15,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Template};
 use crate::media::Frame;
-use crate::policy::{Builtin, Candidate, Policy, StreamInfo};
+use crate::notify::{MemoryOutbox, Notifier, NotifierOptions, Outbox};
+use crate::policy::{Candidate, Policy, PolicyError, Registry, StreamInfo};
 use crate::storage::{self, Storage};
 
 pub use stream::StreamStats;
@@ -24,7 +25,12 @@ pub use stream::StreamStats;
 pub enum RecordError {
     #[error("storage {name:?}: {source}")]
     Storage { name: String, source: storage::StorageError },
+    #[error("{0}")]
+    Policy(#[from] PolicyError),
 }
+
+/// Callbacks waiting in memory at most (a full queue drops new ones, counted in metrics).
+const OUTBOX_CAPACITY: usize = 10_000;
 
 /// Why a publish was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,21 +47,44 @@ pub struct StreamKey {
     pub name: String,
 }
 
-/// What a reload swaps: configuration, storage targets, policy.
+/// What a reload swaps: configuration, storage targets, plugins, callbacks.
 pub struct Runtime {
     pub config: Arc<Config>,
     pub storages: HashMap<String, Arc<dyn Storage>>,
+    pub registry: Arc<Registry>,
+    /// The default plugin chain (`[policy] plugins`), falling back to the built-in policy.
     pub policy: Arc<dyn Policy>,
+    /// Sends `[[callback]]`s; none when no callback is configured.
+    pub notifier: Option<Arc<Notifier>>,
 }
 
 impl Runtime {
+    /// Opens storage, loads plugins and (inside a Tokio runtime, when callbacks are
+    /// configured) starts the callback sender, with its own in-memory queue.
     pub fn new(config: Config) -> Result<Self, RecordError> {
+        Self::with_outbox(config, Arc::new(MemoryOutbox::new(OUTBOX_CAPACITY)))
+    }
+
+    /// Like [`Runtime::new`], delivering callbacks from `outbox` (kept across reloads).
+    pub fn with_outbox(config: Config, outbox: Arc<dyn Outbox>) -> Result<Self, RecordError> {
         let mut storages = HashMap::new();
         for (name, s) in &config.storage {
             let st = storage::open(name, s).map_err(|source| RecordError::Storage { name: name.clone(), source })?;
             storages.insert(name.clone(), st);
         }
-        Ok(Self { config: Arc::new(config), storages, policy: Arc::new(Builtin) })
+        let registry = Arc::new(Registry::new(&config.plugins, &config.policy, &config.server.data_dir)?);
+        let policy = registry.policy(None);
+        let notifier = (!config.callback.is_empty())
+            .then(|| Arc::new(Notifier::new(config.callback.clone(), outbox, NotifierOptions::default())));
+        Ok(Self { config: Arc::new(config), storages, registry, policy, notifier })
+    }
+
+    /// The plugin chain deciding for streams of `template`.
+    pub fn policy_for(&self, template: &Template) -> Arc<dyn Policy> {
+        match &template.plugins {
+            Some(names) => self.registry.policy(Some(names)),
+            None => self.policy.clone(),
+        }
     }
 
     /// The template recording `info`, by the rules (most specific, then priority).
@@ -111,6 +140,7 @@ pub struct ActiveStream {
 }
 
 struct Inner {
+    outbox: Arc<dyn Outbox>,
     runtime: Arc<RwLock<Arc<Runtime>>>,
     active: Mutex<BTreeMap<StreamKey, ActiveStream>>,
     tracker: TaskTracker,
@@ -171,9 +201,11 @@ impl Drop for StreamHandle {
 
 impl Recorder {
     pub fn new(config: Config) -> Result<Self, RecordError> {
-        let runtime = Runtime::new(config)?;
+        let outbox: Arc<dyn Outbox> = Arc::new(MemoryOutbox::new(OUTBOX_CAPACITY));
+        let runtime = Runtime::with_outbox(config, outbox.clone())?;
         Ok(Self {
             inner: Arc::new(Inner {
+                outbox,
                 runtime: Arc::new(RwLock::new(Arc::new(runtime))),
                 active: Mutex::new(BTreeMap::new()),
                 tracker: TaskTracker::new(),
@@ -186,9 +218,20 @@ impl Recorder {
         self.inner.runtime.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Swaps configuration and policy; recordings in progress keep theirs until their next file.
-    pub fn reload(&self, runtime: Runtime) {
+    /// Swaps configuration, plugins and callbacks; recordings in progress keep theirs until
+    /// their next file. On error the running configuration stays.
+    pub fn reload(&self, config: Config) -> Result<(), RecordError> {
+        let runtime = Runtime::with_outbox(config, self.inner.outbox.clone())?;
         *self.inner.runtime.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(runtime);
+        Ok(())
+    }
+
+    /// Waits (up to `timeout`) for queued callbacks to be delivered.
+    pub async fn drain_callbacks(&self, timeout: std::time::Duration) -> bool {
+        match self.runtime().notifier.clone() {
+            Some(n) => n.drain(timeout).await,
+            None => true,
+        }
     }
 
     pub fn active(&self) -> Vec<(StreamKey, ActiveStream)> {
@@ -231,7 +274,16 @@ impl Recorder {
                 let (tx, rx) = mpsc::channel(rt.config.server.queue_frames);
                 tracing::info!(domain = %info.domain, app = %info.app, stream = %info.name, template = %tname,
                     formats = ?template.formats.iter().map(|f| f.name()).collect::<Vec<_>>(), session = %session_id, "publish");
-                let task = stream::StreamTask::new(rt, self.inner.runtime.clone(), info, template, session_id.clone(), overflow.clone(), stats, self.inner.tracker.clone());
+                let task = stream::StreamTask::new(
+                    rt,
+                    self.inner.runtime.clone(),
+                    info,
+                    (tname, template),
+                    session_id.clone(),
+                    overflow.clone(),
+                    stats,
+                    self.inner.tracker.clone(),
+                );
                 self.inner.tracker.spawn(task.run(rx));
                 Some(tx)
             }

@@ -6,12 +6,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::stream::StreamCtx;
-use crate::config::{Format, Template};
+use crate::config::Format;
 use crate::media::{Frame, FrameKind};
 use crate::mux::hls::{Playlist, Segment};
 use crate::mux::ts::TsMuxer;
 use crate::mux::{aac::AdtsMuxer, flv::FlvMuxer, Chunks, MuxError, Muxer, Rewrite};
-use crate::policy::{Container, FileInfo};
+use crate::policy::{Container, FileInfo, Plan};
 use crate::storage::{FileWriter, Finalize, Storage};
 
 pub(crate) fn container(f: Format) -> Container {
@@ -38,13 +38,13 @@ pub(crate) enum Output {
 }
 
 impl Output {
-    pub fn new(format: Format, t: &Template, storage: Arc<dyn Storage>) -> Self {
+    pub fn new(format: Format, plan: Plan, storage: Arc<dyn Storage>) -> Self {
         match format {
             Format::Hls => Output::Hls(Box::new(HlsOutput {
                 storage,
-                segment_ms: t.hls_segment.as_millis(),
+                segment_ms: u64::from(plan.hls_segment_ms),
                 ts: TsMuxer::new(),
-                playlist: Playlist::new(t.hls_segment.as_millis().div_ceil(1000)),
+                playlist: Playlist::new(u64::from(plan.hls_segment_ms).div_ceil(1000)),
                 playlist_key: None,
                 start_ms: 0,
                 seg: None,
@@ -57,7 +57,7 @@ impl Output {
             _ => Output::File(FileOutput {
                 format,
                 storage,
-                interval_ms: t.interval.as_millis(),
+                interval_ms: plan.interval_ms,
                 sequence: 0,
                 cur: None,
                 disabled: false,
@@ -191,7 +191,7 @@ impl HlsOutput {
             task_id: None,
             random_id: format!("{:016x}", fastrand::u64(..)),
         };
-        let key = ctx.rt.policy.name_file(&ctx.info, &fi);
+        let key = ctx.policy.name_file(&ctx.info, &fi);
         self.playlist_key = Some(key.clone());
         key
     }
@@ -333,6 +333,25 @@ impl HlsOutput {
         ctx.stats.files.fetch_add(1, Ordering::Relaxed);
         tracing::info!(app = %ctx.info.app, stream = %ctx.info.name, format = "hls", file = %key,
             segments = self.playlist.segments.len(), bytes = self.total_bytes, duration_s = duration_ms as f64 / 1000.0, "file closed");
+        if let Some(n) = &ctx.rt.notifier {
+            let fi = FileInfo {
+                container: Container::Hls,
+                sequence: 1,
+                start_ms: self.start_ms,
+                end_ms: crate::media::time::now_ms(),
+                size: self.total_bytes,
+                duration_ms,
+                key,
+                session_id: ctx.session_id.clone(),
+                task_id: None,
+                random_id: format!("{:016x}", fastrand::u64(..)),
+            };
+            let (n, policy, info) = (n.clone(), ctx.policy.clone(), ctx.info.clone());
+            // Building the request may call a plugin: off the async worker.
+            ctx.tracker.spawn_blocking(move || {
+                n.file_finished(&*policy, &info, &fi);
+            });
+        }
     }
 }
 
@@ -446,7 +465,8 @@ impl FileOutput {
             }
         };
         let storage = self.storage.clone();
-        let rt = ctx.rt.clone();
+        let notifier = ctx.rt.notifier.clone();
+        let policy = ctx.policy.clone();
         let info = ctx.info.clone();
         let session_id = ctx.session_id.clone();
         let stats = ctx.stats.clone();
@@ -489,7 +509,7 @@ impl FileOutput {
                 task_id: None,
                 random_id: format!("{:016x}", fastrand::u64(..)),
             };
-            let key = rt.policy.name_file(&info, &fi);
+            let key = policy.name_file(&info, &fi);
             let Rewrite { head, ranges, tail } = rewrite.unwrap_or_default();
             match w.finish(&key, Finalize { head: &head, ranges: &ranges, tail: &tail }) {
                 Ok(stored) => {
@@ -500,6 +520,9 @@ impl FileOutput {
                     fi.key = stored.key.clone();
                     tracing::info!(app = %info.app, stream = %info.name, format = format.name(), file = %stored.location,
                         bytes = stored.size, duration_s = duration_ms as f64 / 1000.0, failed, "file closed");
+                    if let Some(n) = notifier {
+                        n.file_finished(&*policy, &info, &fi);
+                    }
                 }
                 Err(e) => {
                     metrics::counter!("reel_file_errors_total", "format" => format.name()).increment(1);

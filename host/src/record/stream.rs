@@ -12,7 +12,7 @@ use super::output::Output;
 use super::{Msg, Runtime};
 use crate::config::Template;
 use crate::media::{Frame, FrameKind};
-use crate::policy::StreamInfo;
+use crate::policy::{Plan, Policy, StreamInfo};
 
 /// Counters of one publish, readable while it runs.
 #[derive(Debug, Default)]
@@ -25,6 +25,9 @@ pub struct StreamStats {
 /// What every output of a stream shares: who it is and the headers a new file starts with.
 pub(crate) struct StreamCtx {
     pub rt: Arc<Runtime>,
+    /// Decides naming and callbacks for this stream's files (the template's plugin chain).
+    pub policy: Arc<dyn Policy>,
+    pub template_name: String,
     pub info: StreamInfo,
     pub session_id: String,
     pub tracker: TaskTracker,
@@ -66,23 +69,33 @@ impl StreamTask {
         rt: Arc<Runtime>,
         live: Arc<RwLock<Arc<Runtime>>>,
         info: StreamInfo,
-        template: Template,
+        (template_name, template): (String, Template),
         session_id: String,
         overflow: Arc<AtomicBool>,
         stats: Arc<StreamStats>,
         tracker: TaskTracker,
     ) -> Self {
         let storage = rt.storages.get(&template.storage).cloned();
+        let policy = rt.policy_for(&template);
         let mut outputs = Vec::new();
         if let Some(storage) = storage {
+            let default = Plan {
+                interval_ms: template.interval.as_millis(),
+                hls_segment_ms: template.hls_segment.as_millis().min(u64::from(u32::MAX)) as u32,
+                resume_window_ms: 0,
+            };
             for &format in &template.formats {
-                outputs.push(Output::new(format, &template, storage.clone()));
+                // Segmentation is a policy decision, made once per stream and format.
+                let plan = policy.plan(&info, super::output::container(format), default);
+                outputs.push(Output::new(format, plan, storage.clone()));
             }
         } else {
             tracing::error!(storage = %template.storage, "template names a storage that is not configured; not recording");
         }
         let ctx = StreamCtx {
             rt,
+            policy,
+            template_name,
             info,
             session_id,
             tracker,
@@ -172,7 +185,13 @@ impl StreamTask {
         let cut = ctx.is_cut_point(&f);
         if cut {
             // Files opened from here on follow the latest reload (naming, callbacks).
-            ctx.rt = self.live.read().unwrap_or_else(|e| e.into_inner()).clone();
+            let rt = self.live.read().unwrap_or_else(|e| e.into_inner()).clone();
+            if !Arc::ptr_eq(&rt, &ctx.rt) {
+                if let Some(t) = rt.config.template.get(&ctx.template_name) {
+                    ctx.policy = rt.policy_for(t);
+                }
+                ctx.rt = rt;
+            }
         }
         for o in &mut self.outputs {
             o.push(&f, cut, &self.ctx).await;

@@ -1,0 +1,165 @@
+//! Policy plugins end to end: a pushed stream named and announced by `tencent-css`, and
+//! misbehaving plugins that never stop a recording.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use md5::{Digest, Md5};
+
+use crate::common::*;
+
+/// The built plugins (`plugins/target/wasm32-wasip2/release`), built once per test run.
+fn plugins_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+        let target = repo.join("plugins/target");
+        run(std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .arg(repo.join("plugins/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target)
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS"));
+        target.join("wasm32-wasip2/release")
+    })
+}
+
+/// A real HTTP listener on 127.0.0.1: answers 200 and hands over (request head, body).
+fn http_listener() -> (String, mpsc::Receiver<(String, Vec<u8>)>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://127.0.0.1:{}/record-callback", l.local_addr().unwrap().port());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in l.incoming().flatten() {
+            let mut r = BufReader::new(conn);
+            let mut head = String::new();
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                head.push_str(&line);
+            }
+            let mut body = vec![0u8; len];
+            let _ = r.read_exact(&mut body);
+            let _ = r.get_mut().write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+            if tx.send((head, body)).is_err() {
+                return;
+            }
+        }
+    });
+    (url, rx)
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn md5_hex(data: &[u8]) -> String {
+    Md5::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn tencent_css_names_files_and_sends_a_signed_callback() {
+    let dir = plugins_dir();
+    let (url, rx) = http_listener();
+    let config = format!(
+        r#"
+[storage.local]
+kind = "fs"
+root = "recordings"
+[template.default]
+formats = ["flv"]
+storage = "local"
+[[rule]]
+template = "default"
+[plugins.css]
+path = "{}"
+config = {{ key = "s3cret" }}
+[policy]
+plugins = ["css"]
+[[callback]]
+url = "{url}"
+"#,
+        dir.join("tencent_css.wasm").display()
+    );
+    let reel = Reel::start("tencent-css", &config);
+    let src = fixture("av", 6, true, true);
+    ffmpeg_publish(&src, &reel.url("live", "cssstream"), false);
+
+    let (head, body) = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("no callback: {}", reel.log_text()));
+    assert!(head.starts_with("POST /record-callback"), "{head}");
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["event_type"], 100, "{v}");
+    assert_eq!(v["stream_id"], "cssstream");
+    assert_eq!(v["appname"], "live");
+    assert_eq!(v["file_format"], "flv");
+    let t = v["t"].as_i64().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!((t - now - 600).abs() < 60, "t is now + 600 s: {t} vs {now}");
+    assert_eq!(v["sign"].as_str().unwrap(), md5_hex(format!("s3cret{t}").as_bytes()), "sign = md5(key + t)");
+
+    // VodFileName: {StreamID}_{Start...}_{End...}, at the storage root.
+    let key = v["video_url"].as_str().unwrap();
+    assert!(key.starts_with("cssstream_") && key.ends_with(".flv"), "{key}");
+    assert_eq!(key.len(), "cssstream_2026-11-22-13-05-09_2026-11-22-13-05-15.flv".len(), "{key}");
+    let file = reel.recordings().join(key);
+    let size = std::fs::metadata(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display())).len();
+    assert_eq!(v["file_size"].as_u64(), Some(size), "file_size is the file's");
+    assert_eq!(packets(&file, "v").len(), packets(&src, "v").len());
+}
+
+#[test]
+fn misbehaving_plugins_fall_back_and_are_counted() {
+    let dir = plugins_dir();
+    let src = fixture("av", 4, true, true);
+    for (mode, reason) in [("loop", "timeout"), ("trap", "trap"), ("oom", "memory"), ("traversal", "invalid")] {
+        let config = format!(
+            r#"
+[storage.local]
+kind = "fs"
+root = "recordings"
+[template.default]
+formats = ["flv", "mp4"]
+storage = "local"
+[[rule]]
+template = "default"
+[plugins.bad]
+path = "{}"
+config = {{ mode = "{mode}" }}
+[policy]
+plugins = ["bad"]
+"#,
+            dir.join("misbehave.wasm").display()
+        );
+        let reel = Reel::start(&format!("misbehave-{mode}"), &config);
+        ffmpeg_publish(&src, &reel.url("live", "bad"), false);
+        // Named by the built-in fallback: APP/STREAM/{start}_{end}.ext
+        let out = reel.recordings().join("live/bad");
+        let (flv, _) = wait_files(&out, "flv", 1, Duration::from_secs(20));
+        let (mp4, _) = wait_files(&out, "mp4", 1, Duration::from_secs(20));
+        assert_eq!((flv.len(), mp4.len()), (1, 1), "mode {mode}: {}", reel.log_text());
+        assert_eq!(packets(&flv[0], "v"), packets(&src, "v"), "mode {mode}: complete recording");
+        assert_eq!(decode_errors(&mp4[0]), "", "mode {mode}");
+        let metrics = http_get(reel.http_port, "/metrics");
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with("reel_plugin_failures_total") && l.contains(&format!("reason=\"{reason}\"")))
+            .unwrap_or_else(|| panic!("mode {mode}: no failure counted with reason {reason}:\n{metrics}"));
+        assert!(line.contains("plugin=\"bad\""), "{line}");
+    }
+}
