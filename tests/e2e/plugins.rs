@@ -163,3 +163,48 @@ plugins = ["bad"]
         assert!(line.contains("plugin=\"bad\""), "{line}");
     }
 }
+
+fn http_post(port: u16, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn reload_swaps_plugins_for_new_recordings() {
+    let dir = plugins_dir();
+    let reel = Reel::start("reload", BASE_CONFIG);
+    let src = fixture("av", 4, true, true);
+    ffmpeg_publish(&src, &reel.url("live", "before"), false);
+    let (before, _) = wait_files(&reel.recordings().join("live/before"), "flv", 1, Duration::from_secs(10));
+    assert_eq!(before.len(), 1, "built-in naming before the reload");
+
+    // A broken config is refused and the running one stays.
+    let path = reel.dir.join("reel.toml");
+    let original = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{original}\n[policy]\nplugins = [\"missing\"]\n")).unwrap();
+    let resp = http_post(reel.http_port, "/v1/reload");
+    assert!(resp.starts_with("HTTP/1.1 400") && resp.contains("missing"), "{resp}");
+
+    let with_plugin = format!(
+        "{original}\n[plugins.mps]\npath = \"{}\"\n[policy]\nplugins = [\"mps\"]\n",
+        dir.join("mps.wasm").display()
+    );
+    std::fs::write(&path, with_plugin).unwrap();
+    let resp = http_post(reel.http_port, "/v1/reload");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    ffmpeg_publish(&src, &reel.url("live", "after"), false);
+    std::thread::sleep(Duration::from_secs(1));
+    let all = files(&reel.recordings(), "flv");
+    assert_eq!(all.len(), 2, "{all:?}\n{}", reel.log_text());
+    let after = all.iter().find(|p| !p.starts_with(reel.recordings().join("live/before"))).unwrap();
+    // mps: {AppName}/{StreamName}/{rand}/{StartYear}-...-{StartSecond}_{Sequence}
+    let rel = after.strip_prefix(reel.recordings()).unwrap();
+    let parts: Vec<_> = rel.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    assert_eq!(parts.len(), 4, "named by the mps plugin now: {}", rel.display());
+    assert_eq!((parts[0].as_str(), parts[1].as_str()), ("live", "after"));
+    assert!(parts[3].ends_with("_1.flv"), "{}", rel.display());
+    assert_eq!(packets(after, "v").len(), packets(&src, "v").len());
+}
