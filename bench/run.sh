@@ -560,7 +560,7 @@ fi
 
 # --- (c) plugins ---------------------------------------------------------------------------
 PLUGIN_OUT="$RES/plugins.txt"
-pb=$(ls "$ROOT"/host/benches/*plugin*.rs 2>/dev/null | head -1 || true)
+pb=$(ls "$ROOT"/host/benches/policy.rs "$ROOT"/host/benches/*plugin*.rs 2>/dev/null | head -1 || true)
 pe=$(ls "$ROOT"/host/examples/*plugin*.rs 2>/dev/null | head -1 || true)
 if [ -n "$pb" ] && [ "$(remaining)" -gt 60 ]; then
     (cd "$ROOT" && timeout "$(cap 300)" cargo bench -q -p reel --bench "$(basename "$pb" .rs)") >"$PLUGIN_OUT" 2>&1 || true
