@@ -15,8 +15,8 @@ wasmtime::component::bindgen!({
     world: "reel:policy/policy@0.1.0",
 });
 
-use exports::reel::policy::{callbacks, naming, rules, segmentation, setup};
-use reel::policy::types as t;
+use self::exports::reel::policy::{callbacks, naming, rules, segmentation, setup};
+use self::reel::policy::types as t;
 
 /// The export indices of one plugin, looked up once at load, and its configuration.
 pub(super) struct Adapter {
