@@ -309,6 +309,24 @@ def files(d, ext):
     return out
 
 
+def open_files(pids, prefix):
+    """Paths under `prefix` that the processes `pids` hold open."""
+    found = set()
+    for p in pids:
+        try:
+            fds = os.listdir(f"/proc/{p}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                t = os.readlink(f"/proc/{p}/fd/{fd}")
+            except OSError:
+                continue
+            if t.startswith(prefix):
+                found.add(t)
+    return found
+
+
 def pct(v, p):
     if not v:
         return None
@@ -418,18 +436,7 @@ template = "default"
                 peak = max(peak, status_kb(pids, "VmRSS"))
                 last_rss = now
             if server == "nginx" and now - t_start >= SECONDS_LIVE - 1:
-                cur = set()
-                for p in pids:
-                    try:
-                        for fd in os.listdir(f"/proc/{p}/fd"):
-                            try:
-                                t = os.readlink(f"/proc/{p}/fd/{fd}")
-                            except OSError:
-                                continue
-                            if t.startswith(rec):
-                                cur.add(t)
-                    except OSError:
-                        pass
+                cur = open_files(pids, rec)
                 for t in cur:
                     open_seen[t] = now
                 for t in list(open_seen):
@@ -445,18 +452,7 @@ template = "default"
         reel_closed = {}
         while time.time() < end:
             if server == "nginx":
-                cur = set()
-                for p in tree(srv.pid):
-                    try:
-                        for fd in os.listdir(f"/proc/{p}/fd"):
-                            try:
-                                t = os.readlink(f"/proc/{p}/fd/{fd}")
-                            except OSError:
-                                continue
-                            if t.startswith(rec):
-                                cur.add(t)
-                    except OSError:
-                        pass
+                cur = open_files(tree(srv.pid), rec)
                 now = time.time()
                 for t in list(open_seen):
                     if t not in cur and t not in closed_at:

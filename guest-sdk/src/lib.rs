@@ -25,10 +25,10 @@
 extern crate self as reel_plugin;
 
 mod shared;
+mod time;
 
-pub use shared::{
-    civil, escaped_time, is_wildcard, most_specific, safe_component, Civil, FileVars, Json, DEFAULT_NAME_TEMPLATE,
-};
+pub use shared::{is_wildcard, most_specific, safe_component, FileVars, Json, DEFAULT_NAME_TEMPLATE};
+pub use time::{civil, escaped_time, Civil};
 
 #[doc(hidden)]
 pub mod __private {

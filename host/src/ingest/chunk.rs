@@ -314,11 +314,26 @@ impl ChunkReader {
     }
 }
 
-fn control_u32(m: &RawMessage) -> Result<u32, ChunkError> {
+/// The 4-byte big-endian value that starts a protocol control message.
+pub(crate) fn control_u32(m: &RawMessage) -> Result<u32, ChunkError> {
     if m.payload.len() < 4 {
-        return Err(ChunkError::ShortControlMessage { type_id: m.type_id, len: m.payload.len(), need: 4 });
+        return Err(short_control(m, 4));
     }
     Ok(be32(&m.payload))
+}
+
+/// The error for a control message with fewer than `need` payload bytes.
+pub(crate) fn short_control(m: &RawMessage, need: usize) -> ChunkError {
+    ChunkError::ShortControlMessage { type_id: m.type_id, len: m.payload.len(), need }
+}
+
+/// AMF3 data (15) and command (17) messages carry AMF0 after a leading 0 byte.
+pub(crate) fn strip_amf3_prefix(payload: Bytes) -> Bytes {
+    if payload.first() == Some(&0) {
+        payload.slice(1..)
+    } else {
+        payload
+    }
 }
 
 enum ChunkResult {

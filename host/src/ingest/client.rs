@@ -1,8 +1,9 @@
 //! RTMP client session, sans-IO: the publishing and playing side of a connection.
 //!
 //! Shaped like [`ServerSession`](super::ServerSession): feed it what the server sends, it runs
-//! the (simple) handshake, decodes chunks with the shared [`ChunkReader`], answers protocol
-//! control, walks the command sequence and emits [`ClientEvent`]s; what it wants sent is
+//! the (simple) handshake, decodes chunks and answers protocol control as the server session
+//! does (both own a `link::Link`; played media becomes frames through the same `media_in`
+//! code), walks the command sequence and emits [`ClientEvent`]s; what it wants sent is
 //! collected in one output buffer handed out by [`ClientSession::take_output`].
 //!
 //! ```text
@@ -21,13 +22,13 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::chunk::{
-    ChunkError, ChunkReader, ChunkWriter, RawMessage, MSG_ABORT, MSG_ACK, MSG_AGGREGATE, MSG_AUDIO, MSG_COMMAND_AMF0,
-    MSG_COMMAND_AMF3, MSG_DATA_AMF0, MSG_DATA_AMF3, MSG_SET_CHUNK_SIZE, MSG_SET_PEER_BANDWIDTH, MSG_USER_CONTROL,
-    MSG_VIDEO, MSG_WINDOW_ACK_SIZE,
+    strip_amf3_prefix, ChunkError, RawMessage, MSG_COMMAND_AMF0, MSG_COMMAND_AMF3, MSG_DATA_AMF0, MSG_USER_CONTROL,
 };
 use super::handshake::{HANDSHAKE_SIZE, RTMP_VERSION};
+use super::link::Link;
+use super::media_in::{MediaEvent, MediaIn};
 use crate::media::amf0::{self, Value};
-use crate::media::{flv, Frame, MediaError, TimestampUnwrapper};
+use crate::media::{flv, Frame, MediaError};
 
 /// Chunk size the client writes with once the handshake is done (announced first).
 pub const CLIENT_CHUNK_SIZE: usize = 4096;
@@ -37,8 +38,7 @@ pub const MAX_STATUS_TEXT: usize = 1024;
 /// Default RTMP port.
 pub const DEFAULT_PORT: u16 = 1935;
 
-/// Chunk streams the client writes on (the numbers FFmpeg uses).
-const CSID_CONTROL: u32 = 2;
+/// Chunk streams the client writes on (the numbers FFmpeg uses; protocol control goes on 2).
 const CSID_COMMAND: u32 = 3;
 const CSID_AUDIO: u32 = 4;
 const CSID_DATA: u32 = 5;
@@ -46,8 +46,6 @@ const CSID_VIDEO: u32 = 6;
 const CSID_STREAM_COMMAND: u32 = 8;
 
 const USER_CONTROL_SET_BUFFER_LENGTH: u16 = 3;
-const USER_CONTROL_PING_REQUEST: u16 = 6;
-const USER_CONTROL_PING_RESPONSE: u16 = 7;
 /// Buffer length announced before `play`, in milliseconds.
 const PLAY_BUFFER_MS: u32 = 3000;
 
@@ -162,6 +160,15 @@ pub enum ClientEvent {
     Warning(String),
 }
 
+impl MediaEvent for ClientEvent {
+    fn frame(f: Frame) -> Self {
+        ClientEvent::Frame(f)
+    }
+    fn warning(w: String) -> Self {
+        ClientEvent::Warning(w)
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ClientError {
     #[error("invalid RTMP URL {url:?}: {why}")]
@@ -212,19 +219,11 @@ enum State {
 pub struct ClientSession {
     config: ClientConfig,
     state: State,
-    reader: ChunkReader,
-    writer: ChunkWriter,
-    out: BytesMut,
+    link: Link,
     /// Scratch for data messages that need `@setDataFrame` in front; reused.
     scratch: BytesMut,
-    bytes_received: u64,
-    /// The server's Window Acknowledgement Size; 0 until it sends one.
-    ack_window: u32,
-    acked: u64,
     next_txn: f64,
-    audio_time: TimestampUnwrapper,
-    video_time: TimestampUnwrapper,
-    data_time: TimestampUnwrapper,
+    media: MediaIn,
 }
 
 impl ClientSession {
@@ -239,17 +238,10 @@ impl ClientSession {
         Self {
             config,
             state: State::WaitS0S1,
-            reader: ChunkReader::new(),
-            writer: ChunkWriter::new(),
-            out,
+            link: Link::new(out),
             scratch: BytesMut::new(),
-            bytes_received: 0,
-            ack_window: 0,
-            acked: 0,
             next_txn: TXN_CREATE_STREAM + 1.0,
-            audio_time: TimestampUnwrapper::default(),
-            video_time: TimestampUnwrapper::default(),
-            data_time: TimestampUnwrapper::default(),
+            media: MediaIn::played(),
         }
     }
 
@@ -263,25 +255,21 @@ impl ClientSession {
     pub fn feed(&mut self, buf: &mut BytesMut, events: &mut Vec<ClientEvent>) -> Result<(), ClientError> {
         let before = buf.len();
         let result = self.feed_inner(buf, events);
-        self.bytes_received += before.saturating_sub(buf.len()) as u64;
+        self.link.received(before.saturating_sub(buf.len()));
         if result.is_ok() {
-            self.maybe_ack();
+            self.link.maybe_ack();
         }
         result
     }
 
     /// Bytes to send (take and write them after every feed and send).
     pub fn take_output(&mut self) -> Option<Bytes> {
-        if self.out.is_empty() {
-            None
-        } else {
-            Some(self.out.split().freeze())
-        }
+        self.link.take_output()
     }
 
     /// Bytes waiting in the output buffer.
     pub fn pending_output(&self) -> usize {
-        self.out.len()
+        self.link.pending_output()
     }
 
     /// Whether media may be sent (`NetStream.Publish.Start` was received).
@@ -291,7 +279,7 @@ impl ClientSession {
 
     /// Bytes consumed from the server so far, handshake included.
     pub fn bytes_received(&self) -> u64 {
-        self.bytes_received
+        self.link.bytes_received()
     }
 
     /// Appends one audio (8), video (9) or data (18) message, an FLV tag body, to the output.
@@ -309,7 +297,7 @@ impl ClientSession {
                     return Err(ClientError::TooLarge(payload.len()));
                 }
                 let csid = if tag_type == flv::TAG_AUDIO { CSID_AUDIO } else { CSID_VIDEO };
-                self.writer.write(&mut self.out, csid, timestamp, tag_type, stream_id, payload);
+                self.link.write(csid, timestamp, tag_type, stream_id, payload);
             }
             _ => {
                 let body: &[u8] = if payload.starts_with(SET_DATA_FRAME) {
@@ -323,7 +311,7 @@ impl ClientSession {
                 if body.len() > 0xFF_FFFF {
                     return Err(ClientError::TooLarge(body.len()));
                 }
-                self.writer.write(&mut self.out, CSID_DATA, timestamp, MSG_DATA_AMF0, stream_id, body);
+                self.link.write(CSID_DATA, timestamp, MSG_DATA_AMF0, stream_id, body);
             }
         }
         Ok(())
@@ -338,14 +326,14 @@ impl ClientSession {
                 if self.config.role == Role::Publish {
                     let txn = self.txn();
                     let name = Value::String(self.config.stream.clone());
-                    self.send_command(
+                    self.link.send_command(
                         CSID_COMMAND,
                         0,
                         &[Value::String("FCUnpublish".into()), Value::Number(txn), Value::Null, name],
                     );
                 }
                 let txn = self.txn();
-                self.send_command(
+                self.link.send_command(
                     CSID_COMMAND,
                     0,
                     &[
@@ -380,7 +368,7 @@ impl ClientSession {
             buf.advance(1);
             // C2 echoes S1.
             let s1 = buf.split_to(HANDSHAKE_SIZE);
-            self.out.extend_from_slice(&s1);
+            self.link.out().extend_from_slice(&s1);
             self.state = State::WaitS2;
         }
         if self.state == State::WaitS2 {
@@ -391,15 +379,14 @@ impl ClientSession {
             buf.advance(HANDSHAKE_SIZE);
             self.on_handshake_done();
         }
-        while let Some(msg) = self.reader.read_message(buf)? {
+        while let Some(msg) = self.link.next_message(buf)? {
             self.handle_message(msg, events)?;
         }
         Ok(())
     }
 
     fn on_handshake_done(&mut self) {
-        self.send_control(MSG_SET_CHUNK_SIZE, &(CLIENT_CHUNK_SIZE as u32).to_be_bytes());
-        self.writer.set_chunk_size(CLIENT_CHUNK_SIZE);
+        self.link.set_chunk_size(CLIENT_CHUNK_SIZE);
         let mut props = vec![
             ("app".to_string(), Value::String(self.config.app.clone())),
             ("type".to_string(), Value::String("nonprivate".into())),
@@ -415,7 +402,7 @@ impl ClientSession {
                 ("videoFunction".to_string(), Value::Number(1.0)),
             ]);
         }
-        self.send_command(
+        self.link.send_command(
             CSID_COMMAND,
             0,
             &[Value::String("connect".into()), Value::Number(TXN_CONNECT), Value::Object(props)],
@@ -423,128 +410,17 @@ impl ClientSession {
         self.state = State::Connecting;
     }
 
-    fn maybe_ack(&mut self) {
-        if self.ack_window > 0 && self.bytes_received - self.acked >= u64::from(self.ack_window) {
-            self.acked = self.bytes_received;
-            // The sequence number is the byte count modulo 2^32.
-            self.send_control(MSG_ACK, &(self.bytes_received as u32).to_be_bytes());
-        }
-    }
-
     fn handle_message(&mut self, msg: RawMessage, events: &mut Vec<ClientEvent>) -> Result<(), ClientError> {
         match msg.type_id {
-            // Applied by the chunk reader, or nothing to do for a client.
-            MSG_SET_CHUNK_SIZE | MSG_ABORT | MSG_ACK | MSG_SET_PEER_BANDWIDTH => Ok(()),
-            MSG_WINDOW_ACK_SIZE => {
-                if self.ack_window == 0 {
-                    self.acked = self.bytes_received;
-                }
-                self.ack_window = control_u32(&msg)?;
-                Ok(())
-            }
-            MSG_USER_CONTROL => self.handle_user_control(&msg),
-            MSG_AUDIO | MSG_VIDEO => {
-                self.handle_media(msg.type_id, msg.timestamp, msg.payload, events);
-                Ok(())
-            }
-            MSG_DATA_AMF0 => {
-                self.handle_data(msg.timestamp, msg.payload, events);
-                Ok(())
-            }
-            MSG_DATA_AMF3 => {
-                self.handle_data(msg.timestamp, strip_amf3_prefix(msg.payload), events);
+            t if MediaIn::handles(t) => {
+                let playing = self.config.role == Role::Play
+                    && matches!(self.state, State::Starting { .. } | State::Active { .. });
+                self.media.message(msg, playing, events);
                 Ok(())
             }
             MSG_COMMAND_AMF0 => self.handle_command(&msg.payload, events),
             MSG_COMMAND_AMF3 => self.handle_command(&strip_amf3_prefix(msg.payload), events),
-            MSG_AGGREGATE => {
-                self.handle_aggregate(msg.timestamp, msg.payload, events);
-                Ok(())
-            }
             _ => Ok(()),
-        }
-    }
-
-    fn handle_user_control(&mut self, msg: &RawMessage) -> Result<(), ClientError> {
-        let p = &msg.payload;
-        if p.len() < 2 {
-            return Err(short_control(msg, 2));
-        }
-        if u16::from_be_bytes([p[0], p[1]]) == USER_CONTROL_PING_REQUEST {
-            if p.len() < 6 {
-                return Err(short_control(msg, 6));
-            }
-            let mut pong = [0u8; 6];
-            pong[..2].copy_from_slice(&USER_CONTROL_PING_RESPONSE.to_be_bytes());
-            pong[2..].copy_from_slice(&p[2..6]);
-            self.send_control(MSG_USER_CONTROL, &pong);
-        }
-        Ok(())
-    }
-
-    fn playing(&self) -> bool {
-        self.config.role == Role::Play && matches!(self.state, State::Starting { .. } | State::Active { .. })
-    }
-
-    fn handle_media(&mut self, type_id: u8, timestamp: u32, payload: Bytes, events: &mut Vec<ClientEvent>) {
-        if !self.playing() || payload.is_empty() {
-            return;
-        }
-        let timeline = if type_id == MSG_AUDIO { &mut self.audio_time } else { &mut self.video_time };
-        let dts = timeline.unwrap(timestamp);
-        match flv::parse_tag(type_id, dts, payload) {
-            Ok(f) => events.push(ClientEvent::Frame(f)),
-            Err(e) => events.push(ClientEvent::Warning(format!("skipped message at {timestamp} ms: {e}"))),
-        }
-    }
-
-    /// Data messages become script-data frames, `@setDataFrame` sliced off the front.
-    fn handle_data(&mut self, timestamp: u32, payload: Bytes, events: &mut Vec<ClientEvent>) {
-        if !self.playing() {
-            return;
-        }
-        let mut rest: &[u8] = &payload;
-        let tag = match amf0::decode(&mut rest) {
-            Ok(Value::String(name)) if name == "@setDataFrame" => payload.slice(payload.len() - rest.len()..),
-            // `|RtmpSampleAccess` and other handler calls that are not stream data.
-            Ok(Value::String(name)) if name.starts_with('|') => return,
-            Ok(Value::String(_)) => payload,
-            Ok(_) | Err(_) => {
-                events.push(ClientEvent::Warning(format!("skipped data message at {timestamp} ms")));
-                return;
-            }
-        };
-        let dts = self.data_time.unwrap(timestamp);
-        match flv::parse_tag(flv::TAG_SCRIPT, dts, tag) {
-            Ok(f) => events.push(ClientEvent::Frame(f)),
-            Err(e) => events.push(ClientEvent::Warning(format!("skipped data message at {timestamp} ms: {e}"))),
-        }
-    }
-
-    /// A run of FLV tags; sub-tag timestamps are relative to the first, which maps to the
-    /// message timestamp.
-    fn handle_aggregate(&mut self, timestamp: u32, payload: Bytes, events: &mut Vec<ClientEvent>) {
-        let mut off = 0;
-        let mut first_ts = None;
-        while payload.len() - off >= flv::TAG_HEADER_LEN {
-            let h = &payload[off..off + flv::TAG_HEADER_LEN];
-            let tag_type = h[0] & 0x1f;
-            let size = (usize::from(h[1]) << 16) | (usize::from(h[2]) << 8) | usize::from(h[3]);
-            let sub_ts = (u32::from(h[7]) << 24) | (u32::from(h[4]) << 16) | (u32::from(h[5]) << 8) | u32::from(h[6]);
-            let start = off + flv::TAG_HEADER_LEN;
-            if payload.len() - start < size {
-                events.push(ClientEvent::Warning(format!("truncated aggregate message at {timestamp} ms")));
-                return;
-            }
-            let base = *first_ts.get_or_insert(sub_ts);
-            let ts = timestamp.wrapping_add(sub_ts.wrapping_sub(base));
-            let body = payload.slice(start..start + size);
-            match tag_type {
-                flv::TAG_AUDIO | flv::TAG_VIDEO => self.handle_media(tag_type, ts, body, events),
-                flv::TAG_SCRIPT => self.handle_data(ts, body, events),
-                _ => {}
-            }
-            off = (start + size + 4).min(payload.len());
         }
     }
 
@@ -593,7 +469,7 @@ impl ClientSession {
                 events.push(ClientEvent::Connected);
                 if self.config.role == Role::Publish {
                     let name = Value::String(self.config.stream.clone());
-                    self.send_command(
+                    self.link.send_command(
                         CSID_COMMAND,
                         0,
                         &[
@@ -603,13 +479,13 @@ impl ClientSession {
                             name.clone(),
                         ],
                     );
-                    self.send_command(
+                    self.link.send_command(
                         CSID_COMMAND,
                         0,
                         &[Value::String("FCPublish".into()), Value::Number(TXN_FC_PUBLISH), Value::Null, name],
                     );
                 }
-                self.send_command(
+                self.link.send_command(
                     CSID_COMMAND,
                     0,
                     &[Value::String("createStream".into()), Value::Number(TXN_CREATE_STREAM), Value::Null],
@@ -628,7 +504,7 @@ impl ClientSession {
                 let stream_id = id as u32;
                 let name = Value::String(self.config.stream.clone());
                 match self.config.role {
-                    Role::Publish => self.send_command(
+                    Role::Publish => self.link.send_command(
                         CSID_STREAM_COMMAND,
                         stream_id,
                         &[
@@ -644,9 +520,9 @@ impl ClientSession {
                         buffer[..2].copy_from_slice(&USER_CONTROL_SET_BUFFER_LENGTH.to_be_bytes());
                         buffer[2..6].copy_from_slice(&stream_id.to_be_bytes());
                         buffer[6..].copy_from_slice(&PLAY_BUFFER_MS.to_be_bytes());
-                        self.send_control(MSG_USER_CONTROL, &buffer);
+                        self.link.send_control(MSG_USER_CONTROL, &buffer);
                         // Start -2000: live if there is one, else recorded (as FFmpeg sends it).
-                        self.send_command(
+                        self.link.send_command(
                             CSID_STREAM_COMMAND,
                             stream_id,
                             &[
@@ -701,15 +577,6 @@ impl ClientSession {
         self.state = State::Done;
         events.push(ClientEvent::Rejected { code, description });
     }
-
-    fn send_control(&mut self, type_id: u8, payload: &[u8]) {
-        self.writer.write(&mut self.out, CSID_CONTROL, 0, type_id, 0, payload);
-    }
-
-    fn send_command(&mut self, csid: u32, stream_id: u32, values: &[Value]) {
-        let body = amf0::encode_all(values);
-        self.writer.write(&mut self.out, csid, 0, MSG_COMMAND_AMF0, stream_id, &body);
-    }
 }
 
 /// `code` and `description` of a status object, cut to [`MAX_STATUS_TEXT`] bytes.
@@ -725,29 +592,10 @@ fn status_of(info: Option<&Value>) -> (String, String) {
     (field("code"), field("description"))
 }
 
-fn short_control(msg: &RawMessage, need: usize) -> ClientError {
-    ClientError::Chunk(ChunkError::ShortControlMessage { type_id: msg.type_id, len: msg.payload.len(), need })
-}
-
-fn control_u32(msg: &RawMessage) -> Result<u32, ClientError> {
-    match msg.payload.get(..4) {
-        Some(b) => Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
-        None => Err(short_control(msg, 4)),
-    }
-}
-
-/// AMF3 data (15) and command (17) messages carry AMF0 after a leading 0 byte.
-fn strip_amf3_prefix(payload: Bytes) -> Bytes {
-    if payload.first() == Some(&0) {
-        payload.slice(1..)
-    } else {
-        payload
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingest::chunk::{ChunkReader, ChunkWriter, MSG_ACK, MSG_SET_CHUNK_SIZE, MSG_VIDEO, MSG_WINDOW_ACK_SIZE};
     use crate::ingest::session::{ServerSession, SessionEvent};
     use crate::media::FrameKind;
 

@@ -5,6 +5,8 @@ pub mod chunk;
 pub mod client;
 pub mod conn;
 pub mod handshake;
+mod link;
+mod media_in;
 pub mod session;
 
 pub use chunk::{ChunkError, ChunkReader, ChunkWriter, RawMessage};

@@ -10,13 +10,14 @@
 use bytes::{Bytes, BytesMut};
 
 use super::chunk::{
-    ChunkError, ChunkReader, ChunkWriter, RawMessage, MSG_ABORT, MSG_ACK, MSG_AGGREGATE, MSG_AUDIO, MSG_COMMAND_AMF0,
-    MSG_COMMAND_AMF3, MSG_DATA_AMF0, MSG_DATA_AMF3, MSG_SET_CHUNK_SIZE, MSG_SET_PEER_BANDWIDTH, MSG_USER_CONTROL,
-    MSG_VIDEO, MSG_WINDOW_ACK_SIZE,
+    strip_amf3_prefix, ChunkError, RawMessage, MSG_COMMAND_AMF0, MSG_COMMAND_AMF3, MSG_SET_PEER_BANDWIDTH,
+    MSG_USER_CONTROL, MSG_WINDOW_ACK_SIZE,
 };
 use super::handshake::{HandshakeError, HandshakeStatus, ServerHandshake};
+use super::link::Link;
+use super::media_in::{MediaEvent, MediaIn};
 use crate::media::amf0::{self, Value};
-use crate::media::{flv, Frame, MediaError, TimestampUnwrapper};
+use crate::media::{Frame, MediaError};
 
 /// Window Acknowledgement Size announced on connect: the client acks every this many bytes.
 pub const WINDOW_ACK_SIZE: u32 = 2_500_000;
@@ -27,16 +28,12 @@ pub const OUT_CHUNK_SIZE: usize = 4096;
 /// Message stream id handed out by `createStream` (one publish per connection).
 pub const PUBLISH_STREAM_ID: u32 = 1;
 
-/// Chunk stream for protocol control and user control messages.
-const CSID_CONTROL: u32 = 2;
 /// Chunk stream for connection-level command replies.
 const CSID_COMMAND: u32 = 3;
 /// Chunk stream for stream-level status messages.
 const CSID_STATUS: u32 = 5;
 
 const USER_CONTROL_STREAM_BEGIN: u16 = 0;
-const USER_CONTROL_PING_REQUEST: u16 = 6;
-const USER_CONTROL_PING_RESPONSE: u16 = 7;
 const PEER_BANDWIDTH_DYNAMIC: u8 = 2;
 
 /// What the publisher wants to publish, for the application to accept or reject.
@@ -67,6 +64,15 @@ pub enum SessionEvent {
     Unpublished,
     /// A single message was skipped (e.g. a frame `parse_tag` rejects); the session goes on.
     Warning(String),
+}
+
+impl MediaEvent for SessionEvent {
+    fn frame(f: Frame) -> Self {
+        SessionEvent::Frame(f)
+    }
+    fn warning(w: String) -> Self {
+        SessionEvent::Warning(w)
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -100,30 +106,15 @@ enum Publish {
     Rejected,
 }
 
-/// One timeline per message kind, so a data message stamped 0 cannot look like a wrap of the
-/// video timeline.
-#[derive(Debug, Default)]
-struct Timelines {
-    audio: TimestampUnwrapper,
-    video: TimestampUnwrapper,
-    data: TimestampUnwrapper,
-}
-
 /// Server side of one RTMP connection.
 #[derive(Debug)]
 pub struct ServerSession {
     /// `Some` until the handshake completes.
     handshake: Option<ServerHandshake>,
-    reader: ChunkReader,
-    writer: ChunkWriter,
-    out: BytesMut,
-    bytes_received: u64,
-    /// The peer's Window Acknowledgement Size; 0 until it sends one (then no acks are due).
-    ack_window: u32,
-    acked: u64,
+    link: Link,
     connection: Option<Connection>,
     publish: Publish,
-    timelines: Timelines,
+    media: MediaIn,
 }
 
 impl Default for ServerSession {
@@ -136,15 +127,10 @@ impl ServerSession {
     pub fn new() -> Self {
         Self {
             handshake: Some(ServerHandshake::new()),
-            reader: ChunkReader::new(),
-            writer: ChunkWriter::new(),
-            out: BytesMut::new(),
-            bytes_received: 0,
-            ack_window: 0,
-            acked: 0,
+            link: Link::new(BytesMut::new()),
             connection: None,
             publish: Publish::Idle,
-            timelines: Timelines::default(),
+            media: MediaIn::published(),
         }
     }
 
@@ -155,20 +141,16 @@ impl ServerSession {
     pub fn feed(&mut self, buf: &mut BytesMut, events: &mut Vec<SessionEvent>) -> Result<(), SessionError> {
         let before = buf.len();
         let result = self.feed_inner(buf, events);
-        self.bytes_received += before.saturating_sub(buf.len()) as u64;
+        self.link.received(before.saturating_sub(buf.len()));
         if result.is_ok() {
-            self.maybe_ack();
+            self.link.maybe_ack();
         }
         result
     }
 
     /// Bytes to send to the peer (take and write them after every feed / accept / reject).
     pub fn take_output(&mut self) -> Option<Bytes> {
-        if self.out.is_empty() {
-            None
-        } else {
-            Some(self.out.split().freeze())
-        }
+        self.link.take_output()
     }
 
     /// Accepts the pending publish: StreamBegin, `onFCPublish`, `onStatus` Publish.Start.
@@ -181,8 +163,8 @@ impl ServerSession {
         let mut begin = [0u8; 6];
         begin[..2].copy_from_slice(&USER_CONTROL_STREAM_BEGIN.to_be_bytes());
         begin[2..].copy_from_slice(&stream_id.to_be_bytes());
-        self.send_control(MSG_USER_CONTROL, &begin);
-        self.send_command(
+        self.link.send_control(MSG_USER_CONTROL, &begin);
+        self.link.send_command(
             CSID_STATUS,
             stream_id,
             &[
@@ -211,155 +193,33 @@ impl ServerSession {
 
     /// Bytes consumed from the peer so far, handshake included.
     pub fn bytes_received(&self) -> u64 {
-        self.bytes_received
+        self.link.bytes_received()
     }
 
     fn feed_inner(&mut self, buf: &mut BytesMut, events: &mut Vec<SessionEvent>) -> Result<(), SessionError> {
         if let Some(hs) = &mut self.handshake {
-            match hs.process(buf, &mut self.out)? {
+            match hs.process(buf, self.link.out())? {
                 HandshakeStatus::NeedMore => return Ok(()),
                 HandshakeStatus::Done => self.handshake = None,
             }
         }
-        while let Some(msg) = self.reader.read_message(buf)? {
+        while let Some(msg) = self.link.next_message(buf)? {
             self.handle_message(msg, events)?;
         }
         Ok(())
     }
 
-    fn maybe_ack(&mut self) {
-        if self.ack_window > 0 && self.bytes_received - self.acked >= u64::from(self.ack_window) {
-            self.acked = self.bytes_received;
-            // The sequence number is the byte count modulo 2^32.
-            self.send_control(MSG_ACK, &(self.bytes_received as u32).to_be_bytes());
-        }
-    }
-
     fn handle_message(&mut self, msg: RawMessage, events: &mut Vec<SessionEvent>) -> Result<(), SessionError> {
         match msg.type_id {
-            // Applied by the chunk reader, or nothing to do for a publishing server.
-            MSG_SET_CHUNK_SIZE | MSG_ABORT | MSG_ACK | MSG_SET_PEER_BANDWIDTH => Ok(()),
-            MSG_WINDOW_ACK_SIZE => {
-                if self.ack_window == 0 {
-                    // Count towards the first ack from when the peer asked for acks.
-                    self.acked = self.bytes_received;
-                }
-                self.ack_window = control_u32(&msg, 4)?;
-                Ok(())
-            }
-            MSG_USER_CONTROL => self.handle_user_control(&msg),
-            MSG_AUDIO | MSG_VIDEO => {
-                self.handle_media(msg.type_id, msg.timestamp, msg.payload, events);
-                Ok(())
-            }
-            MSG_DATA_AMF0 => {
-                self.handle_data(msg.timestamp, msg.payload, events);
-                Ok(())
-            }
-            MSG_DATA_AMF3 => {
-                self.handle_data(msg.timestamp, strip_amf3_prefix(msg.payload), events);
+            t if MediaIn::handles(t) => {
+                let accept = matches!(self.publish, Publish::Pending { .. } | Publish::Active { .. });
+                self.media.message(msg, accept, events);
                 Ok(())
             }
             MSG_COMMAND_AMF0 => self.handle_command(msg.stream_id, &msg.payload, events),
             MSG_COMMAND_AMF3 => self.handle_command(msg.stream_id, &strip_amf3_prefix(msg.payload), events),
-            MSG_AGGREGATE => {
-                self.handle_aggregate(msg.timestamp, msg.payload, events);
-                Ok(())
-            }
             // Shared objects and anything unknown: not used by publishers.
             _ => Ok(()),
-        }
-    }
-
-    fn handle_user_control(&mut self, msg: &RawMessage) -> Result<(), SessionError> {
-        let p = &msg.payload;
-        if p.len() < 2 {
-            return Err(short_control(msg, 2));
-        }
-        if u16::from_be_bytes([p[0], p[1]]) == USER_CONTROL_PING_REQUEST {
-            if p.len() < 6 {
-                return Err(short_control(msg, 6));
-            }
-            let mut pong = [0u8; 6];
-            pong[..2].copy_from_slice(&USER_CONTROL_PING_RESPONSE.to_be_bytes());
-            pong[2..].copy_from_slice(&p[2..6]);
-            self.send_control(MSG_USER_CONTROL, &pong);
-        }
-        Ok(())
-    }
-
-    fn media_allowed(&self) -> bool {
-        matches!(self.publish, Publish::Pending { .. } | Publish::Active { .. })
-    }
-
-    fn handle_media(&mut self, type_id: u8, timestamp: u32, payload: Bytes, events: &mut Vec<SessionEvent>) {
-        // Some encoders send empty audio/video messages around start and stop: nothing to keep.
-        if !self.media_allowed() || payload.is_empty() {
-            return;
-        }
-        let timeline = if type_id == MSG_AUDIO { &mut self.timelines.audio } else { &mut self.timelines.video };
-        let dts = timeline.unwrap(timestamp);
-        match flv::parse_tag(type_id, dts, payload) {
-            Ok(f) => events.push(SessionEvent::Frame(f)),
-            Err(e) => {
-                let kind = if type_id == MSG_AUDIO { "audio" } else { "video" };
-                events.push(SessionEvent::Warning(format!("skipped {kind} message at {timestamp} ms: {e}")));
-            }
-        }
-    }
-
-    /// Data messages become script-data frames. `@setDataFrame` is dropped from the front
-    /// (sliced off, not copied), leaving `onMetaData, {..}` as FLV files carry it.
-    fn handle_data(&mut self, timestamp: u32, payload: Bytes, events: &mut Vec<SessionEvent>) {
-        if !self.media_allowed() {
-            return;
-        }
-        let mut rest: &[u8] = &payload;
-        let tag = match amf0::decode(&mut rest) {
-            Ok(Value::String(name)) if name == "@setDataFrame" => payload.slice(payload.len() - rest.len()..),
-            Ok(Value::String(_)) => payload,
-            Ok(other) => {
-                events.push(SessionEvent::Warning(format!(
-                    "skipped data message at {timestamp} ms: starts with {other:?}, not a handler name"
-                )));
-                return;
-            }
-            Err(e) => {
-                events.push(SessionEvent::Warning(format!("skipped data message at {timestamp} ms: {e}")));
-                return;
-            }
-        };
-        let dts = self.timelines.data.unwrap(timestamp);
-        match flv::parse_tag(flv::TAG_SCRIPT, dts, tag) {
-            Ok(f) => events.push(SessionEvent::Frame(f)),
-            Err(e) => events.push(SessionEvent::Warning(format!("skipped data message at {timestamp} ms: {e}"))),
-        }
-    }
-
-    /// An aggregate message is a run of FLV tags (11-byte header, body, 4-byte back pointer);
-    /// their timestamps are relative to the first one, which maps to the message timestamp.
-    fn handle_aggregate(&mut self, timestamp: u32, payload: Bytes, events: &mut Vec<SessionEvent>) {
-        let mut off = 0;
-        let mut first_ts = None;
-        while payload.len() - off >= flv::TAG_HEADER_LEN {
-            let h = &payload[off..off + flv::TAG_HEADER_LEN];
-            let tag_type = h[0] & 0x1f;
-            let size = (usize::from(h[1]) << 16) | (usize::from(h[2]) << 8) | usize::from(h[3]);
-            let sub_ts = (u32::from(h[7]) << 24) | (u32::from(h[4]) << 16) | (u32::from(h[5]) << 8) | u32::from(h[6]);
-            let start = off + flv::TAG_HEADER_LEN;
-            if payload.len() - start < size {
-                events.push(SessionEvent::Warning(format!("truncated aggregate message at {timestamp} ms")));
-                return;
-            }
-            let base = *first_ts.get_or_insert(sub_ts);
-            let ts = timestamp.wrapping_add(sub_ts.wrapping_sub(base));
-            let body = payload.slice(start..start + size);
-            match tag_type {
-                flv::TAG_AUDIO | flv::TAG_VIDEO => self.handle_media(tag_type, ts, body, events),
-                flv::TAG_SCRIPT => self.handle_data(ts, body, events),
-                _ => {}
-            }
-            off = (start + size + 4).min(payload.len());
         }
     }
 
@@ -432,14 +292,13 @@ impl ServerSession {
             app_params: parse_query(query),
         });
 
-        self.send_control(MSG_WINDOW_ACK_SIZE, &WINDOW_ACK_SIZE.to_be_bytes());
+        self.link.send_control(MSG_WINDOW_ACK_SIZE, &WINDOW_ACK_SIZE.to_be_bytes());
         let mut bw = [0u8; 5];
         bw[..4].copy_from_slice(&PEER_BANDWIDTH.to_be_bytes());
         bw[4] = PEER_BANDWIDTH_DYNAMIC;
-        self.send_control(MSG_SET_PEER_BANDWIDTH, &bw);
-        self.send_control(MSG_SET_CHUNK_SIZE, &(OUT_CHUNK_SIZE as u32).to_be_bytes());
-        self.writer.set_chunk_size(OUT_CHUNK_SIZE);
-        self.send_command(
+        self.link.send_control(MSG_SET_PEER_BANDWIDTH, &bw);
+        self.link.set_chunk_size(OUT_CHUNK_SIZE);
+        self.link.send_command(
             CSID_COMMAND,
             0,
             &[
@@ -501,7 +360,7 @@ impl ServerSession {
             publish_type: publish_type.to_string(),
         };
         self.publish = Publish::Pending { stream_id, stream: request.stream.clone() };
-        self.timelines = Timelines::default();
+        self.media.reset();
         events.push(SessionEvent::PublishRequested(request));
     }
 
@@ -515,21 +374,16 @@ impl ServerSession {
         events.push(SessionEvent::Unpublished);
     }
 
-    fn send_control(&mut self, type_id: u8, payload: &[u8]) {
-        self.writer.write(&mut self.out, CSID_CONTROL, 0, type_id, 0, payload);
-    }
-
-    fn send_command(&mut self, csid: u32, stream_id: u32, values: &[Value]) {
-        let body = amf0::encode_all(values);
-        self.writer.write(&mut self.out, csid, 0, MSG_COMMAND_AMF0, stream_id, &body);
-    }
-
     fn send_result(&mut self, txn: f64, value: Value) {
-        self.send_command(CSID_COMMAND, 0, &[Value::String("_result".into()), Value::Number(txn), Value::Null, value]);
+        self.link.send_command(
+            CSID_COMMAND,
+            0,
+            &[Value::String("_result".into()), Value::Number(txn), Value::Null, value],
+        );
     }
 
     fn send_status(&mut self, stream_id: u32, level: &str, code: &str, description: &str) {
-        self.send_command(
+        self.link.send_command(
             CSID_STATUS,
             stream_id,
             &[
@@ -543,26 +397,6 @@ impl ServerSession {
                 ]),
             ],
         );
-    }
-}
-
-fn short_control(msg: &RawMessage, need: usize) -> SessionError {
-    SessionError::Chunk(ChunkError::ShortControlMessage { type_id: msg.type_id, len: msg.payload.len(), need })
-}
-
-fn control_u32(msg: &RawMessage, need: usize) -> Result<u32, SessionError> {
-    match msg.payload.get(..4) {
-        Some(b) => Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
-        None => Err(short_control(msg, need)),
-    }
-}
-
-/// AMF3 data (15) and command (17) messages carry AMF0 after a leading 0 byte.
-fn strip_amf3_prefix(payload: Bytes) -> Bytes {
-    if payload.first() == Some(&0) {
-        payload.slice(1..)
-    } else {
-        payload
     }
 }
 
@@ -621,8 +455,13 @@ fn host_of(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::chunk::MAX_MESSAGE_SIZE;
+    use crate::ingest::chunk::{
+        ChunkReader, ChunkWriter, MAX_MESSAGE_SIZE, MSG_ACK, MSG_AGGREGATE, MSG_AUDIO, MSG_DATA_AMF0, MSG_DATA_AMF3,
+        MSG_SET_CHUNK_SIZE, MSG_VIDEO,
+    };
     use crate::ingest::handshake::{tests::simple_c1, HANDSHAKE_SIZE};
+    use crate::ingest::link::USER_CONTROL_PING_REQUEST;
+    use crate::media::flv;
     use crate::media::{Codec, FrameKind};
     use bytes::BufMut;
 

@@ -1,6 +1,10 @@
 //! H.264/H.265 decoder configuration records (ISO/IEC 14496-15) and NAL unit helpers.
 
+use super::bits::BitReader;
 use super::MediaError;
+
+/// H.265 NAL unit type of a sequence parameter set.
+const HEVC_NAL_SPS: u8 = 33;
 
 /// What the muxers need from an AVCDecoderConfigurationRecord.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,31 +32,15 @@ impl AvcConfig {
             return Err(bad("NAL length size 3"));
         }
         let mut pos = 5;
-        let read_sets = |count: usize, pos: &mut usize| -> Result<Vec<Vec<u8>>, MediaError> {
-            let mut v = Vec::with_capacity(count);
-            for _ in 0..count {
-                if *pos + 2 > b.len() {
-                    return Err(bad("truncated parameter set"));
-                }
-                let n = usize::from(u16::from_be_bytes([b[*pos], b[*pos + 1]]));
-                *pos += 2;
-                if *pos + n > b.len() {
-                    return Err(bad("truncated parameter set"));
-                }
-                v.push(b[*pos..*pos + n].to_vec());
-                *pos += n;
-            }
-            Ok(v)
-        };
         let nsps = usize::from(b[pos] & 0x1f);
         pos += 1;
-        let sps = read_sets(nsps, &mut pos)?;
+        let sps = read_units(b, &mut pos, nsps).ok_or_else(|| bad("truncated parameter set"))?;
         if pos >= b.len() {
             return Err(bad("missing PPS count"));
         }
         let npps = usize::from(b[pos]);
         pos += 1;
-        let pps = read_sets(npps, &mut pos)?;
+        let pps = read_units(b, &mut pos, npps).ok_or_else(|| bad("truncated parameter set"))?;
         Ok(Self { profile: b[1], compatibility: b[2], level: b[3], nal_length_size, sps, pps })
     }
 
@@ -87,23 +75,32 @@ impl HevcConfig {
             let ty = b[pos] & 0x3f;
             let n = usize::from(u16::from_be_bytes([b[pos + 1], b[pos + 2]]));
             pos += 3;
-            let mut units = Vec::with_capacity(n);
-            for _ in 0..n {
-                if pos + 2 > b.len() {
-                    return Err(bad("truncated unit"));
-                }
-                let len = usize::from(u16::from_be_bytes([b[pos], b[pos + 1]]));
-                pos += 2;
-                if pos + len > b.len() {
-                    return Err(bad("truncated unit"));
-                }
-                units.push(b[pos..pos + len].to_vec());
-                pos += len;
-            }
+            let units = read_units(b, &mut pos, n).ok_or_else(|| bad("truncated unit"))?;
             arrays.push((ty, units));
         }
         Ok(Self { nal_length_size, arrays })
     }
+
+    /// Picture size from the first SPS that parses.
+    pub fn dimensions(&self) -> Option<(u32, u32)> {
+        self.arrays
+            .iter()
+            .filter(|(t, _)| *t == HEVC_NAL_SPS)
+            .flat_map(|(_, u)| u.first())
+            .find_map(|s| hevc_sps_dimensions(s))
+    }
+}
+
+/// Reads `count` NAL units, each behind a 16-bit length, from `b` at `*pos` (as decoder
+/// configuration records store parameter sets); `None` if `b` ends first.
+fn read_units(b: &[u8], pos: &mut usize, count: usize) -> Option<Vec<Vec<u8>>> {
+    let mut units = Vec::with_capacity(count);
+    for _ in 0..count {
+        let n = usize::from(u16::from_be_bytes(b.get(*pos..*pos + 2)?.try_into().ok()?));
+        units.push(b.get(*pos + 2..*pos + 2 + n)?.to_vec());
+        *pos += 2 + n;
+    }
+    Some(units)
 }
 
 /// Iterates the NAL units of a length-prefixed (AVCC/HVCC) sample. Stops at a malformed length.
@@ -124,62 +121,9 @@ pub fn nal_units(sample: &[u8], length_size: u8) -> impl Iterator<Item = &[u8]> 
     })
 }
 
-/// Exp-Golomb bit reader over an RBSP (emulation prevention bytes removed on the fly).
-struct BitReader<'a> {
-    data: &'a [u8],
-    byte: usize,
-    bit: u8,
-    zeros: u8,
-}
-
-impl<'a> BitReader<'a> {
-    fn new(data: &'a [u8]) -> Self {
-        Self { data, byte: 0, bit: 0, zeros: 0 }
-    }
-    fn bit(&mut self) -> Option<u32> {
-        if self.bit == 0 {
-            // Skip emulation prevention byte 0x03 after two zero bytes.
-            if self.zeros >= 2 && self.data.get(self.byte) == Some(&3) {
-                self.byte += 1;
-                self.zeros = 0;
-            }
-        }
-        let b = *self.data.get(self.byte)?;
-        let v = (b >> (7 - self.bit)) & 1;
-        self.bit += 1;
-        if self.bit == 8 {
-            self.bit = 0;
-            self.byte += 1;
-            self.zeros = if b == 0 { self.zeros + 1 } else { 0 };
-        }
-        Some(u32::from(v))
-    }
-    fn bits(&mut self, n: u32) -> Option<u32> {
-        let mut v = 0;
-        for _ in 0..n {
-            v = (v << 1) | self.bit()?;
-        }
-        Some(v)
-    }
-    fn ue(&mut self) -> Option<u32> {
-        let mut zeros = 0;
-        while self.bit()? == 0 {
-            zeros += 1;
-            if zeros > 31 {
-                return None;
-            }
-        }
-        Some((1u32 << zeros) - 1 + self.bits(zeros)?)
-    }
-    fn se(&mut self) -> Option<i32> {
-        let k = self.ue()?;
-        Some(if k & 1 == 1 { (k as i32 + 1) / 2 } else { -((k / 2) as i32) })
-    }
-}
-
 /// Width and height from an H.264 SPS NAL unit (with its 1-byte header).
 pub fn sps_dimensions(sps: &[u8]) -> Option<(u32, u32)> {
-    let mut r = BitReader::new(sps.get(1..)?);
+    let mut r = BitReader::rbsp(sps.get(1..)?);
     let profile = r.bits(8)?;
     r.bits(16)?; // constraint flags + level
     r.ue()?; // seq_parameter_set_id
@@ -248,6 +192,51 @@ pub fn sps_dimensions(sps: &[u8]) -> Option<(u32, u32)> {
     let crop_y = sub_h * (2 - frame_mbs_only);
     let w = (w_mbs * 16).checked_sub((cl + cr) * crop_x)?;
     let h = ((2 - frame_mbs_only) * h_map * 16).checked_sub((ct + cb) * crop_y)?;
+    Some((w, h))
+}
+
+/// Picture size from an H.265 SPS NAL unit (with its 2-byte header).
+pub fn hevc_sps_dimensions(sps: &[u8]) -> Option<(u32, u32)> {
+    let mut r = BitReader::rbsp(sps.get(2..)?);
+    r.skip(4)?; // sps_video_parameter_set_id
+    let max_sub_layers_minus1 = r.bits(3)?;
+    r.skip(1)?;
+    // profile_tier_level(1, max_sub_layers_minus1)
+    r.skip(88)?; // general profile space .. general constraint flags
+    r.skip(8)?; // general_level_idc
+    let mut present = [(false, false); 8];
+    for p in present.iter_mut().take(max_sub_layers_minus1 as usize) {
+        *p = (r.bit()? == 1, r.bit()? == 1);
+    }
+    if max_sub_layers_minus1 > 0 {
+        r.skip(2 * (8 - max_sub_layers_minus1))?;
+    }
+    for &(profile, level) in present.iter().take(max_sub_layers_minus1 as usize) {
+        if profile {
+            r.skip(88)?;
+        }
+        if level {
+            r.skip(8)?;
+        }
+    }
+    r.ue()?; // sps_seq_parameter_set_id
+    let chroma_format_idc = r.ue()?;
+    if chroma_format_idc == 3 {
+        r.skip(1)?;
+    }
+    let width = r.ue()?;
+    let height = r.ue()?;
+    let (sub_w, sub_h) = match chroma_format_idc {
+        1 => (2, 2),
+        2 => (2, 1),
+        _ => (1, 1),
+    };
+    let (mut w, mut h) = (width, height);
+    if r.bit()? == 1 {
+        let (left, right, top, bottom) = (r.ue()?, r.ue()?, r.ue()?, r.ue()?);
+        w = w.checked_sub(sub_w * left.checked_add(right)?)?;
+        h = h.checked_sub(sub_h * top.checked_add(bottom)?)?;
+    }
     Some((w, h))
 }
 

@@ -175,6 +175,28 @@ pub fn tag_header(tag_type: u8, body_len: usize, dts: i64) -> [u8; TAG_HEADER_LE
     ]
 }
 
+/// What an FLV tag header says (the stream id, always 0, is not kept).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TagHeader {
+    pub tag_type: u8,
+    /// Bytes of the tag body.
+    pub size: usize,
+    /// The 32-bit timestamp: the low 24 bits, then the high 8.
+    pub timestamp: u32,
+}
+
+impl TagHeader {
+    /// Reads the header at the start of `b`; `None` if `b` is shorter than [`TAG_HEADER_LEN`].
+    pub fn parse(b: &[u8]) -> Option<Self> {
+        let h = b.get(..TAG_HEADER_LEN)?;
+        Some(Self {
+            tag_type: h[0] & 0x1f,
+            size: (usize::from(h[1]) << 16) | (usize::from(h[2]) << 8) | usize::from(h[3]),
+            timestamp: (u32::from(h[7]) << 24) | (u32::from(h[4]) << 16) | (u32::from(h[5]) << 8) | u32::from(h[6]),
+        })
+    }
+}
+
 /// The PreviousTagSize field following a tag.
 pub fn prev_tag_size(body_len: usize) -> [u8; 4] {
     ((TAG_HEADER_LEN + body_len) as u32).to_be_bytes()
@@ -218,16 +240,9 @@ impl FileReader {
     /// The next raw tag, `Ok(None)` at a clean end of file. A truncated last tag ends the file.
     pub fn next_tag(&mut self) -> Result<Option<FileTag>, MediaError> {
         loop {
-            if self.data.len() < TAG_HEADER_LEN {
+            let Some(TagHeader { tag_type, size, timestamp }) = TagHeader::parse(&self.data) else {
                 return Ok(None);
-            }
-            let h = &self.data[..TAG_HEADER_LEN];
-            let tag_type = h[0] & 0x1f;
-            let size = (usize::from(h[1]) << 16) | (usize::from(h[2]) << 8) | usize::from(h[3]);
-            let timestamp = (u32::from(h[7]) << 24)
-                | (u32::from(h[4]) << 16)
-                | (u32::from(h[5]) << 8)
-                | u32::from(h[6]);
+            };
             if self.data.len() < TAG_HEADER_LEN + size {
                 return Ok(None);
             }

@@ -4,6 +4,7 @@
 pub mod aac;
 pub mod amf0;
 pub mod avc;
+pub mod bits;
 pub mod flv;
 pub mod time;
 

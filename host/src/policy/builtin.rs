@@ -3,7 +3,11 @@
 use super::{CallbackRequest, Candidate, Container, FileInfo, Plan, Policy, StreamInfo};
 
 // The path-template expander, time formatting and rule ranking are the guest SDK's own source,
-// so a plugin keeping an SDK default decides byte for byte as this built-in policy does.
+// so a plugin keeping an SDK default decides byte for byte as this built-in policy does. The
+// shared file formats times with `super::time`: here `media::time`, built from the SDK's
+// `time.rs`.
+use crate::media::time;
+
 #[allow(dead_code)]
 #[path = "../../../guest-sdk/src/shared.rs"]
 mod shared;

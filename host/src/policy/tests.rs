@@ -715,7 +715,7 @@ fn expand_is_exposed_with_cloud_variables() {
         ),
         "push.example.com/live/cam1/20261122-133509.aac?{Unknown}"
     );
-    assert_eq!(crate::media::time::escaped(f.start_ms), vars.get("EscapedStartTime").unwrap());
+    assert_eq!(crate::media::time::escaped_time(f.start_ms), vars.get("EscapedStartTime").unwrap());
 }
 
 #[test]

@@ -244,7 +244,7 @@ impl Recorder {
         let rt = self.runtime();
         let session_id = format!(
             "{}-{}",
-            crate::media::time::escaped(info.started_at_ms),
+            crate::media::time::escaped_time(info.started_at_ms),
             self.inner.next_session.fetch_add(1, Ordering::Relaxed)
         );
         let chosen = rt.template_for(&info);

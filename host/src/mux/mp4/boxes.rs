@@ -115,18 +115,25 @@ pub(crate) fn write_ftyp(w: &mut BoxWriter) {
     w.close();
 }
 
-fn write_mvhd(w: &mut BoxWriter, duration: u64, next_track_id: u32) {
+/// Opens a `mvhd`, `tkhd` or `mdhd`: version 1 if `duration` needs 64 bits, else 0, then zero
+/// creation and modification times, `fields` (the timescale, or the track id and a reserved
+/// word) and `duration`, times and duration at the width the version gives.
+fn open_timed(w: &mut BoxWriter, kind: &[u8; 4], flags: u32, fields: &[u32], duration: u64) {
     let v1 = duration > u64::from(u32::MAX);
-    w.open_full(b"mvhd", u8::from(v1), 0);
+    w.open_full(kind, u8::from(v1), flags);
+    w.zeros(if v1 { 16 } else { 8 });
+    for &f in fields {
+        w.u32(f);
+    }
     if v1 {
-        w.zeros(16);
-        w.u32(MOVIE_TIMESCALE);
         w.u64(duration);
     } else {
-        w.zeros(8);
-        w.u32(MOVIE_TIMESCALE);
         w.u32(duration as u32);
     }
+}
+
+fn write_mvhd(w: &mut BoxWriter, duration: u64, next_track_id: u32) {
+    open_timed(w, b"mvhd", 0, &[MOVIE_TIMESCALE], duration);
     w.u32(0x0001_0000); // rate 1.0
     w.u16(0x0100); // volume 1.0
     w.zeros(10);
@@ -139,20 +146,8 @@ fn write_mvhd(w: &mut BoxWriter, duration: u64, next_track_id: u32) {
 }
 
 fn write_tkhd(w: &mut BoxWriter, t: &TrackInfo, duration: u64) {
-    let v1 = duration > u64::from(u32::MAX);
     // Flags: enabled, in movie, in preview.
-    w.open_full(b"tkhd", u8::from(v1), 7);
-    if v1 {
-        w.zeros(16);
-        w.u32(t.id);
-        w.u32(0);
-        w.u64(duration);
-    } else {
-        w.zeros(8);
-        w.u32(t.id);
-        w.u32(0);
-        w.u32(duration as u32);
-    }
+    open_timed(w, b"tkhd", 7, &[t.id, 0], duration);
     w.zeros(8);
     w.u16(0); // layer
     w.u16(0); // alternate group
@@ -167,17 +162,7 @@ fn write_tkhd(w: &mut BoxWriter, t: &TrackInfo, duration: u64) {
 }
 
 fn write_mdhd(w: &mut BoxWriter, timescale: u32, duration: u64) {
-    let v1 = duration > u64::from(u32::MAX);
-    w.open_full(b"mdhd", u8::from(v1), 0);
-    if v1 {
-        w.zeros(16);
-        w.u32(timescale);
-        w.u64(duration);
-    } else {
-        w.zeros(8);
-        w.u32(timescale);
-        w.u32(duration as u32);
-    }
+    open_timed(w, b"mdhd", 0, &[timescale], duration);
     w.u16(LANGUAGE_UND);
     w.u16(0);
     w.close();

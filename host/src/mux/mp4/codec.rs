@@ -1,6 +1,6 @@
 //! Codec side of the MP4 writer: sample entries (`avc1`+`avcC`, `hvc1`+`hvcC`, `av01`+`av1C`,
 //! `mp4a`+`esds` for AAC and MP3) built from the stream's sequence headers, picture sizes from
-//! HEVC SPS and AV1 sequence headers, and MPEG audio frame headers.
+//! AV1 sequence headers, and MPEG audio frame headers.
 
 use bytes::{Bytes, BytesMut};
 
@@ -8,6 +8,7 @@ use super::boxes::BoxWriter;
 use super::table::TrackKind;
 use crate::media::aac::AacConfig;
 use crate::media::avc::{AvcConfig, HevcConfig};
+use crate::media::bits::BitReader;
 use crate::media::{Codec, MediaError};
 use crate::mux::MuxError;
 
@@ -42,13 +43,7 @@ pub(crate) fn video_setup(codec: Codec, record: &Bytes) -> Result<Setup, MuxErro
         }
         Codec::Hevc => {
             let c = HevcConfig::parse(record)?;
-            let dims = c
-                .arrays
-                .iter()
-                .filter(|(t, _)| *t == 33)
-                .flat_map(|(_, u)| u.first())
-                .find_map(|s| hevc_sps_dimensions(s));
-            (b"hvc1", b"hvcC", dims)
+            (b"hvc1", b"hvcC", c.dimensions())
         }
         Codec::Av1 => {
             if record.len() < 4 || record[0] != 0x81 {
@@ -249,115 +244,6 @@ fn leb128(b: &[u8]) -> Option<(u64, usize)> {
     None
 }
 
-/// MSB-first bit reader; for H.265 it drops emulation prevention bytes (00 00 03).
-struct Bits<'a> {
-    data: &'a [u8],
-    byte: usize,
-    bit: u8,
-    zeros: u8,
-    epb: bool,
-}
-
-impl<'a> Bits<'a> {
-    fn new(data: &'a [u8], epb: bool) -> Self {
-        Self { data, byte: 0, bit: 0, zeros: 0, epb }
-    }
-    fn bit(&mut self) -> Option<u32> {
-        if self.bit == 0 && self.epb && self.zeros >= 2 && self.data.get(self.byte) == Some(&3) {
-            self.byte += 1;
-            self.zeros = 0;
-        }
-        let b = *self.data.get(self.byte)?;
-        let v = (b >> (7 - self.bit)) & 1;
-        self.bit += 1;
-        if self.bit == 8 {
-            self.bit = 0;
-            self.byte += 1;
-            self.zeros = if b == 0 { self.zeros.saturating_add(1) } else { 0 };
-        }
-        Some(u32::from(v))
-    }
-    fn bits(&mut self, n: u32) -> Option<u32> {
-        let mut v = 0u64;
-        for _ in 0..n {
-            v = (v << 1) | u64::from(self.bit()?);
-        }
-        u32::try_from(v).ok()
-    }
-    fn skip(&mut self, n: u32) -> Option<()> {
-        for _ in 0..n {
-            self.bit()?;
-        }
-        Some(())
-    }
-    fn ue(&mut self) -> Option<u32> {
-        let mut zeros = 0;
-        while self.bit()? == 0 {
-            zeros += 1;
-            if zeros > 31 {
-                return None;
-            }
-        }
-        Some(((1u64 << zeros) - 1 + u64::from(self.bits(zeros)?)).min(u64::from(u32::MAX)) as u32)
-    }
-    /// AV1 `uvlc()`.
-    fn uvlc(&mut self) -> Option<u32> {
-        let mut zeros = 0;
-        while self.bit()? == 0 {
-            zeros += 1;
-            if zeros >= 32 {
-                return Some(u32::MAX);
-            }
-        }
-        Some(((1u64 << zeros) - 1 + u64::from(self.bits(zeros)?)).min(u64::from(u32::MAX)) as u32)
-    }
-}
-
-/// Picture size from an H.265 SPS NAL unit (with its 2-byte header).
-pub(crate) fn hevc_sps_dimensions(sps: &[u8]) -> Option<(u32, u32)> {
-    let mut r = Bits::new(sps.get(2..)?, true);
-    r.skip(4)?; // sps_video_parameter_set_id
-    let max_sub_layers_minus1 = r.bits(3)?;
-    r.skip(1)?;
-    // profile_tier_level(1, max_sub_layers_minus1)
-    r.skip(88)?; // general profile space .. general constraint flags
-    r.skip(8)?; // general_level_idc
-    let mut present = [(false, false); 8];
-    for p in present.iter_mut().take(max_sub_layers_minus1 as usize) {
-        *p = (r.bit()? == 1, r.bit()? == 1);
-    }
-    if max_sub_layers_minus1 > 0 {
-        r.skip(2 * (8 - max_sub_layers_minus1))?;
-    }
-    for &(profile, level) in present.iter().take(max_sub_layers_minus1 as usize) {
-        if profile {
-            r.skip(88)?;
-        }
-        if level {
-            r.skip(8)?;
-        }
-    }
-    r.ue()?; // sps_seq_parameter_set_id
-    let chroma_format_idc = r.ue()?;
-    if chroma_format_idc == 3 {
-        r.skip(1)?;
-    }
-    let width = r.ue()?;
-    let height = r.ue()?;
-    let (sub_w, sub_h) = match chroma_format_idc {
-        1 => (2, 2),
-        2 => (2, 1),
-        _ => (1, 1),
-    };
-    let (mut w, mut h) = (width, height);
-    if r.bit()? == 1 {
-        let (left, right, top, bottom) = (r.ue()?, r.ue()?, r.ue()?, r.ue()?);
-        w = w.checked_sub(sub_w * left.checked_add(right)?)?;
-        h = h.checked_sub(sub_h * top.checked_add(bottom)?)?;
-    }
-    Some((w, h))
-}
-
 /// Maximum frame size from the sequence header OBU among AV1 `configOBUs`.
 pub(crate) fn av1_dimensions(mut obus: &[u8]) -> Option<(u32, u32)> {
     while let Some(&h) = obus.first() {
@@ -379,7 +265,7 @@ pub(crate) fn av1_dimensions(mut obus: &[u8]) -> Option<(u32, u32)> {
 }
 
 fn av1_sequence_header_dimensions(b: &[u8]) -> Option<(u32, u32)> {
-    let mut r = Bits::new(b, false);
+    let mut r = BitReader::raw(b);
     r.skip(3)?; // seq_profile
     r.skip(1)?; // still_picture
     let reduced = r.bit()? == 1;
