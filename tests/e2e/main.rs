@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `reel` binary, real publishers, verified with ffprobe/ffmpeg.
 
 mod bench;
+mod browser;
 mod common;
 mod config_errors;
 mod flv_record;

@@ -13,22 +13,19 @@ use super::*;
 // ---------------------------------------------------------------------------------------------
 // Fixtures
 
-/// `plugins/target/wasm32-wasip2/release`, after building the plugins workspace once, or
-/// `None` (with a message) if the wasm32-wasip2 target is not installed.
-fn plugins_dir() -> Option<&'static Path> {
-    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+/// `plugins/target/wasm32-wasip2/release`, after building the plugins workspace once.
+fn plugins_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
         let sysroot =
             std::process::Command::new(rustc).args(["--print", "sysroot"]).output().expect("rustc --print sysroot");
         let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
-        if !sysroot.join("lib/rustlib/wasm32-wasip2").exists() {
-            eprintln!(
-                "SKIPPING plugin tests: the wasm32-wasip2 target is not installed (rustup target add wasm32-wasip2)"
-            );
-            return None;
-        }
+        assert!(
+            sysroot.join("lib/rustlib/wasm32-wasip2").exists(),
+            "the plugin tests need the wasm32-wasip2 target: run tests/run, or rustup target add wasm32-wasip2"
+        );
         let target_dir = repo.join("plugins/target");
         let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
@@ -42,17 +39,13 @@ fn plugins_dir() -> Option<&'static Path> {
             .status()
             .expect("run cargo to build the plugins");
         assert!(status.success(), "building the plugins failed");
-        Some(target_dir.join("wasm32-wasip2/release"))
+        target_dir.join("wasm32-wasip2/release")
     })
-    .as_deref()
 }
 
 macro_rules! fixtures {
     () => {
-        match plugins_dir() {
-            Some(dir) => dir,
-            None => return,
-        }
+        plugins_dir()
     };
 }
 
