@@ -13,7 +13,11 @@ use reel::config::{Config, Format};
 use reel::record::Recorder;
 
 #[derive(Parser)]
-#[command(name = "reel", version, about = "Reel records live streams at the edge: RTMP in, FLV/HLS/MP4/AAC files out, without transcoding.")]
+#[command(
+    name = "reel",
+    version,
+    about = "Reel records live streams at the edge: RTMP in, FLV/HLS/MP4/AAC files out, without transcoding."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -98,8 +102,10 @@ fn plugin(cmd: PluginCommand) -> Result<()> {
         PluginCommand::Run { file, interface, input, config } => {
             let input = std::fs::read_to_string(&input).with_context(|| format!("reading {}", input.display()))?;
             let table = match config {
-                Some(p) => toml::from_str(&std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?)
-                    .with_context(|| format!("parsing {}", p.display()))?,
+                Some(p) => {
+                    toml::from_str(&std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?)
+                        .with_context(|| format!("parsing {}", p.display()))?
+                }
                 None => toml::Table::new(),
             };
             println!("{}", reel::policy::cli::run(&file, &interface, &input, table)?);
@@ -125,7 +131,8 @@ fn parse_format(s: &str) -> Result<Format, String> {
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("REEL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("REEL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_target(false)
         .with_writer(std::io::stderr)
@@ -200,8 +207,10 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let idle = config.server.idle_timeout.std();
     let recorder = Recorder::new(config).context("opening storage")?;
 
-    let rtmp = tokio::net::TcpListener::bind(rtmp_addr).await.with_context(|| format!("binding RTMP on {rtmp_addr}"))?;
-    let http = tokio::net::TcpListener::bind(http_addr).await.with_context(|| format!("binding HTTP on {http_addr}"))?;
+    let rtmp =
+        tokio::net::TcpListener::bind(rtmp_addr).await.with_context(|| format!("binding RTMP on {rtmp_addr}"))?;
+    let http =
+        tokio::net::TcpListener::bind(http_addr).await.with_context(|| format!("binding HTTP on {http_addr}"))?;
     tracing::info!(rtmp = %rtmp.local_addr()?, http = %http.local_addr()?, "reel listening");
 
     let reload: reel::api::ReloadFn = {

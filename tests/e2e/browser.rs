@@ -167,7 +167,10 @@ fn handle(conn: TcpStream, root: &Path, results: &mpsc::Sender<String>) -> std::
 }
 
 fn chromium() -> &'static str {
-    ["chromium", "chromium-browser", "google-chrome"].into_iter().find(|c| have(c)).expect("Chromium is installed (tests/run installs it)")
+    ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|c| have(c))
+        .expect("Chromium is installed (tests/run installs it)")
 }
 
 #[test]
@@ -194,7 +197,14 @@ fn mp4_and_hls_recordings_play_and_seek_in_chromium() {
     let mut browser = {
         use std::os::unix::process::CommandExt;
         Command::new(chromium())
-            .args(["--headless", "--no-sandbox", "--disable-gpu", "--mute-audio", "--no-first-run", "--autoplay-policy=no-user-gesture-required"])
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--mute-audio",
+                "--no-first-run",
+                "--autoplay-policy=no-user-gesture-required",
+            ])
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg(&url)
             .stdout(Stdio::null())

@@ -50,7 +50,22 @@ pub fn fixture(name: &str, seconds: u32, audio: bool, video: bool) -> PathBuf {
     }
     c.args(["-t", &seconds.to_string()]);
     if video {
-        c.args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "50", "-keyint_min", "50", "-sc_threshold", "0", "-bf", "2", "-pix_fmt", "yuv420p"]);
+        c.args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "50",
+            "-keyint_min",
+            "50",
+            "-sc_threshold",
+            "0",
+            "-bf",
+            "2",
+            "-pix_fmt",
+            "yuv420p",
+        ]);
     }
     if audio {
         c.args(["-c:a", "aac", "-b:a", "64k"]);
@@ -216,13 +231,27 @@ pub struct Packet {
 
 /// Packets of `path` as ffmpeg demuxes them (`-c copy`), per stream type (`v` or `a`).
 pub fn packets(path: &Path, map: &str) -> Vec<Packet> {
-    let out = run(Command::new("ffmpeg").args(["-v", "error", "-copyts", "-i"]).arg(path).args(["-map", &format!("0:{map}"), "-c", "copy", "-f", "framemd5", "-"]));
+    let out = run(Command::new("ffmpeg").args(["-v", "error", "-copyts", "-i"]).arg(path).args([
+        "-map",
+        &format!("0:{map}"),
+        "-c",
+        "copy",
+        "-f",
+        "framemd5",
+        "-",
+    ]));
     parse_framemd5(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// Decoded frames of `path` (hashes of the decoded pictures/samples).
 pub fn decoded(path: &Path, map: &str) -> Vec<Packet> {
-    let out = run(Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(path).args(["-map", &format!("0:{map}"), "-f", "framemd5", "-"]));
+    let out = run(Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(path).args([
+        "-map",
+        &format!("0:{map}"),
+        "-f",
+        "framemd5",
+        "-",
+    ]));
     parse_framemd5(&String::from_utf8_lossy(&out.stdout))
 }
 
@@ -253,11 +282,14 @@ pub fn decode_errors(path: &Path) -> String {
 
 /// Key frame flags of the video packets, in order (`ffprobe -show_packets`).
 pub fn video_key_flags(path: &Path) -> Vec<bool> {
-    let out = run(Command::new("ffprobe").args(["-v", "error", "-select_streams", "v:0", "-show_entries", "packet=flags", "-of", "csv=p=0"]).arg(path));
+    let out = run(Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries", "packet=flags", "-of", "csv=p=0"])
+        .arg(path));
     String::from_utf8_lossy(&out.stdout).lines().map(|l| l.contains('K')).collect()
 }
 
 pub fn ffprobe_json(path: &Path) -> serde_json::Value {
-    let out = run(Command::new("ffprobe").args(["-v", "error", "-show_format", "-show_streams", "-of", "json"]).arg(path));
+    let out =
+        run(Command::new("ffprobe").args(["-v", "error", "-show_format", "-show_streams", "-of", "json"]).arg(path));
     serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -42,7 +42,13 @@ fn hls_and_aac_recordings_decode_identically() {
     let pl = playlist(&dir);
     let text = wait_endlist(&pl);
     assert!(text.starts_with("#EXTM3U"), "{text}");
-    for tag in ["#EXT-X-VERSION:3", "#EXT-X-TARGETDURATION:4", "#EXT-X-PLAYLIST-TYPE:EVENT", "#EXT-X-PROGRAM-DATE-TIME:", "#EXT-X-ENDLIST"] {
+    for tag in [
+        "#EXT-X-VERSION:3",
+        "#EXT-X-TARGETDURATION:4",
+        "#EXT-X-PLAYLIST-TYPE:EVENT",
+        "#EXT-X-PROGRAM-DATE-TIME:",
+        "#EXT-X-ENDLIST",
+    ] {
         assert!(text.contains(tag), "{tag} in\n{text}");
     }
     let segments: Vec<&str> = text.lines().filter(|l| l.ends_with(".ts")).collect();
@@ -162,6 +168,10 @@ fn sigkill_loses_at_most_two_seconds_of_mp4() {
         // The publisher ran ~6 s at real time; everything but the last 2 s must be there.
         let seconds = got.len() as f64 / 25.0;
         assert!(seconds >= killed_after - 2.0 - 1.0, "{ext}: recovered {seconds:.2} s of ~{killed_after} s");
-        assert_eq!(hashes(got.clone()), hashes(want[..got.len()].to_vec()), "{ext}: recovered packets are the source's");
+        assert_eq!(
+            hashes(got.clone()),
+            hashes(want[..got.len()].to_vec()),
+            "{ext}: recovered packets are the source's"
+        );
     }
 }

@@ -101,7 +101,8 @@ url = "{url}"
     let src = fixture("av", 6, true, true);
     ffmpeg_publish(&src, &reel.url("live", "cssstream"), false);
 
-    let (head, body) = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("no callback: {}", reel.log_text()));
+    let (head, body) =
+        rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("no callback: {}", reel.log_text()));
     assert!(head.starts_with("POST /record-callback"), "{head}");
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["event_type"], 100, "{v}");

@@ -66,6 +66,7 @@ async fn reload(State(s): State<ApiState>) -> Response {
     match tokio::task::spawn_blocking(move || f()).await {
         Ok(Ok(())) => (StatusCode::OK, Json(json!({"reloaded": true}))).into_response(),
         Ok(Err(e)) => (StatusCode::BAD_REQUEST, Json(json!({"reloaded": false, "error": e}))).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"reloaded": false, "error": e.to_string()}))).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"reloaded": false, "error": e.to_string()})))
+            .into_response(),
     }
 }

@@ -222,7 +222,8 @@ impl Config {
 
     /// Parses and validates. Errors name the key and line.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse { origin: origin.into(), message: describe(text, &e) })?;
+        let cfg: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { origin: origin.into(), message: describe(text, &e) })?;
         let problems = cfg.validate();
         if problems.is_empty() {
             Ok(cfg)
@@ -234,7 +235,9 @@ impl Config {
     /// Every cross-reference and value problem, each naming its key.
     pub fn validate(&self) -> Vec<String> {
         let mut p = Vec::new();
-        for (field, addr) in [("server.rtmp_listen", &self.server.rtmp_listen), ("server.http_listen", &self.server.http_listen)] {
+        for (field, addr) in
+            [("server.rtmp_listen", &self.server.rtmp_listen), ("server.http_listen", &self.server.http_listen)]
+        {
             if addr.parse::<std::net::SocketAddr>().is_err() {
                 p.push(format!("{field} = {addr:?} is not an address like \"127.0.0.1:1935\""));
             }
@@ -267,13 +270,19 @@ impl Config {
         p.extend(self.policy.validate());
         for name in &self.policy.plugins {
             if !self.plugins.contains_key(name) {
-                p.push(format!("policy.plugins names {name:?}, which has no [plugins.{name}] table (defined: {})", list(self.plugins.keys())));
+                p.push(format!(
+                    "policy.plugins names {name:?}, which has no [plugins.{name}] table (defined: {})",
+                    list(self.plugins.keys())
+                ));
             }
         }
         for (tname, t) in &self.template {
             for name in t.plugins.iter().flatten() {
                 if !self.plugins.contains_key(name) {
-                    p.push(format!("template.{tname}.plugins names {name:?}, which has no [plugins.{name}] table (defined: {})", list(self.plugins.keys())));
+                    p.push(format!(
+                        "template.{tname}.plugins names {name:?}, which has no [plugins.{name}] table (defined: {})",
+                        list(self.plugins.keys())
+                    ));
                 }
             }
         }

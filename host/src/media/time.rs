@@ -18,10 +18,7 @@ pub fn now_ms() -> u64 {
 /// RFC 3339 with milliseconds, UTC (`2026-11-22T13:05:09.120Z`), as HLS PROGRAM-DATE-TIME wants.
 pub fn rfc3339_ms(ms: u64) -> String {
     let c = civil(ms);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        c.year, c.month, c.day, c.hour, c.minute, c.second, c.millis
-    )
+    format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z", c.year, c.month, c.day, c.hour, c.minute, c.second, c.millis)
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@ use bytes::{Bytes, BytesMut};
 
 use super::{Chunks, MuxError, Muxer, Rewrite};
 use crate::media::amf0::{self, Value};
-use crate::media::flv::{file_header, prev_tag_size, tag_header, FILE_HEADER_LEN, MAX_TAG_BODY, TAG_SCRIPT, TAG_HEADER_LEN};
+use crate::media::flv::{
+    file_header, prev_tag_size, tag_header, FILE_HEADER_LEN, MAX_TAG_BODY, TAG_HEADER_LEN, TAG_SCRIPT,
+};
 use crate::media::{Frame, FrameKind};
 
 /// Metadata keys Reel computes itself; the publisher's values for them are dropped.
@@ -92,11 +94,15 @@ impl FlvMuxer {
                 Value::Object(vec![
                     (
                         "filepositions".to_string(),
-                        Value::StrictArray(self.keyframes.iter().map(|&(_, p)| Value::Number((p + shift) as f64)).collect()),
+                        Value::StrictArray(
+                            self.keyframes.iter().map(|&(_, p)| Value::Number((p + shift) as f64)).collect(),
+                        ),
                     ),
                     (
                         "times".to_string(),
-                        Value::StrictArray(self.keyframes.iter().map(|&(t, _)| Value::Number(t as f64 / 1000.0)).collect()),
+                        Value::StrictArray(
+                            self.keyframes.iter().map(|&(t, _)| Value::Number(t as f64 / 1000.0)).collect(),
+                        ),
                     ),
                 ]),
             ),
@@ -198,11 +204,18 @@ mod tests {
     #[test]
     fn writes_identical_tags_and_seekable_metadata() {
         let frames = vec![
-            parse_tag(TAG_SCRIPT, 0, Bytes::from(amf0::encode_all(&[
-                Value::String("@setDataFrame".into()),
-                Value::String("onMetaData".into()),
-                Value::EcmaArray(vec![("width".into(), Value::Number(320.0)), ("duration".into(), Value::Number(0.0))]),
-            ])))
+            parse_tag(
+                TAG_SCRIPT,
+                0,
+                Bytes::from(amf0::encode_all(&[
+                    Value::String("@setDataFrame".into()),
+                    Value::String("onMetaData".into()),
+                    Value::EcmaArray(vec![
+                        ("width".into(), Value::Number(320.0)),
+                        ("duration".into(), Value::Number(0.0)),
+                    ]),
+                ])),
+            )
             .unwrap(),
             parse_tag(TAG_VIDEO, 0, Bytes::from_static(&[0x17, 0, 0, 0, 0, 1, 2])).unwrap(),
             parse_tag(TAG_AUDIO, 0, Bytes::from_static(&[0xaf, 0, 0x12, 0x10])).unwrap(),

@@ -235,7 +235,13 @@ impl Recorder {
     }
 
     pub fn active(&self) -> Vec<(StreamKey, ActiveStream)> {
-        self.inner.active.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        self.inner
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// A publisher starts `info`. Returns the handle frames go to, or why it is refused.
@@ -369,10 +375,10 @@ mod tests {
         )
         .unwrap();
         let rt = Runtime::new(cfg).unwrap();
-        let mut info = StreamInfo { domain: "d".into(), app: "live".into(), name: "secret".into(), ..Default::default() };
+        let mut info =
+            StreamInfo { domain: "d".into(), app: "live".into(), name: "secret".into(), ..Default::default() };
         assert_eq!(rt.template_for(&info).unwrap().0, "none");
         info.name = "other".into();
         assert_eq!(rt.template_for(&info).unwrap().0, "all");
     }
 }
-

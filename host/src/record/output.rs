@@ -84,8 +84,17 @@ impl Output {
             Output::File(o) => o.flush(ctx).await,
             Output::Hls(o) => {
                 if let Some(seg) = &mut o.seg {
-                    flush_pending(&o.storage, &mut seg.writer, &seg.hint, &mut seg.pending, &mut seg.pending_bytes, &mut seg.write_failed, ctx, "hls")
-                        .await;
+                    flush_pending(
+                        &o.storage,
+                        &mut seg.writer,
+                        &seg.hint,
+                        &mut seg.pending,
+                        &mut seg.pending_bytes,
+                        &mut seg.write_failed,
+                        ctx,
+                        "hls",
+                    )
+                    .await;
                 }
             }
         }
@@ -391,7 +400,14 @@ impl FileOutput {
         let mut file = OpenFile {
             muxer,
             writer: None,
-            hint: format!("{}-{}-{}-{}.{}", ctx.info.app, ctx.info.name, ctx.session_id, self.sequence, self.format.extension()),
+            hint: format!(
+                "{}-{}-{}-{}.{}",
+                ctx.info.app,
+                ctx.info.name,
+                ctx.session_id,
+                self.sequence,
+                self.format.extension()
+            ),
             pending: Vec::with_capacity(256),
             pending_bytes: 0,
             first_dts: None,
@@ -416,7 +432,9 @@ impl FileOutput {
                 tracing::warn!(format = self.format.name(), stream = %ctx.info.name, "skipping format for this stream: {e}");
                 self.disabled = true;
             }
-            _ => tracing::error!(format = self.format.name(), stream = %ctx.info.name, "muxer error, closing file: {e}"),
+            _ => {
+                tracing::error!(format = self.format.name(), stream = %ctx.info.name, "muxer error, closing file: {e}")
+            }
         }
     }
 
@@ -446,8 +464,17 @@ impl FileOutput {
     async fn flush(&mut self, ctx: &StreamCtx) {
         let Some(cur) = &mut self.cur else { return };
         let format = self.format.name();
-        flush_pending(&self.storage, &mut cur.writer, &cur.hint, &mut cur.pending, &mut cur.pending_bytes, &mut cur.write_failed, ctx, format)
-            .await;
+        flush_pending(
+            &self.storage,
+            &mut cur.writer,
+            &cur.hint,
+            &mut cur.pending,
+            &mut cur.pending_bytes,
+            &mut cur.write_failed,
+            ctx,
+            format,
+        )
+        .await;
     }
 
     /// Ends the current file: finalising, naming and announcing run in a tracked task.

@@ -223,7 +223,8 @@ fn remux_hls(
     };
     while let Some(f) = reader.next_frame()? {
         frames += 1;
-        let cut_point = f.is_sample() && if has_video { f.kind == FrameKind::Video && f.keyframe } else { f.kind == FrameKind::Audio };
+        let cut_point = f.is_sample()
+            && if has_video { f.kind == FrameKind::Video && f.keyframe } else { f.kind == FrameKind::Audio };
         if cut_point && seg_first.is_some_and(|s| f.dts - s >= segment_ms as i64) {
             close(w.take(), &mut ts, &mut out, Some(f.pts()), &mut playlist)?;
             pending = 0;
@@ -266,7 +267,8 @@ pub fn recover(input: &Path, output: &Path) -> Result<RemuxReport, RemuxError> {
     let mut magic = [0u8; 8];
     {
         use std::io::Read;
-        let mut f = std::fs::File::open(input).map_err(|source| RemuxError::Read { path: input.display().to_string(), source })?;
+        let mut f = std::fs::File::open(input)
+            .map_err(|source| RemuxError::Read { path: input.display().to_string(), source })?;
         let _ = f.read(&mut magic).map_err(|source| RemuxError::Read { path: input.display().to_string(), source })?;
     }
     if &magic[..3] == b"FLV" {
@@ -278,7 +280,8 @@ pub fn recover(input: &Path, output: &Path) -> Result<RemuxReport, RemuxError> {
     let err = |source| RemuxError::Read { path: input.display().to_string(), source };
     let file = std::fs::File::open(input).map_err(err)?;
     let bytes_in = file.metadata().map_err(err)?.len();
-    let rw = crate::mux::mp4::recover_from(std::io::BufReader::new(file)).map_err(|e| RemuxError::Unsupported(format!("{}: {e}", input.display())))?;
+    let rw = crate::mux::mp4::recover_from(std::io::BufReader::new(file))
+        .map_err(|e| RemuxError::Unsupported(format!("{}: {e}", input.display())))?;
     let Some(Rewrite { head, ranges, tail }) = rw else {
         return Err(RemuxError::Unsupported(format!("{}: no complete fragment to recover", input.display())));
     };

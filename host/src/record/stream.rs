@@ -218,4 +218,3 @@ fn is_metadata(f: &Frame) -> bool {
         _ => false,
     }
 }
-

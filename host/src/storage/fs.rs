@@ -83,9 +83,11 @@ fn sync_dir(dir: &Path) {
 
 impl Storage for FsStorage {
     fn create(&self, hint: &str) -> Result<Box<dyn FileWriter>, StorageError> {
-        let name: String = hint.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
+        let name: String =
+            hint.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
         let path = self.root.join(PARTIAL_DIR).join(format!("{name}.part"));
-        let file = OpenOptions::new().write(true).create(true).truncate(true).open(&path).map_err(io_err("create", &path))?;
+        let file =
+            OpenOptions::new().write(true).create(true).truncate(true).open(&path).map_err(io_err("create", &path))?;
         Ok(Box::new(FsFile { file, path, written: 0, root: self.root.clone() }))
     }
 
