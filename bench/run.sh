@@ -13,7 +13,8 @@
 #   BENCH_REMUX_MB=1024      size of the remux inputs
 #   BENCH_CLIP_SECONDS=120   length of the clip encoded once, then looped to the size
 #   BENCH_SECONDS=60         media seconds each live publisher sends
-#   BENCH_STREAMS="10 100"   publisher counts (BENCH_FULL=1: "10 100 500 1000")
+#   BENCH_STREAMS="10 100"   publisher counts at ~500 kbit/s (BENCH_FULL=1: "10 100 500 1000")
+#   BENCH_STREAMS_HD="10 100" publisher counts at ~2.5 Mbit/s ("" leaves them out)
 #   BENCH_REPEAT=3           runs of each remux command (the fastest is reported)
 #   BENCH_TICK=20ms          publisher pacing tick (one write per stream per tick)
 #   BENCH_OUT=BENCHMARKS.md  report file (relative to the repository root)
@@ -32,10 +33,11 @@ if [ "${BENCH_FULL:-0}" = 1 ]; then
 else
     STREAMS=${BENCH_STREAMS:-"10 100"}
 fi
+STREAMS_HD=${BENCH_STREAMS_HD-"10 100"}
 OUT=${BENCH_OUT:-BENCHMARKS.md}
 case "$OUT" in /*) ;; *) OUT="$ROOT/$OUT" ;; esac
 T0=$(date +%s)
-CMDLINE="BENCH_BUDGET=$BUDGET BENCH_REMUX_MB=$REMUX_MB BENCH_CLIP_SECONDS=$CLIP_SECONDS BENCH_SECONDS=$LIVE_SECONDS BENCH_STREAMS=\"$STREAMS\" BENCH_TICK=$TICK bench/run.sh"
+CMDLINE="BENCH_BUDGET=$BUDGET BENCH_REMUX_MB=$REMUX_MB BENCH_CLIP_SECONDS=$CLIP_SECONDS BENCH_SECONDS=$LIVE_SECONDS BENCH_STREAMS=\"$STREAMS\" BENCH_STREAMS_HD=\"$STREAMS_HD\" BENCH_TICK=$TICK bench/run.sh"
 
 log() { echo "[bench $(($(date +%s) - T0))s] $*" >&2; }
 remaining() { echo $((BUDGET - ($(date +%s) - T0))); }
@@ -214,7 +216,7 @@ import json, os, re, signal, socket, subprocess, sys, time, datetime, statistics
 WORK, RES, REEL, PIDFILE = os.environ["WORK"], os.environ["RES"], os.environ["REEL"], os.environ["PIDFILE"]
 SECONDS_LIVE = int(os.environ["LIVE_SECONDS"])
 DEADLINE = float(os.environ["DEADLINE"])
-INPUT = os.environ["LIVE_INPUT"]
+INPUTS = json.loads(os.environ["LIVE_INPUTS"])  # rate label -> FLV the publishers loop
 MODULE = os.environ["NGINX_MODULE"]
 TICK = os.sysconf("SC_CLK_TCK")
 PACING_TICK = os.environ.get("PACING_TICK", "20ms")
@@ -349,8 +351,8 @@ def stop(proc, sig=signal.SIGTERM, limit=30):
             proc.wait()
 
 
-def run_case(server, formats, n):
-    d = os.path.join(WORK, f"live-{server}-{formats.replace(',', '+')}-{n}")
+def run_case(server, formats, n, rate):
+    d = os.path.join(WORK, f"live-{server}-{formats.replace(',', '+')}-{n}-{rate}")
     rec = os.path.join(d, "rec")
     os.makedirs(rec, exist_ok=True)
     port = free_port()
@@ -402,7 +404,7 @@ template = "default"
     env = dict(os.environ, REEL_LOG="info")
     srv = subprocess.Popen(cmd, cwd=d, stdout=subprocess.DEVNULL, stderr=open(log + ".stderr", "w") if server == "nginx" else open(log, "w"), env=env)
     register(srv.pid)
-    result = {"server": server, "formats": formats, "streams": n, "seconds": SECONDS_LIVE}
+    result = {"server": server, "formats": formats, "streams": n, "rate": rate, "seconds": SECONDS_LIVE}
     try:
         if not wait_port(port):
             result["error"] = "server did not start: " + open(log + (".stderr" if server == "nginx" else "")).read()[-300:]
@@ -420,7 +422,7 @@ template = "default"
         bench_time = os.path.join(d, "bench.time")
         bench_cmd = ["/usr/bin/time", "-f", "%e %U %S %M", "-o", bench_time, "timeout", str(SECONDS_LIVE + ramp + 40),
                      REEL, "bench", "publish", "--url", f"rtmp://127.0.0.1:{port}/live/s_{{n}}", "--streams", str(n),
-                     "--input", INPUT, "--duration", f"{SECONDS_LIVE}s", "--ramp", f"{ramp}s", "--tick", PACING_TICK]
+                     "--input", INPUTS[rate], "--duration", f"{SECONDS_LIVE}s", "--ramp", f"{ramp}s", "--tick", PACING_TICK]
         bench = subprocess.Popen(bench_cmd, stdout=subprocess.PIPE, stderr=open(os.path.join(d, "bench.log"), "w"))
         register(bench.pid)
         t_start = time.time()
@@ -524,12 +526,12 @@ template = "default"
 def main():
     cases = json.loads(os.environ["CASES"])
     with open(os.path.join(RES, "live.jsonl"), "a") as out:
-        for server, formats, n in cases:
+        for server, formats, n, rate in cases:
             if time.time() > DEADLINE - 30:
-                r = {"server": server, "formats": formats, "streams": n, "error": "skipped: budget"}
+                r = {"server": server, "formats": formats, "streams": n, "rate": rate, "error": "skipped: budget"}
             else:
-                print(f"[live] {server} {formats} N={n}", file=sys.stderr, flush=True)
-                r = run_case(server, formats, n)
+                print(f"[live] {server} {formats} N={n} {rate}", file=sys.stderr, flush=True)
+                r = run_case(server, formats, n, rate)
             print(f"[live] {json.dumps(r)[:400]}", file=sys.stderr, flush=True)
             out.write(json.dumps(r) + "\n")
             out.flush()
@@ -539,17 +541,21 @@ main()
 PY
 
 if [ "${BENCH_SKIP_LIVE:-0}" != 1 ]; then
-    # ~500 kbit/s: 436k video + 64k audio, 640x360, looped by the publisher.
-    LIVE_INPUT=$(clip live 640x360 436k 60)
+    # ~500 kbit/s: 436k video + 64k audio, 640x360; ~2.5 Mbit/s: 2436k + 64k, 1280x720.
+    # Looped by the publishers.
+    LIVE_INPUTS="{\"500k\": \"$(clip live 640x360 436k 60)\""
+    [ -n "$STREAMS_HD" ] && LIVE_INPUTS+=", \"2.5M\": \"$(clip live-hd 1280x720 2436k 60)\""
+    LIVE_INPUTS+="}"
     cases="["
     sep=""
-    for n in $STREAMS; do
-        if [ "$HAVE_NGINX" = 1 ]; then cases+="$sep[\"nginx\",\"flv\",$n]"; sep=","; fi
-        for fm in "${LIVE_FORMATS[@]}"; do cases+="$sep[\"reel\",\"$fm\",$n]"; sep=","; done
+    for spec in $(for n in $STREAMS; do echo "$n:500k"; done; for n in $STREAMS_HD; do echo "$n:2.5M"; done); do
+        n=${spec%%:*} rate=${spec#*:}
+        if [ "$HAVE_NGINX" = 1 ]; then cases+="$sep[\"nginx\",\"flv\",$n,\"$rate\"]"; sep=","; fi
+        for fm in "${LIVE_FORMATS[@]}"; do cases+="$sep[\"reel\",\"$fm\",$n,\"$rate\"]"; sep=","; done
     done
     cases+="]"
     log "live cases: $cases"
-    WORK=$WORK RES=$RES REEL=$REEL PIDFILE=$PIDFILE LIVE_SECONDS=$LIVE_SECONDS LIVE_INPUT=$LIVE_INPUT PACING_TICK=$TICK \
+    WORK=$WORK RES=$RES REEL=$REEL PIDFILE=$PIDFILE LIVE_SECONDS=$LIVE_SECONDS LIVE_INPUTS=$LIVE_INPUTS PACING_TICK=$TICK \
         NGINX_MODULE=$NGINX_MODULE DEADLINE=$((T0 + BUDGET - 20)) CASES=$cases \
         timeout "$(cap "$BUDGET")" python3 "$WORK/live.py" || log "live runner ended early (exit $?)"
 fi
@@ -640,8 +646,8 @@ md += [
     "",
     "## Live recording",
     "",
-    f"Each server records every stream in the formats listed; `reel bench publish` sends a 640x360 H.264 + AAC",
-    f"stream at ~500 kbit/s, in real time, for {os.environ['LIVE_SECONDS']} s per stream (starts spread",
+    f"Each server records every stream in the formats listed; `reel bench publish` sends an H.264 + AAC",
+    f"stream (rate 500k: 640x360 at ~500 kbit/s; 2.5M: 1280x720 at ~2.5 Mbit/s), in real time, for {os.environ['LIVE_SECONDS']} s per stream (starts spread",
     "over a short ramp). Server CPU = utime + stime of the server's processes (nginx: master +",
     "worker) over the run, from `/proc/PID/stat`. CPU/stream-min = server CPU ms per stream per",
     "minute of media. RSS/stream = (peak VmRSS sampled every 250 ms - idle RSS) / N. Frames =",
@@ -653,21 +659,21 @@ md += [
     "(loopback TCP and wakeups), so a longer tick makes both the server and the publisher cheaper.",
     "nginx-rtmp writes the AAC sequence header twice into each file (+1 tag per stream); no frame is lost.",
     "",
-    "| server | formats | N | server CPU s | CPU ms / stream-min | vs nginx | RSS / stream KB | vs nginx | frames sent | frames written | close p50 ms | close p99 ms | bench CPU s | notes |",
-    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    "| server | formats | rate | N | server CPU s | CPU ms / stream-min | vs nginx | RSS / stream KB | vs nginx | frames sent | frames written | close p50 ms | close p99 ms | bench CPU s | notes |",
+    "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
 ]
 live = lines("live.jsonl")
-nginx = {r["streams"]: r for r in live if r["server"] == "nginx" and "cpu_s" in r}
+nginx = {(r["streams"], r.get("rate", "500k")): r for r in live if r["server"] == "nginx" and "cpu_s" in r}
 for r in live:
     n = r["streams"]
     if "cpu_s" not in r:
-        md.append(f"| {r['server']} | {r['formats']} | {n} | | | | | | | | | | | {r.get('error', '')} |")
+        md.append(f"| {r['server']} | {r['formats']} | {r.get('rate', '500k')} | {n} | | | | | | | | | | | {r.get('error', '')} |")
         continue
     minutes = n * r["seconds"] / 60
     per_min = r["cpu_s"] * 1000 / max(minutes, 1e-9)
     rss = (r["peak_rss_kb"] - r["base_rss_kb"]) / n
     vs_cpu = vs_rss = ""
-    p = nginx.get(n)
+    p = nginx.get((n, r.get("rate", "500k")))
     if r["server"] == "reel" and p:
         vs_cpu = f"{r['cpu_s'] / max(p['cpu_s'], 1e-3):.2f}×"
         prss = (p["peak_rss_kb"] - p["base_rss_kb"]) / n
@@ -684,14 +690,14 @@ for r in live:
     if r.get("close_count", 0) < n:
         notes.append(f"close time known for {r.get('close_count', 0)} streams")
     md.append(
-        f"| {r['server']} | {r['formats']} | {n} | {r['cpu_s']:.2f} | {per_min:,.0f} | {vs_cpu} | {rss:,.0f} | {vs_rss} | "
+        f"| {r['server']} | {r['formats']} | {r.get('rate', '500k')} | {n} | {r['cpu_s']:.2f} | {per_min:,.0f} | {vs_cpu} | {rss:,.0f} | {vs_rss} | "
         f"{r['frames_sent']:,} | {r['frames_written']:,} | {f(r['close_ms_p50'], 0)} | {f(r['close_ms_p99'], 0)} | {f(r['bench_cpu_s'], 2)} | {'; '.join(notes)} |"
     )
 if not live:
-    md.append("| (not run) | | | | | | | | | | | | | |")
+    md.append("| (not run) | | | | | | | | | | | | | | |")
 md += [
     "",
-    "vs nginx: Reel / nginx-rtmp at the same N (lower is better).",
+    "vs nginx: Reel / nginx-rtmp at the same N and rate (lower is better).",
     "",
     "## Plugins",
     "",

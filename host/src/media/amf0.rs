@@ -8,6 +8,13 @@ pub const MAX_DEPTH: usize = 16;
 /// Most properties in one object/array accepted from the network (DoS limit).
 pub const MAX_PROPERTIES: usize = 4096;
 
+/// Type marker of a null value.
+pub const MARKER_NULL: u8 = 0x05;
+/// Type marker of a strict array (a u32 count, then the values).
+pub const MARKER_STRICT_ARRAY: u8 = 0x0a;
+/// Type marker of a string (a u16 length, then the bytes).
+pub const MARKER_STRING: u8 = 0x02;
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     Number(f64),
@@ -122,7 +129,10 @@ fn decode_depth(buf: &mut &[u8], depth: usize) -> Result<Value, MediaError> {
         }
         0x0a => {
             let n = u32::from_be_bytes(take(buf, 4)?.try_into().unwrap_or_default()) as usize;
-            if n > MAX_PROPERTIES {
+            // Every element takes at least one byte: a count beyond what is left is a lie, and
+            // what is allocated stays proportional to the input (a long recording's keyframe
+            // index holds more entries than any command would).
+            if n > buf.len() {
                 return Err(MediaError::Invalid { what: "AMF0 strict array", why: format!("{n} elements") });
             }
             let mut v = Vec::with_capacity(n);
@@ -165,7 +175,7 @@ pub fn encode(v: &Value, out: &mut Vec<u8>) {
             out.push(0x03);
             encode_props(p, out);
         }
-        Value::Null => out.push(0x05),
+        Value::Null => out.push(MARKER_NULL),
         Value::Undefined => out.push(0x06),
         Value::EcmaArray(p) => {
             out.push(0x08);
@@ -173,7 +183,7 @@ pub fn encode(v: &Value, out: &mut Vec<u8>) {
             encode_props(p, out);
         }
         Value::StrictArray(v) => {
-            out.push(0x0a);
+            out.push(MARKER_STRICT_ARRAY);
             out.extend_from_slice(&(v.len() as u32).to_be_bytes());
             for e in v {
                 encode(e, out);

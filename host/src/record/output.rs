@@ -23,9 +23,9 @@ pub(crate) fn container(f: Format) -> Container {
     }
 }
 
-fn new_muxer(f: Format) -> Option<Box<dyn Muxer>> {
+fn new_muxer(f: Format, interval_ms: u64) -> Option<Box<dyn Muxer>> {
     match f {
-        Format::Flv => Some(Box::new(FlvMuxer::new())),
+        Format::Flv => Some(Box::new(FlvMuxer::reserving(interval_ms))),
         Format::Aac => Some(Box::new(AdtsMuxer::new())),
         Format::Mp4 => Some(Box::new(crate::mux::mp4::Mp4Muxer::new())),
         Format::Hls => None,
@@ -391,7 +391,7 @@ struct OpenFile {
 
 impl FileOutput {
     fn open(&mut self, ctx: &StreamCtx) -> Option<OpenFile> {
-        let Some(muxer) = new_muxer(self.format) else {
+        let Some(muxer) = new_muxer(self.format, self.interval_ms) else {
             tracing::warn!(format = self.format.name(), stream = %ctx.info.name, "format not available in this build; skipping it");
             self.disabled = true;
             return None;

@@ -153,13 +153,24 @@ impl FileWriter for FsFile {
     }
 
     fn finish(self: Box<Self>, key: &str, fin: Finalize<'_>) -> Result<Stored, StorageError> {
-        let FsFile { file, path, root, .. } = *self;
+        let FsFile { file, path, root, written } = *self;
         let store = FsStorage { root };
         let size;
         let staged;
+        // The final file keeps the written bytes where they are after a head of the same
+        // length as what it replaces (an index written into room reserved for it).
+        let in_place = matches!(fin.ranges, [r] if r.start == fin.head.len() as u64 && r.end == written);
         if fin.head.is_empty() && fin.ranges.is_empty() && fin.tail.is_empty() {
             file.sync_data().map_err(io_err("sync", &path))?;
             size = file.metadata().map_err(io_err("stat", &path))?.len();
+            drop(file);
+            staged = path;
+        } else if in_place {
+            use std::os::unix::fs::FileExt;
+            file.write_all_at(fin.head, 0).map_err(io_err("write", &path))?;
+            file.write_all_at(fin.tail, written).map_err(io_err("write", &path))?;
+            file.sync_data().map_err(io_err("sync", &path))?;
+            size = written + fin.tail.len() as u64;
             drop(file);
             staged = path;
         } else {
@@ -242,5 +253,22 @@ mod tests {
         assert_eq!(fs::read(root.join("k.bin")).unwrap(), b"HEAD234789T");
         s.put("p/l.m3u8", b"#EXTM3U\n").unwrap();
         assert_eq!(fs::read(root.join("p/l.m3u8")).unwrap(), b"#EXTM3U\n");
+    }
+
+    #[test]
+    fn finalize_in_place_overwrites_the_reserved_head() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tmpdir("in-place");
+        let s = FsStorage::new(&root).unwrap();
+        let mut f = s.create("z").unwrap();
+        f.write(&[Bytes::from_static(b"....body")]).unwrap();
+        let part = fs::read_dir(root.join(PARTIAL_DIR)).unwrap().next().unwrap().unwrap().path();
+        let inode = fs::metadata(&part).unwrap().ino();
+        #[allow(clippy::single_range_in_vec_init)] // one byte range of the file
+        let st = f.finish("k.bin", Finalize { head: b"HEAD", ranges: &[4..8], tail: b"!" }).unwrap();
+        assert_eq!(fs::read(root.join("k.bin")).unwrap(), b"HEADbody!");
+        assert_eq!(st.size, 9);
+        assert_eq!(fs::metadata(root.join("k.bin")).unwrap().ino(), inode, "the written file itself, not a copy");
+        assert_eq!(fs::read_dir(root.join(PARTIAL_DIR)).unwrap().count(), 0);
     }
 }
