@@ -33,7 +33,8 @@ pub enum BenchCommand {
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct PublishOptions {
-    /// RTMP URL to publish to; `{n}` is replaced by the stream index (0..N).
+    /// RTMP URL to publish to; `{i}` (or n in braces) is replaced by the stream index (0..N).
+    // (clap prints the brace form as a line break, so the help names it in words.)
     #[arg(long)]
     pub url: String,
     /// Number of simultaneous publishers.
@@ -145,9 +146,9 @@ pub fn run(cmd: BenchCommand) -> Result<Report, BenchError> {
             if opts.streams == 0 || opts.streams > MAX_STREAMS {
                 return Err(BenchError::Options(format!("--streams must be 1..={MAX_STREAMS}")));
             }
-            if opts.streams > 1 && !opts.url.contains("{n}") {
+            if opts.streams > 1 && !opts.url.contains("{n}") && !opts.url.contains("{i}") {
                 return Err(BenchError::Options(
-                    "--url needs {n} (replaced by the stream index) when --streams is more than 1".into(),
+                    "--url needs {i} or {n} (replaced by the stream index) when --streams is more than 1".into(),
                 ));
             }
             if opts.tick.is_zero() {

@@ -33,7 +33,7 @@ pub struct StreamResult {
 pub async fn publish(opts: PublishOptions) -> Result<Report, BenchError> {
     let media = Arc::new(Media::load(&opts.input)?);
     let urls: Vec<RtmpUrl> = (0..opts.streams)
-        .map(|i| RtmpUrl::parse(&opts.url.replace("{n}", &i.to_string())))
+        .map(|i| RtmpUrl::parse(&opts.url.replace("{n}", &i.to_string()).replace("{i}", &i.to_string())))
         .collect::<Result<_, _>>()?;
     let started = Instant::now();
     // Every connection ticks on the same grid, so the runtime wakes once per tick for all of
