@@ -706,7 +706,9 @@ pl = open(os.path.join(res, "plugins.txt")).read().strip() if os.path.exists(os.
 if pl == "n/a":
     md.append("n/a: no plugin decision benchmark in this build.")
 else:
-    md += ["```", "\n".join(pl.splitlines()[-30:]), "```"]
+    # cargo's own status lines (Compiling, Finished, Running) are not results.
+    keep = [l for l in pl.splitlines() if l.split()[:1] not in (["Compiling"], ["Finished"], ["Running"], ["Blocking"])]
+    md += ["```", "\n".join(keep[-30:]), "```"]
 md.append("")
 with open(out, "w") as fo:
     fo.write("\n".join(md))
