@@ -1163,10 +1163,10 @@ pub(crate) mod tests {
 
         impl Dir {
             pub fn new(name: &str) -> Option<Self> {
-                if !have("ffmpeg") || !have("ffprobe") {
-                    eprintln!("note: ffmpeg/ffprobe not found, skipping golden test {name}");
-                    return None;
-                }
+                assert!(
+                    have("ffmpeg") && have("ffprobe"),
+                    "golden test {name} needs ffmpeg and ffprobe: tests/run installs them"
+                );
                 let path = std::env::temp_dir().join(format!("reel-mux-{name}-{}", std::process::id()));
                 let _ = std::fs::remove_dir_all(&path);
                 std::fs::create_dir_all(&path).expect("create scratch dir");
@@ -1416,10 +1416,7 @@ pub(crate) mod tests {
         let Some(g) = golden::Dir::new("ts-hevc") else { return };
         let raw = g.path("src.hevc");
         let encoders = golden::ffmpeg("-v error -encoders", &[]);
-        if !encoders.contains("libx265") {
-            eprintln!("note: ffmpeg has no libx265, skipping");
-            return;
-        }
+        assert!(encoders.contains("libx265"), "the HEVC golden test needs ffmpeg's libx265 (Debian's ffmpeg has it)");
         let x265 = "log-level=error:bframes=0:aud=1:keyint=25:min-keyint=25:scenecut=0";
         golden::ffmpeg(
             &format!(
