@@ -84,6 +84,13 @@ impl Frame {
         &self.tag[usize::from(self.payload_offset).min(self.tag.len())..]
     }
 
+    /// The same frame holding its own copy of the tag: for the few frames kept for a whole
+    /// stream (sequence headers, metadata), so they do not pin the read or reassembly block
+    /// they arrived in.
+    pub fn owned(&self) -> Frame {
+        Frame { tag: Bytes::copy_from_slice(&self.tag), ..self.clone() }
+    }
+
     /// Presentation timestamp in milliseconds.
     pub fn pts(&self) -> i64 {
         self.dts + i64::from(self.cts)

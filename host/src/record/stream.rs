@@ -165,7 +165,7 @@ impl StreamTask {
                     ctx.info.video_codec = Some(f.codec.name().into());
                 }
                 if f.config {
-                    ctx.video_config = Some(f.clone());
+                    ctx.video_config = Some(f.owned());
                 }
             }
             FrameKind::Audio => {
@@ -173,12 +173,12 @@ impl StreamTask {
                     ctx.info.audio_codec = Some(f.codec.name().into());
                 }
                 if f.config {
-                    ctx.audio_config = Some(f.clone());
+                    ctx.audio_config = Some(f.owned());
                 }
             }
             FrameKind::Data => {
                 if is_metadata(&f) {
-                    ctx.metadata = Some(f.clone());
+                    ctx.metadata = Some(f.owned());
                 }
             }
         }
