@@ -25,11 +25,6 @@ pub const MAX_PARTIAL_BYTES: usize = 32 << 20;
 /// Reassembly buffers start at most this big and grow as chunks arrive, so a header that
 /// announces a large message costs memory only once its bytes are actually sent.
 const INITIAL_REASSEMBLY_CAPACITY: usize = 64 << 10;
-/// Messages up to this size are reassembled into one shared block of [`SLAB_SIZE`] bytes
-/// (each message a slice of it), so a connection makes one allocation per block instead of
-/// one per message; the block is freed when the last message cut from it is dropped.
-const SLAB_MESSAGE_MAX: usize = 16 << 10;
-const SLAB_SIZE: usize = 64 << 10;
 
 pub const MSG_SET_CHUNK_SIZE: u8 = 1;
 pub const MSG_ABORT: u8 = 2;
@@ -121,8 +116,6 @@ pub struct ChunkReader {
     chunk_size: usize,
     streams: Vec<ChunkStream>,
     partial_bytes: usize,
-    /// The unused rest of the current reassembly block.
-    slab: BytesMut,
 }
 
 impl Default for ChunkReader {
@@ -133,7 +126,7 @@ impl Default for ChunkReader {
 
 impl ChunkReader {
     pub fn new() -> Self {
-        Self { chunk_size: DEFAULT_CHUNK_SIZE, streams: Vec::new(), partial_bytes: 0, slab: BytesMut::new() }
+        Self { chunk_size: DEFAULT_CHUNK_SIZE, streams: Vec::new(), partial_bytes: 0 }
     }
 
     /// The peer's current chunk size.
@@ -282,19 +275,7 @@ impl ChunkReader {
         if !in_progress {
             self.partial_bytes += length;
         }
-        if s.partial.is_none() {
-            s.partial = Some(if length <= SLAB_MESSAGE_MAX {
-                // A slice of the block with room for exactly this message.
-                if self.slab.capacity() < length {
-                    self.slab = BytesMut::with_capacity(SLAB_SIZE);
-                }
-                let rest = self.slab.split_off(length);
-                std::mem::replace(&mut self.slab, rest)
-            } else {
-                BytesMut::with_capacity(length.min(INITIAL_REASSEMBLY_CAPACITY))
-            });
-        }
-        let partial = s.partial.as_mut().expect("set above");
+        let partial = s.partial.get_or_insert_with(|| BytesMut::with_capacity(length.min(INITIAL_REASSEMBLY_CAPACITY)));
         partial.extend_from_slice(&buf[..chunk_len]);
         buf.advance(chunk_len);
         if partial.len() < length {
@@ -536,22 +517,6 @@ mod tests {
         let mut buf = BytesMut::from(&b[..]);
         let ms = read_all(&mut ChunkReader::new(), &mut buf);
         assert_eq!(ms.iter().map(|m| m.csid).collect::<Vec<_>>(), vec![200, 1000]);
-    }
-
-    #[test]
-    fn split_messages_share_one_reassembly_block() {
-        let w = ChunkWriter::new(); // 128-byte chunks: every message below is split
-        let mut out = BytesMut::new();
-        let a: Vec<u8> = (0..300).map(|i| i as u8).collect();
-        let b: Vec<u8> = (0..500).map(|i| (i * 7) as u8).collect();
-        let big = vec![9u8; SLAB_MESSAGE_MAX + 1];
-        w.write(&mut out, 6, 0, 9, 1, &a);
-        w.write(&mut out, 4, 0, 8, 1, &b);
-        w.write(&mut out, 6, 40, 9, 1, &big);
-        let ms = read_all(&mut ChunkReader::new(), &mut out);
-        assert_eq!((&ms[0].payload[..], &ms[1].payload[..], &ms[2].payload[..]), (&a[..], &b[..], &big[..]));
-        // The second message was cut from the same block, right after the first.
-        assert_eq!(ms[1].payload.as_ptr(), ms[0].payload.as_ptr().wrapping_add(a.len()));
     }
 
     #[test]
