@@ -1162,7 +1162,7 @@ pub(crate) mod tests {
         }
 
         impl Dir {
-            pub fn new(name: &str) -> Option<Self> {
+            pub fn new(name: &str) -> Self {
                 assert!(
                     have("ffmpeg") && have("ffprobe"),
                     "golden test {name} needs ffmpeg and ffprobe: tests/run installs them"
@@ -1170,7 +1170,7 @@ pub(crate) mod tests {
                 let path = std::env::temp_dir().join(format!("reel-mux-{name}-{}", std::process::id()));
                 let _ = std::fs::remove_dir_all(&path);
                 std::fs::create_dir_all(&path).expect("create scratch dir");
-                Some(Self { path })
+                Self { path }
             }
 
             pub fn path(&self, file: &str) -> PathBuf {
@@ -1303,7 +1303,7 @@ pub(crate) mod tests {
 
     #[test]
     fn golden_ts_with_b_frames_decodes_identically() {
-        let Some(g) = golden::Dir::new("ts-av") else { return };
+        let g = golden::Dir::new("ts-av");
         let src = g.make_flv("src.flv", golden::AV_ARGS);
         let frames = golden::read_frames(&src);
         assert!(frames.iter().any(|f| f.cts > 0), "the source has B-frames");
@@ -1324,7 +1324,7 @@ pub(crate) mod tests {
 
     #[test]
     fn golden_ts_audio_only() {
-        let Some(g) = golden::Dir::new("ts-a") else { return };
+        let g = golden::Dir::new("ts-a");
         let src = g.make_flv("src.flv", golden::AUDIO_ARGS);
         let out = g.path("out.ts");
         golden::mux_file(&src, &out, &mut TsMuxer::new());
@@ -1338,7 +1338,7 @@ pub(crate) mod tests {
     #[test]
     fn golden_hls_segments_cut_at_keyframes_play_as_one_stream() {
         use crate::mux::hls::{Playlist, Segment};
-        let Some(g) = golden::Dir::new("hls") else { return };
+        let g = golden::Dir::new("hls");
         let src = g.make_flv("src.flv", golden::AV_ARGS);
         let frames = golden::read_frames(&src);
 
@@ -1413,7 +1413,7 @@ pub(crate) mod tests {
     /// samples, the way an Enhanced RTMP publisher sends them.
     #[test]
     fn golden_hevc_decodes_identically() {
-        let Some(g) = golden::Dir::new("ts-hevc") else { return };
+        let g = golden::Dir::new("ts-hevc");
         let raw = g.path("src.hevc");
         let encoders = golden::ffmpeg("-v error -encoders", &[]);
         assert!(encoders.contains("libx265"), "the HEVC golden test needs ffmpeg's libx265 (Debian's ffmpeg has it)");

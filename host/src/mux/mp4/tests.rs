@@ -773,17 +773,15 @@ fn recovery_survives_corrupted_fragments() {
 // ---------------------------------------------------------------------------------------------
 // Golden tests with ffmpeg
 
-fn have_ffmpeg() -> bool {
+fn need_ffmpeg() {
     let ok = |t: &str| Command::new(t).arg("-version").output().is_ok_and(|o| o.status.success());
     assert!(ok("ffmpeg") && ok("ffprobe"), "the golden tests need ffmpeg and ffprobe: tests/run installs them");
-    true
 }
 
-fn have_encoder(name: &str) -> bool {
+fn need_encoder(name: &str) {
     let out = Command::new("ffmpeg").args(["-hide_banner", "-encoders"]).output();
     let found = out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().any(|w| w == name));
     assert!(found, "the golden tests need ffmpeg's {name} encoder (Debian's ffmpeg has it)");
-    found
 }
 
 struct TempDir(PathBuf);
@@ -951,9 +949,7 @@ fn make_flv(dir: &TempDir, extra: &[&str]) -> PathBuf {
 
 #[test]
 fn golden_h264_with_b_frames_and_aac() {
-    if !have_ffmpeg() {
-        return;
-    }
+    need_ffmpeg();
     let dir = TempDir::new("av");
     let src = make_flv(&dir, &[]);
     let (_, m) = mux_flv(&src);
@@ -965,9 +961,7 @@ fn golden_h264_with_b_frames_and_aac() {
 
 #[test]
 fn golden_video_only() {
-    if !have_ffmpeg() {
-        return;
-    }
+    need_ffmpeg();
     let dir = TempDir::new("video");
     let src = make_flv(&dir, &["-an"]);
     let (_, m) = mux_flv(&src);
@@ -976,9 +970,7 @@ fn golden_video_only() {
 
 #[test]
 fn golden_audio_only() {
-    if !have_ffmpeg() {
-        return;
-    }
+    need_ffmpeg();
     let dir = TempDir::new("audio");
     let src = make_flv(&dir, &["-vn"]);
     let (_, m) = mux_flv(&src);
@@ -987,9 +979,8 @@ fn golden_audio_only() {
 
 #[test]
 fn golden_mp3_audio() {
-    if !have_ffmpeg() || !have_encoder("libmp3lame") {
-        return;
-    }
+    need_ffmpeg();
+    need_encoder("libmp3lame");
     let dir = TempDir::new("mp3");
     let src = dir.path("src.flv");
     ffmpeg(&[
@@ -1011,9 +1002,7 @@ fn golden_mp3_audio() {
 
 #[test]
 fn golden_crash_recovery() {
-    if !have_ffmpeg() {
-        return;
-    }
+    need_ffmpeg();
     let dir = TempDir::new("crash");
     let src = make_flv(&dir, &[]);
     let (_, m) = mux_flv(&src);
@@ -1145,9 +1134,8 @@ fn golden_enhanced(name: &str, encoder: &[&str], fourcc: &[u8; 4], config_box: &
 
 #[test]
 fn golden_hevc() {
-    if !have_ffmpeg() || !have_encoder("libx265") {
-        return;
-    }
+    need_ffmpeg();
+    need_encoder("libx265");
     golden_enhanced(
         "hevc",
         &["-c:v", "libx265", "-x265-params", "log-level=error:keyint=25:bframes=2", "-tag:v", "hvc1"],
@@ -1158,8 +1146,7 @@ fn golden_hevc() {
 
 #[test]
 fn golden_av1() {
-    if !have_ffmpeg() || !have_encoder("libaom-av1") {
-        return;
-    }
+    need_ffmpeg();
+    need_encoder("libaom-av1");
     golden_enhanced("av1", &["-c:v", "libaom-av1", "-cpu-used", "8", "-g", "25", "-b:v", "200k"], b"av01", b"av1C");
 }
