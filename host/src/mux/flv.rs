@@ -4,7 +4,7 @@
 //! so players can seek.
 //!
 //! A live recording reserves room for that `onMetaData` at the start of the file (a
-//! placeholder tag padded with a `padding` string, sized for the keyframes the file's interval
+//! placeholder tag padded with a `padding` array, sized for the keyframes the file's interval
 //! can hold at one per second): at close the real tag, padded to the same size, overwrites the
 //! placeholder and the body stays where it is, so the file is written once. If the real tag
 //! does not fit (more keyframes than reserved), the [`Rewrite`] drops the placeholder and
