@@ -119,15 +119,15 @@ fn decode_depth(buf: &mut &[u8], depth: usize) -> Result<Value, MediaError> {
     Ok(match marker {
         0x00 => Value::Number(read_f64(buf)?),
         0x01 => Value::Boolean(take(buf, 1)?[0] != 0),
-        0x02 => Value::String(read_string(buf, false)?),
+        MARKER_STRING => Value::String(read_string(buf, false)?),
         0x03 => Value::Object(read_props(buf, depth)?),
-        0x05 => Value::Null,
+        MARKER_NULL => Value::Null,
         0x06 => Value::Undefined,
         0x08 => {
             take(buf, 4)?; // approximate count, not trusted
             Value::EcmaArray(read_props(buf, depth)?)
         }
-        0x0a => {
+        MARKER_STRICT_ARRAY => {
             let n = u32::from_be_bytes(take(buf, 4)?.try_into().unwrap_or_default()) as usize;
             // Every element takes at least one byte: a count beyond what is left is a lie, and
             // what is allocated stays proportional to the input (a long recording's keyframe
@@ -166,7 +166,7 @@ pub fn encode(v: &Value, out: &mut Vec<u8>) {
                 out.push(0x0c);
                 out.extend_from_slice(&(s.len() as u32).to_be_bytes());
             } else {
-                out.push(0x02);
+                out.push(MARKER_STRING);
                 out.extend_from_slice(&(s.len() as u16).to_be_bytes());
             }
             out.extend_from_slice(s.as_bytes());
