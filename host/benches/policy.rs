@@ -9,9 +9,7 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use reel::policy::{
-    Builtin, Container, FileInfo, Grants, Plan, PluginConfig, Policy, PolicyConfig, Registry, StreamInfo,
-};
+use reel::policy::{Builtin, FileInfo, Format, Grants, Plan, PluginConfig, Policy, PolicyConfig, Registry, StreamInfo};
 
 fn build_plugins(repo: &Path) -> Option<std::path::PathBuf> {
     let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -87,7 +85,7 @@ fn main() {
         started_at_ms: 1_795_352_700_000,
     };
     let f = FileInfo {
-        container: Container::Flv,
+        container: Format::Flv,
         sequence: 3,
         start_ms: 1_795_352_709_120,
         end_ms: 1_795_354_509_000,
@@ -127,7 +125,7 @@ fn main() {
     row(
         "plugin plan (defaults, fresh instance)",
         per_iter(budget, || {
-            black_box(defaults.plan(black_box(&s), Container::Hls, plan));
+            black_box(defaults.plan(black_box(&s), Format::Hls, plan));
         }),
     );
     row(

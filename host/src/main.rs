@@ -50,6 +50,9 @@ enum Command {
         /// HLS segment length (cut at the first keyframe at or after it).
         #[arg(long, default_value = "6s", value_parser = parse_duration)]
         segment: reel::config::Duration,
+        /// Replace OUTPUT if it exists (for hls, also the segments it lists).
+        #[arg(short = 'y', long = "overwrite")]
+        overwrite: bool,
     },
     /// Finish a file a crash left in STORAGE_ROOT/.partial/ (FLV or fragmented MP4) into a
     /// complete, seekable file.
@@ -141,7 +144,9 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {
         Command::Serve { config, check } => serve(config, check),
-        Command::Remux { input, format, output, segment } => remux(input, format, output, segment),
+        Command::Remux { input, format, output, segment, overwrite } => {
+            remux(input, format, output, segment, overwrite)
+        }
         Command::Recover { input, output } => reel::record::remux::recover(&input, &output)
             .map(|r| eprintln!("recovered {} -> {} ({} bytes)", input.display(), output.display(), r.bytes_out))
             .map_err(Into::into),
@@ -164,8 +169,15 @@ fn load_config(path: &Option<PathBuf>) -> Result<Config> {
     })
 }
 
-fn remux(input: PathBuf, format: Format, output: PathBuf, segment: reel::config::Duration) -> Result<()> {
-    let r = reel::record::remux::remux(&input, format, &output, segment.as_millis())?;
+fn remux(
+    input: PathBuf,
+    format: Format,
+    output: PathBuf,
+    segment: reel::config::Duration,
+    overwrite: bool,
+) -> Result<()> {
+    let opts = reel::record::remux::RemuxOptions { segment_ms: segment.as_millis(), overwrite };
+    let r = reel::record::remux::remux(&input, format, &output, opts)?;
     eprintln!(
         "remuxed {} frames, {} -> {} bytes in {:.3} s ({:.0} MB/s)",
         r.frames,

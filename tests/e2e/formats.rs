@@ -15,20 +15,18 @@ fn hashes(v: Vec<Packet>) -> Vec<String> {
     v.into_iter().map(|p| p.hash).collect()
 }
 
-fn playlist(dir: &Path) -> PathBuf {
-    let (found, _) = wait_files(dir, "m3u8", 1, Duration::from_secs(10));
-    assert_eq!(found.len(), 1, "one playlist per publish: {found:?}");
-    found[0].clone()
-}
-
-/// Waits until the playlist is final (ENDLIST written at unpublish).
-fn wait_endlist(p: &Path) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+/// The publish's one playlist once it is final: `#EXT-X-ENDLIST` written, under its final name.
+pub(crate) fn final_playlist(dir: &Path) -> (PathBuf, String) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let text = std::fs::read_to_string(p).unwrap_or_default();
-        if text.contains("#EXT-X-ENDLIST") || std::time::Instant::now() > deadline {
-            return text;
+        let found = files(dir, "m3u8");
+        if let [one] = &found[..] {
+            let text = std::fs::read_to_string(one).unwrap_or_default();
+            if text.contains("#EXT-X-ENDLIST") {
+                return (one.clone(), text);
+            }
         }
+        assert!(std::time::Instant::now() < deadline, "one final playlist in {}: {found:?}", dir.display());
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -39,8 +37,7 @@ fn hls_and_aac_recordings_decode_identically() {
     let reel = Reel::start("hls-aac", &config("[\"hls\", \"aac\"]", "30m", "4s"));
     ffmpeg_publish(&src, &reel.url("live", "fmt"), false);
     let dir = reel.recordings().join("live/fmt");
-    let pl = playlist(&dir);
-    let text = wait_endlist(&pl);
+    let (pl, text) = final_playlist(&dir);
     assert!(text.starts_with("#EXTM3U"), "{text}");
     for tag in [
         "#EXT-X-VERSION:3",
@@ -73,8 +70,7 @@ fn all_formats_cut_on_keyframes_and_add_up() {
     let reel = Reel::start("all-formats", &config("[\"flv\", \"hls\", \"mp4\", \"aac\"]", "4s", "2s"));
     ffmpeg_publish(&src, &reel.url("live", "all"), false);
     let dir = reel.recordings().join("live/all");
-    let pl = playlist(&dir);
-    wait_endlist(&pl);
+    let (pl, _) = final_playlist(&dir);
     let (flv, _) = wait_files(&dir, "flv", 3, Duration::from_secs(10));
     assert_eq!(flv.len(), 3, "{}", reel.log_text());
     let mut flv = flv;
@@ -174,4 +170,47 @@ fn sigkill_loses_at_most_two_seconds_of_mp4() {
             "{ext}: recovered packets are the source's"
         );
     }
+}
+
+/// `{EscapedStartTime}_{EscapedEndTime}` of a built-in name, as Unix seconds.
+fn name_times(p: &Path) -> (i64, i64) {
+    let stem = p.file_stem().unwrap().to_str().unwrap();
+    let secs = |t: &str| {
+        let n: Vec<i64> = t.split('-').map(|x| x.parse().unwrap()).collect();
+        // Days from the civil date (proleptic Gregorian), enough for an ordering and a difference.
+        let (y, m, d) = if n[1] <= 2 { (n[0] - 1, n[1] + 9, n[2]) } else { (n[0], n[1] - 3, n[2]) };
+        let days = 365 * y + y / 4 - y / 100 + y / 400 + (153 * m + 2) / 5 + d;
+        days * 86400 + n[3] * 3600 + n[4] * 60 + n[5]
+    };
+    let (start, end) = stem.split_at(stem.len() / 2);
+    (secs(start), secs(&end[1..]))
+}
+
+#[test]
+fn hls_playlist_gets_its_final_name_with_the_real_end_time_at_close() {
+    let src = fixture("av", 6, true, true);
+    let reel = Reel::start("hls-name", &config("[\"hls\"]", "30m", "2s"));
+    let url = reel.url("live", "named");
+    let publisher = std::thread::spawn(move || ffmpeg_publish(&src, &url, true));
+    let dir = reel.recordings().join("live/named");
+    // While recording: one playlist at a name that does not change, whose end is its start.
+    let (live, _) = wait_files(&dir, "m3u8", 1, Duration::from_secs(10));
+    assert_eq!(live.len(), 1, "{}", reel.log_text());
+    let (s, e) = name_times(&live[0]);
+    assert_eq!(s, e, "live name {}", live[0].display());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(files(&dir, "m3u8"), live, "the live playlist keeps its name while it grows");
+    publisher.join().unwrap();
+    let (pl, text) = final_playlist(&dir);
+    assert_ne!(pl, live[0], "renamed at close");
+    let (s2, e2) = name_times(&pl);
+    assert_eq!(s2, s);
+    assert!(e2 - s2 >= 4, "a 6 s publish ends 4+ s after it starts: {}", pl.display());
+    // Its segments are where it says.
+    let segs: Vec<&str> = text.lines().filter(|l| l.ends_with(".ts")).collect();
+    assert_eq!(segs.len(), 3, "{text}");
+    for seg in &segs {
+        assert!(pl.parent().unwrap().join(seg).exists(), "{seg}");
+    }
+    assert_eq!(decode_errors(&pl), "");
 }

@@ -63,3 +63,41 @@ fn remux_of_a_missing_file_is_a_clear_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.flv"));
 }
+
+#[test]
+fn remux_names_segments_like_the_live_recorder_and_leaves_no_scratch_folder() {
+    let src = fixture("av", 6, true, true);
+    let dir = test_dir("remux-names");
+    let pl = dir.join("out.m3u8");
+    remux(&src, "hls", &pl);
+    let text = std::fs::read_to_string(&pl).unwrap();
+    let segs: Vec<&str> = text.lines().filter(|l| l.ends_with(".ts")).collect();
+    assert_eq!(segs, ["out_00000.ts", "out_00001.ts", "out_00002.ts"], "{text}");
+    for f in ["flv", "mp4"] {
+        remux(&src, f, &dir.join(format!("out.{f}")));
+    }
+    assert!(!dir.join(".partial").exists(), "no scratch folder left beside the outputs");
+}
+
+#[test]
+fn remux_refuses_an_existing_output_unless_asked_to_replace_it() {
+    let src = fixture("av", 6, true, true);
+    let dir = test_dir("remux-exists");
+    for (format, name) in [("flv", "out.flv"), ("hls", "out.m3u8")] {
+        let out = dir.join(name);
+        remux(&src, format, &out);
+        let before = std::fs::read(&out).unwrap();
+        let again = Command::new(REEL).arg("remux").arg(&src).args(["-f", format, "-o"]).arg(&out).output().unwrap();
+        assert!(!again.status.success(), "{format}: a second remux onto {name} must fail");
+        let err = String::from_utf8_lossy(&again.stderr);
+        assert!(err.contains(&out.display().to_string()) && err.contains("-y"), "{err}");
+        assert_eq!(std::fs::read(&out).unwrap(), before, "{format}: the existing file is untouched");
+        run(Command::new(REEL).arg("remux").arg(&src).args(["-f", format, "-y", "--segment", "2s", "-o"]).arg(&out));
+        assert_eq!(decode_errors(&out), "");
+    }
+    // Only the outputs and the segments of the one playlist: nothing suffixed `_1`.
+    let mut names: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["out.flv", "out.m3u8", "out_00000.ts", "out_00001.ts", "out_00002.ts"]);
+}

@@ -8,7 +8,7 @@ pub use duration::{parse_duration, Duration};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The configuration used when no file is given: record every stream to `./recordings` as FLV.
 pub const DEFAULT_TOML: &str = r#"
@@ -128,16 +128,20 @@ pub struct Storage {
     pub root: PathBuf,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A recording format: the one list of them, shared by templates, plugins and muxers.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     Flv,
+    /// MPEG-TS segments plus an `.m3u8` playlist.
     Hls,
     Mp4,
+    /// Audio-only ADTS AAC.
     Aac,
 }
 
 impl Format {
+    /// `flv`, `hls`, `mp4`, `aac`.
     pub fn name(self) -> &'static str {
         match self {
             Format::Flv => "flv",
@@ -146,6 +150,7 @@ impl Format {
             Format::Aac => "aac",
         }
     }
+    /// The file extension: `flv`, `m3u8`, `mp4`, `aac`.
     pub fn extension(self) -> &'static str {
         match self {
             Format::Hls => "m3u8",

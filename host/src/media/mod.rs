@@ -109,6 +109,27 @@ impl Frame {
     pub fn is_sample(&self) -> bool {
         !self.config && self.kind != FrameKind::Data
     }
+
+    /// Whether this is stream metadata: script data whose first AMF0 string is `onMetaData`,
+    /// or `@setDataFrame` followed by `onMetaData` (checked without decoding the rest).
+    pub fn is_metadata(&self) -> bool {
+        fn first(b: &[u8]) -> Option<&[u8]> {
+            if b.len() < 3 || b[0] != amf0::MARKER_STRING {
+                return None;
+            }
+            let n = usize::from(u16::from_be_bytes([b[1], b[2]]));
+            b.get(3..3 + n)
+        }
+        if self.kind != FrameKind::Data {
+            return false;
+        }
+        let b = &self.tag[..];
+        match first(b) {
+            Some(b"onMetaData") => true,
+            Some(s @ b"@setDataFrame") => first(&b[3 + s.len()..]) == Some(b"onMetaData"),
+            _ => false,
+        }
+    }
 }
 
 /// Errors raised while interpreting media bytes.

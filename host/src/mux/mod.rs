@@ -46,4 +46,7 @@ pub trait Muxer: Send + Sync {
     /// Ends the file: appends trailing bytes to `out` and returns how to finalise the file,
     /// if it needs an index up front.
     fn finish(&mut self, out: &mut Chunks) -> Result<Option<Rewrite>, MuxError>;
+    /// After `finish`, readies the muxer for the next segment of the same stream (MPEG-TS:
+    /// continuity counters and codec configuration carry over). Others start anew instead.
+    fn next_segment(&mut self) {}
 }

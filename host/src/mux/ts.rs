@@ -712,6 +712,10 @@ impl Muxer for TsMuxer {
         self.emit(out);
         Ok(None)
     }
+
+    fn next_segment(&mut self) {
+        self.reset_for_next_segment();
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use super::*;
-use crate::policy::{Builtin, Container};
+use crate::policy::{Builtin, Format};
 
 /// A request as the test server saw it.
 #[derive(Debug)]
@@ -158,7 +158,7 @@ async fn announces_finished_files_with_the_policy() {
     let n = Notifier::new(vec![cb, skipped], outbox.clone(), fast());
     let s = StreamInfo { domain: "d".into(), app: "live".into(), name: "cam".into(), ..Default::default() };
     let f = FileInfo {
-        container: Container::Mp4,
+        container: Format::Mp4,
         sequence: 2,
         start_ms: 1_000,
         end_ms: 61_000,

@@ -1,6 +1,6 @@
 //! The built-in policy: what Reel decides when no plugin does, and whenever a plugin fails.
 
-use super::{CallbackRequest, Candidate, Container, FileInfo, Plan, Policy, StreamInfo};
+use super::{CallbackRequest, Candidate, FileInfo, Format, Plan, Policy, StreamInfo};
 
 // The path-template expander, time formatting and rule ranking are the guest SDK's own source,
 // so a plugin keeping an SDK default decides byte for byte as this built-in policy does. The
@@ -36,7 +36,7 @@ impl FileVars<'_> {
             start_ms: f.start_ms,
             end_ms: f.end_ms,
             random_id: &f.random_id,
-            ext: f.container.ext(),
+            ext: f.container.extension(),
         }
     }
 }
@@ -51,7 +51,7 @@ impl Policy for Builtin {
         Some(candidates[i].rule_id.clone())
     }
 
-    fn plan(&self, _s: &StreamInfo, _c: Container, default: Plan) -> Plan {
+    fn plan(&self, _s: &StreamInfo, _c: Format, default: Plan) -> Plan {
         default
     }
 
@@ -65,7 +65,7 @@ impl Policy for Builtin {
     fn on_file(&self, s: &StreamInfo, f: &FileInfo, callback_url: &str) -> Option<CallbackRequest> {
         let body = shared::default_callback_body(
             &FileVars::of(s, f),
-            f.container.as_str(),
+            f.container.name(),
             &f.key,
             f.size,
             f.duration_ms,

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use super::registry::check_choice;
 use super::wasm::{CallEnv, Plugin, Runtime};
 use super::{
-    check_key, check_plan, check_request, config_values, Candidate, Container, Failure, FileInfo, Grants, Interface,
-    Plan, PolicyConfig, PolicyError, StreamInfo,
+    check_key, check_plan, check_request, config_values, Candidate, Failure, FileInfo, Format, Grants, Interface, Plan,
+    PolicyConfig, PolicyError, StreamInfo,
 };
 
 fn plugin_name(path: &Path) -> String {
@@ -94,7 +94,7 @@ pub struct RunInput {
     #[serde(default)]
     pub candidates: Option<Vec<Candidate>>,
     #[serde(default)]
-    pub container: Option<Container>,
+    pub container: Option<Format>,
     #[serde(default)]
     pub default: Option<Plan>,
     #[serde(default)]

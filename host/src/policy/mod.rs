@@ -40,44 +40,7 @@ pub use registry::Registry;
 /// The WIT package versions this host can load (`reel:policy@…`).
 pub const SUPPORTED_WIT_VERSIONS: &[&str] = &["0.1.0"];
 
-/// The container a recording is written in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Container {
-    Flv,
-    /// MPEG-TS segments plus an `.m3u8` playlist.
-    Hls,
-    Mp4,
-    /// Audio-only ADTS AAC.
-    Aac,
-}
-
-impl Container {
-    /// The file extension: `flv`, `m3u8`, `mp4`, `aac`.
-    pub fn ext(self) -> &'static str {
-        match self {
-            Container::Flv => "flv",
-            Container::Hls => "m3u8",
-            Container::Mp4 => "mp4",
-            Container::Aac => "aac",
-        }
-    }
-
-    /// Same as [`Container::ext`].
-    pub fn extension(self) -> &'static str {
-        self.ext()
-    }
-
-    /// The format's name: `flv`, `hls`, `mp4`, `aac`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Container::Flv => "flv",
-            Container::Hls => "hls",
-            Container::Mp4 => "mp4",
-            Container::Aac => "aac",
-        }
-    }
-}
+pub use crate::config::Format;
 
 /// A published stream, as the recorder sees it when it starts.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,7 +68,7 @@ pub struct StreamInfo {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileInfo {
-    pub container: Container,
+    pub container: Format,
     /// 0, 1, 2, … within one recording session.
     #[serde(default)]
     pub sequence: u32,
@@ -174,7 +137,7 @@ pub trait Policy: Send + Sync {
     /// The `rule_id` of the candidate that records this stream, or `None` to record nothing.
     fn select_rule(&self, s: &StreamInfo, candidates: &[Candidate]) -> Option<String>;
     /// The plan for one container of this stream; `default` comes from the template.
-    fn plan(&self, s: &StreamInfo, c: Container, default: Plan) -> Plan;
+    fn plan(&self, s: &StreamInfo, c: Format, default: Plan) -> Plan;
     /// The storage key of a file: relative, `/`-separated, no `..`, at most 1024 bytes.
     fn name_file(&self, s: &StreamInfo, f: &FileInfo) -> String;
     /// The request announcing a finished file to `callback_url`, or `None` to send nothing.

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use super::failures::{decided, failed};
 use super::wasm::{CallEnv, Plugin, Runtime};
 use super::{
-    check_key, check_plan, check_request, config_values, Builtin, CallbackRequest, Candidate, Container, Failure,
-    FailureReason, FileInfo, Interface, Plan, PluginConfig, Policy, PolicyConfig, PolicyError, StreamInfo,
+    check_key, check_plan, check_request, config_values, Builtin, CallbackRequest, Candidate, Failure, FailureReason,
+    FileInfo, Format, Interface, Plan, PluginConfig, Policy, PolicyConfig, PolicyError, StreamInfo,
 };
 
 /// Where compiled plugins are cached, under the data directory.
@@ -217,7 +217,7 @@ impl Policy for Chain {
             .unwrap_or_else(|| Builtin.select_rule(s, c))
     }
 
-    fn plan(&self, s: &StreamInfo, c: Container, default: Plan) -> Plan {
+    fn plan(&self, s: &StreamInfo, c: Format, default: Plan) -> Plan {
         self.decide(Interface::Segmentation, |p, env| p.plan(env, s, c, default), check_plan)
             .unwrap_or_else(|| Builtin.plan(s, c, default))
     }

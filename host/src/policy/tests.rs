@@ -80,7 +80,7 @@ fn stream() -> StreamInfo {
     }
 }
 
-fn file(container: Container) -> FileInfo {
+fn file(container: Format) -> FileInfo {
     FileInfo {
         container,
         sequence: 3,
@@ -225,7 +225,7 @@ fn run_makes_one_decision_as_json() {
     let input = serde_json::json!({
         "now_ms": 1_795_352_709_120u64,
         "stream": stream(),
-        "file": file(Container::Flv),
+        "file": file(Format::Flv),
         "callback_url": "https://cb.example.com/css",
     })
     .to_string();
@@ -271,8 +271,8 @@ fn sdk_defaults_decide_exactly_as_the_builtin() {
     for s in [stream(), odd] {
         assert_eq!(p.select_rule(&s, &candidates()), Builtin.select_rule(&s, &candidates()));
         assert_eq!(p.select_rule(&s, &[]), None);
-        assert_eq!(p.plan(&s, Container::Hls, plan()), plan());
-        for c in [Container::Flv, Container::Hls, Container::Mp4, Container::Aac] {
+        assert_eq!(p.plan(&s, Format::Hls, plan()), plan());
+        for c in [Format::Flv, Format::Hls, Format::Mp4, Format::Aac] {
             let mut f = file(c);
             f.task_id = None;
             assert_eq!(p.name_file(&s, &f), Builtin.name_file(&s, &f));
@@ -281,7 +281,7 @@ fn sdk_defaults_decide_exactly_as_the_builtin() {
     }
     assert_eq!(Builtin.select_rule(&stream(), &candidates()).as_deref(), Some("stream"));
     assert_eq!(
-        Builtin.name_file(&stream(), &file(Container::Hls)),
+        Builtin.name_file(&stream(), &file(Format::Hls)),
         "live/cam1/2026-11-22-13-05-09_2026-11-22-13-35-09.m3u8"
     );
 }
@@ -291,8 +291,8 @@ fn tencent_css_names_files_like_vod_file_name() {
     let dir = fixtures!();
     let r = registry(dir, &[("tencent", "tencent_css", r#"key = "k""#)]).unwrap();
     let p = r.policy(None);
-    assert_eq!(p.name_file(&stream(), &file(Container::Flv)), "cam1_2026-11-22-13-05-09_2026-11-22-13-35-09.flv");
-    assert_eq!(p.name_file(&stream(), &file(Container::Hls)), "cam1_2026-11-22-13-05-09_2026-11-22-13-35-09.m3u8");
+    assert_eq!(p.name_file(&stream(), &file(Format::Flv)), "cam1_2026-11-22-13-05-09_2026-11-22-13-35-09.flv");
+    assert_eq!(p.name_file(&stream(), &file(Format::Hls)), "cam1_2026-11-22-13-05-09_2026-11-22-13-35-09.m3u8");
 
     let custom = r#"
 key = "k"
@@ -301,7 +301,7 @@ cos_path = "/{Domain}/{AppName}/"
 "#;
     let r = registry(dir, &[("tencent", "tencent_css", custom)]).unwrap();
     assert_eq!(
-        r.policy(None).name_file(&stream(), &file(Container::Mp4)),
+        r.policy(None).name_file(&stream(), &file(Format::Mp4)),
         "push.example.com/live/cam1-20261122-3-9f2c4e1a7b3d5c60.mp4"
     );
 }
@@ -315,7 +315,7 @@ video_url_prefix = "https://bucket.cos.ap-guangzhou.myqcloud.com/"
 "#;
     let r = registry(dir, &[("tencent", "tencent_css", config)]).unwrap();
     let before = crate::media::time::now_ms() / 1000;
-    let req = r.policy(None).on_file(&stream(), &file(Container::Flv), "https://cb.example.com/css?x=1").unwrap();
+    let req = r.policy(None).on_file(&stream(), &file(Format::Flv), "https://cb.example.com/css?x=1").unwrap();
     let after = crate::media::time::now_ms() / 1000;
     assert_eq!(req.url, "https://cb.example.com/css?x=1");
     assert_eq!(header(&req, "content-type"), Some("application/json"));
@@ -343,10 +343,9 @@ fn tencent_css_without_a_key_falls_back_to_the_builtin_callback() {
     let dir = fixtures!();
     let counters = Counters::default();
     let r = registry(dir, &[("tencent", "tencent_css", "")]).unwrap();
-    let req = metrics::with_local_recorder(&counters, || {
-        r.policy(None).on_file(&stream(), &file(Container::Flv), "http://cb/")
-    });
-    assert_eq!(req, Builtin.on_file(&stream(), &file(Container::Flv), "http://cb/"));
+    let req =
+        metrics::with_local_recorder(&counters, || r.policy(None).on_file(&stream(), &file(Format::Flv), "http://cb/"));
+    assert_eq!(req, Builtin.on_file(&stream(), &file(Format::Flv), "http://cb/"));
     let labels = [("plugin", "tencent"), ("interface", "callbacks"), ("reason", "error")];
     assert_eq!(counters.get("reel_plugin_failures_total", &labels), 1);
 }
@@ -357,11 +356,11 @@ fn aliyun_oss_names_ranks_and_signs() {
     let r = registry(dir, &[("aliyun", "aliyun_oss", r#"key = "alilive""#)]).unwrap();
     let p = r.policy(None);
     assert_eq!(
-        p.name_file(&stream(), &file(Container::Flv)),
+        p.name_file(&stream(), &file(Format::Flv)),
         "record/live/cam1/2026-11-22-13-05-09_2026-11-22-13-35-09.flv"
     );
     assert_eq!(
-        p.name_file(&stream(), &file(Container::Hls)),
+        p.name_file(&stream(), &file(Format::Hls)),
         "record/live/cam1/2026-11-22-13-05-09_2026-11-22-13-35-09.m3u8"
     );
 
@@ -374,7 +373,7 @@ fn aliyun_oss_names_ranks_and_signs() {
     assert_eq!(p.select_rule(&stream(), &c[..1]).as_deref(), Some("domain"));
 
     let before = crate::media::time::now_ms() / 1000;
-    let req = p.on_file(&stream(), &file(Container::Flv), "http://callback.example.com:8080/live/record?a=b").unwrap();
+    let req = p.on_file(&stream(), &file(Format::Flv), "http://callback.example.com:8080/live/record?a=b").unwrap();
     let after = crate::media::time::now_ms() / 1000;
     let ts: u64 = header(&req, "ALI-LIVE-TIMESTAMP").unwrap().parse().unwrap();
     assert!((before..=after).contains(&ts));
@@ -397,8 +396,8 @@ object_prefix = "rec/{AppName}/{StreamName}/{EscapedStartTime}"
 object_prefix_hls = "hls/{AppName}/{StreamName}/{Sequence}"
 "#;
     let r = registry(dir, &[("aliyun", "aliyun_oss", per_format)]).unwrap();
-    assert_eq!(r.policy(None).name_file(&stream(), &file(Container::Mp4)), "rec/live/cam1/2026-11-22-13-05-09.mp4");
-    assert_eq!(r.policy(None).name_file(&stream(), &file(Container::Hls)), "hls/live/cam1/3.m3u8");
+    assert_eq!(r.policy(None).name_file(&stream(), &file(Format::Mp4)), "rec/live/cam1/2026-11-22-13-05-09.mp4");
+    assert_eq!(r.policy(None).name_file(&stream(), &file(Format::Hls)), "hls/live/cam1/3.m3u8");
 }
 
 #[test]
@@ -406,7 +405,7 @@ fn mps_names_carry_a_fresh_random_part() {
     let dir = fixtures!();
     let r = registry(dir, &[("mps", "mps", "")]).unwrap();
     let p = r.policy(None);
-    let (s, f) = (stream(), file(Container::Mp4));
+    let (s, f) = (stream(), file(Format::Mp4));
     let a = p.name_file(&s, &f);
     let b = p.name_file(&s, &f);
     assert_ne!(a, b, "two calls with the same input differ");
@@ -418,8 +417,8 @@ fn mps_names_carry_a_fresh_random_part() {
         assert!(parts[2].bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()), "{key}");
         assert_eq!(parts[3], "2026-11-22-13-05-09_3.mp4");
     }
-    assert_eq!(p.plan(&s, Container::Hls, plan()).hls_segment_ms, 5_000);
-    assert_eq!(p.plan(&s, Container::Flv, plan()), plan());
+    assert_eq!(p.plan(&s, Format::Hls, plan()).hls_segment_ms, 5_000);
+    assert_eq!(p.plan(&s, Format::Flv, plan()), plan());
 
     let r = registry(dir, &[("mps", "mps", "path = \"out/{rand}/{StreamName}\"\nrand_length = 12")]).unwrap();
     let key = r.policy(None).name_file(&s, &f);
@@ -437,7 +436,7 @@ fn the_first_plugin_exporting_a_decision_makes_it() {
         &[("mps", "mps", ""), ("tencent", "tencent_css", r#"key = "k""#), ("aliyun", "aliyun_oss", r#"key = "k""#)],
     )
     .unwrap();
-    let (s, f) = (stream(), file(Container::Flv));
+    let (s, f) = (stream(), file(Format::Flv));
     // Default chain: mps names, tencent calls back, aliyun picks rules.
     let p = r.policy(None);
     assert!(p.name_file(&s, &f).starts_with("live/cam1/"));
@@ -467,11 +466,11 @@ fn misbehaves(mode: &str, reason: &str) {
     let limits = PolicyConfig { deadline, ..Default::default() };
     let r = registry_with(dir, &[("misbehave", "misbehave", &format!("mode = {mode:?}"))], limits).unwrap();
     let p = r.policy(None);
-    let (s, f, c) = (stream(), file(Container::Flv), candidates());
+    let (s, f, c) = (stream(), file(Format::Flv), candidates());
     let counters = Counters::default();
     metrics::with_local_recorder(&counters, || {
         assert_eq!(p.select_rule(&s, &c), Builtin.select_rule(&s, &c));
-        assert_eq!(p.plan(&s, Container::Hls, plan()), plan());
+        assert_eq!(p.plan(&s, Format::Hls, plan()), plan());
         assert_eq!(p.name_file(&s, &f), Builtin.name_file(&s, &f));
         assert_eq!(p.on_file(&s, &f, "http://cb/"), Builtin.on_file(&s, &f, "http://cb/"));
     });
@@ -520,7 +519,7 @@ fn well_behaved_answers_are_counted_as_decisions() {
     let dir = fixtures!();
     let r = registry(dir, &[("misbehave", "misbehave", r#"mode = "ok""#)]).unwrap();
     let counters = Counters::default();
-    metrics::with_local_recorder(&counters, || r.policy(None).name_file(&stream(), &file(Container::Flv)));
+    metrics::with_local_recorder(&counters, || r.policy(None).name_file(&stream(), &file(Format::Flv)));
     assert_eq!(counters.get("reel_plugin_decisions_total", &[("plugin", "misbehave"), ("interface", "naming")]), 1);
 }
 
@@ -529,7 +528,7 @@ fn the_deadline_cuts_a_loop_within_100ms() {
     let dir = fixtures!();
     let r = registry(dir, &[("misbehave", "misbehave", r#"mode = "loop""#)]).unwrap();
     let p = r.policy(None);
-    let (s, f) = (stream(), file(Container::Flv));
+    let (s, f) = (stream(), file(Format::Flv));
     let started = Instant::now();
     assert_eq!(p.name_file(&s, &f), Builtin.name_file(&s, &f));
     let took = started.elapsed();
@@ -544,7 +543,7 @@ fn a_tighter_deadline_and_memory_cap_apply() {
     assert_eq!((policy.deadline, policy.memory), (Duration::from_millis(200), 4 << 20));
     let r = Registry::without_cache(&configs, &policy).unwrap();
     let started = Instant::now();
-    r.policy(None).name_file(&stream(), &file(Container::Flv));
+    r.policy(None).name_file(&stream(), &file(Format::Flv));
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(180) && took < Duration::from_secs(1), "took {took:?}");
 
@@ -597,7 +596,7 @@ fn compiled_plugins_are_cached_by_content_hash() {
     // Loaded again from the cache, and it still decides.
     let again = Registry::new(&configs, &policy, &data).unwrap();
     assert_eq!(cached(), files);
-    assert!(again.policy(Some(&["c".into()])).name_file(&stream(), &file(Container::Flv)).starts_with("live/cam1/"));
+    assert!(again.policy(Some(&["c".into()])).name_file(&stream(), &file(Format::Flv)).starts_with("live/cam1/"));
     // A damaged cache entry is recompiled.
     for f in &files {
         std::fs::write(data.join("plugin-cache").join(f), b"garbage").unwrap();
@@ -699,7 +698,7 @@ fn callback_requests_must_be_http() {
 
 #[test]
 fn expand_is_exposed_with_cloud_variables() {
-    let (s, f) = (stream(), file(Container::Aac));
+    let (s, f) = (stream(), file(Format::Aac));
     let vars = FileVars::of(&s, &f);
     assert_eq!(
         expand(
@@ -716,7 +715,7 @@ fn plugins_get_no_clock_or_environment_unless_granted() {
     let dir = fixtures!();
     // SAFETY: no other test reads or writes this variable.
     unsafe { std::env::set_var("REEL_PLUGIN_PROBE", "visible") };
-    let (s, f) = (stream(), file(Container::Flv));
+    let (s, f) = (stream(), file(Format::Flv));
     let name = |mode: &str, allow: Grants| {
         let mut cfg = plugin(dir, "misbehave", &format!("mode = {mode:?}"));
         cfg.allow = allow;
@@ -741,7 +740,7 @@ fn decisions_can_be_made_from_many_threads() {
         let handles: Vec<_> = (0..8)
             .map(|_| {
                 let p = p.clone();
-                scope.spawn(move || (0..25).map(|_| p.name_file(&stream(), &file(Container::Flv))).collect::<Vec<_>>())
+                scope.spawn(move || (0..25).map(|_| p.name_file(&stream(), &file(Format::Flv))).collect::<Vec<_>>())
             })
             .collect();
         handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
@@ -758,7 +757,7 @@ fn decisions_can_be_made_from_many_threads() {
 async fn decisions_work_inside_a_current_thread_runtime() {
     let dir = fixtures!();
     let r = registry(dir, &[("misbehave", "misbehave", r#"mode = "trap""#)]).unwrap();
-    let (s, f) = (stream(), file(Container::Flv));
+    let (s, f) = (stream(), file(Format::Flv));
     assert_eq!(r.policy(None).name_file(&s, &f), Builtin.name_file(&s, &f));
 }
 
@@ -767,12 +766,12 @@ async fn decisions_work_inside_multi_thread_runtime_tasks() {
     let dir = fixtures!();
     let r = registry(dir, &[("misbehave", "misbehave", r#"mode = "trap""#)]).unwrap();
     let p = r.policy(None);
-    let (s, f) = (stream(), file(Container::Flv));
+    let (s, f) = (stream(), file(Format::Flv));
     let expected = Builtin.name_file(&s, &f);
     let task = tokio::spawn(async move { p.name_file(&s, &f) });
     assert_eq!(task.await.unwrap(), expected);
     let p = r.policy(None);
-    let blocking = tokio::task::spawn_blocking(move || p.name_file(&stream(), &file(Container::Flv)));
+    let blocking = tokio::task::spawn_blocking(move || p.name_file(&stream(), &file(Format::Flv)));
     assert_eq!(blocking.await.unwrap(), expected);
 }
 
@@ -780,7 +779,7 @@ async fn decisions_work_inside_multi_thread_runtime_tasks() {
 fn without_plugins_the_builtin_decides() {
     let data = scratch_dir("empty");
     let r = Registry::new(&BTreeMap::new(), &PolicyConfig::default(), &data).unwrap();
-    let (s, f) = (stream(), file(Container::Hls));
+    let (s, f) = (stream(), file(Format::Hls));
     assert_eq!(r.policy(None).name_file(&s, &f), Builtin.name_file(&s, &f));
     assert_eq!(r.policy(Some(&["ghost".into()])).select_rule(&s, &candidates()).as_deref(), Some("stream"));
     assert_eq!(r.names().count(), 0);

@@ -1,9 +1,14 @@
 //! The composition point: a publish becomes a recording. Each stream gets a task that receives
-//! frames over a bounded channel (ingest never waits), tracks sequence headers, cuts files at
-//! keyframes, runs the muxers, and hands bytes to storage on the blocking pool.
+//! frames over a bounded channel (ingest never waits) and feeds one output per format.
+//!
+//! Inside, data flows one way: `stream` (the task: naming, storage, callbacks) drives
+//! `output` (a format's muxer and pending bytes), which is driven by `segmenter` (the pure rule
+//! of where files and HLS segments begin and end). `remux` drives the same segmenter and
+//! outputs over a file.
 
 mod output;
 pub mod remux;
+pub mod segmenter;
 mod stream;
 
 use std::collections::{BTreeMap, HashMap};

@@ -1,578 +1,295 @@
-//! Outputs of a recording: a muxer, its pending bytes and its storage file. Muxing happens on
-//! the stream task; storage I/O on the blocking pool; closing a file (finalising, naming,
-//! announcing) runs as its own tracked task so the stream never waits for it.
+//! One output of a recording: a format's muxer fed by the segmenter's actions, and the bytes
+//! waiting to be written. No I/O and no policy here: closing a file or segment hands a
+//! [`Closed`] back to the caller (the stream task, or `reel remux`), which names, stores and
+//! announces it.
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-
-use super::stream::StreamCtx;
 use crate::config::Format;
 use crate::media::{Frame, FrameKind};
-use crate::mux::hls::{Playlist, Segment};
+use crate::mux::hls::Playlist;
 use crate::mux::ts::TsMuxer;
-use crate::mux::{aac::AdtsMuxer, flv::FlvMuxer, Chunks, MuxError, Muxer, Rewrite};
-use crate::policy::{Container, FileInfo, Plan};
-use crate::storage::{FileWriter, Finalize, Storage};
+use crate::mux::{aac::AdtsMuxer, flv::FlvMuxer, mp4::Mp4Muxer, Chunks, MuxError, Muxer, Rewrite};
+use crate::storage::FileWriter;
 
-pub(crate) fn container(f: Format) -> Container {
-    match f {
-        Format::Flv => Container::Flv,
-        Format::Hls => Container::Hls,
-        Format::Mp4 => Container::Mp4,
-        Format::Aac => Container::Aac,
+use super::segmenter::{Action, Layout, Piece, Segmenter};
+
+/// The key of segment `index` of the playlist at `playlist_key`: `{stem}_{index:05}.ts` beside
+/// it. The one naming of TS segments, live and offline.
+pub fn segment_key(playlist_key: &str, index: u32) -> String {
+    let stem = playlist_key.strip_suffix(".m3u8").unwrap_or(playlist_key);
+    format!("{stem}_{index:05}.ts")
+}
+
+/// The URI of `target` as seen from the playlist at `playlist` (both storage keys).
+pub fn relative_uri(playlist: &str, target: &str) -> String {
+    let dir: Vec<&str> = playlist.split('/').collect();
+    let dir = &dir[..dir.len() - 1];
+    let to: Vec<&str> = target.split('/').collect();
+    let common = dir.iter().zip(&to).take_while(|(a, b)| a == b).count().min(to.len() - 1);
+    let mut parts: Vec<&str> = vec![".."; dir.len() - common];
+    parts.extend(&to[common..]);
+    parts.join("/")
+}
+
+/// The layout a format is cut with, from its plan.
+pub fn layout(format: Format, interval_ms: u64, hls_segment_ms: u64) -> Layout {
+    match format {
+        // One playlist per publish; HLS files are its segments.
+        Format::Hls => Layout { file_ms: 0, segment_ms: Some(hls_segment_ms.max(1)), split_on_config_change: false },
+        Format::Mp4 => Layout { file_ms: interval_ms, segment_ms: None, split_on_config_change: true },
+        Format::Flv | Format::Aac => Layout { file_ms: interval_ms, segment_ms: None, split_on_config_change: false },
     }
 }
 
-fn new_muxer(f: Format, interval_ms: u64) -> Option<Box<dyn Muxer>> {
-    match f {
-        Format::Flv => Some(Box::new(FlvMuxer::reserving(interval_ms))),
-        Format::Aac => Some(Box::new(AdtsMuxer::new())),
-        Format::Mp4 => Some(Box::new(crate::mux::mp4::Mp4Muxer::new())),
-        Format::Hls => None,
+fn new_muxer(format: Format, interval_ms: u64) -> Box<dyn Muxer> {
+    match format {
+        Format::Flv => Box::new(FlvMuxer::reserving(interval_ms)),
+        Format::Aac => Box::new(AdtsMuxer::new()),
+        Format::Mp4 => Box::new(Mp4Muxer::new()),
+        Format::Hls => Box::new(TsMuxer::new()),
     }
 }
 
-pub(crate) enum Output {
-    File(FileOutput),
-    Hls(Box<HlsOutput>),
+/// Bytes of a file or segment, and where they are going.
+#[derive(Default)]
+pub struct Body {
+    /// Created by the caller at the first flush.
+    pub writer: Option<Box<dyn FileWriter>>,
+    pub pending: Chunks,
+    pub pending_bytes: usize,
+    /// Storage failed: write nothing more, keep what is stored.
+    pub write_failed: bool,
+    /// Wall-clock time it opened, ms since the Unix epoch.
+    pub opened_ms: u64,
+}
+
+impl Body {
+    fn new(now_ms: u64) -> Self {
+        Body { pending: Vec::with_capacity(256), opened_ms: now_ms, ..Default::default() }
+    }
+
+    /// The chunks to write now.
+    pub fn take_pending(&mut self) -> Chunks {
+        self.pending_bytes = 0;
+        std::mem::take(&mut self.pending)
+    }
+}
+
+/// What a caller must act on after an action.
+pub enum Event {
+    /// A file (HLS: a playlist) opened; for HLS the caller names its live playlist.
+    Opened { seq: u32 },
+    /// An HLS segment closed: store it under [`segment_key`] and add it to the playlist.
+    Segment { piece: Piece, body: Body, discontinuity: bool },
+    /// A file closed: name it, finalise it with `rewrite`, store and announce it. For HLS
+    /// (`body` empty), the playlist is complete.
+    File { piece: Piece, body: Body, rewrite: Option<Rewrite>, failed: bool },
+    /// The format cannot carry this stream's codec: the output is off for this stream.
+    Disabled(MuxError),
+    /// A frame was not written (the file goes on).
+    Skipped(MuxError),
+}
+
+/// HLS state of an output: the playlist being built.
+pub struct Hls {
+    pub playlist: Playlist,
+    /// Where the playlist lives while recording (named when it opens).
+    pub live_key: Option<String>,
+    /// Bytes of the stored segments.
+    pub bytes: u64,
+}
+
+pub struct Output {
+    pub format: Format,
+    segmenter: Segmenter,
+    interval_ms: u64,
+    muxer: Option<Box<dyn Muxer>>,
+    /// The open file (or HLS segment).
+    pub body: Option<Body>,
+    discontinuity: bool,
+    /// A muxer error ended the current file early.
+    failed: bool,
+    pub disabled: bool,
+    pub hls: Option<Hls>,
+    actions: Vec<Action>,
 }
 
 impl Output {
-    pub fn new(format: Format, plan: Plan, storage: Arc<dyn Storage>) -> Self {
-        match format {
-            Format::Hls => Output::Hls(Box::new(HlsOutput {
-                storage,
-                segment_ms: u64::from(plan.hls_segment_ms),
-                ts: TsMuxer::new(),
-                playlist: Playlist::new(u64::from(plan.hls_segment_ms).div_ceil(1000)),
-                playlist_key: None,
-                start_ms: 0,
-                seg: None,
-                next_index: 0,
-                total_bytes: 0,
-                first_dts: None,
-                last_dts: 0,
-                disabled: false,
-            })),
-            _ => Output::File(FileOutput {
-                format,
-                storage,
-                interval_ms: plan.interval_ms,
-                sequence: 0,
-                cur: None,
-                disabled: false,
-            }),
-        }
-    }
-
-    pub async fn push(&mut self, f: &Frame, cut: bool, ctx: &StreamCtx) {
-        match self {
-            Output::File(o) => o.push(f, cut, ctx),
-            Output::Hls(o) => o.push(f, cut, ctx).await,
+    pub fn new(format: Format, interval_ms: u64, hls_segment_ms: u64) -> Self {
+        let hls = (format == Format::Hls).then(|| Hls {
+            playlist: Playlist::new(hls_segment_ms.div_ceil(1000).max(1)),
+            live_key: None,
+            bytes: 0,
+        });
+        Output {
+            format,
+            segmenter: Segmenter::new(layout(format, interval_ms, hls_segment_ms)),
+            interval_ms,
+            muxer: None,
+            body: None,
+            discontinuity: false,
+            failed: false,
+            disabled: false,
+            hls,
+            actions: Vec::with_capacity(16),
         }
     }
 
     pub fn pending_bytes(&self) -> usize {
-        match self {
-            Output::File(o) => o.cur.as_ref().map_or(0, |c| c.pending_bytes),
-            Output::Hls(o) => o.seg.as_ref().map_or(0, |c| c.pending_bytes),
-        }
+        self.body.as_ref().map_or(0, |b| b.pending_bytes)
     }
 
-    pub async fn flush(&mut self, ctx: &StreamCtx) {
-        match self {
-            Output::File(o) => o.flush(ctx).await,
-            Output::Hls(o) => {
-                if let Some(seg) = &mut o.seg {
-                    flush_pending(
-                        &o.storage,
-                        &mut seg.writer,
-                        &seg.hint,
-                        &mut seg.pending,
-                        &mut seg.pending_bytes,
-                        &mut seg.write_failed,
-                        ctx,
-                        "hls",
-                    )
-                    .await;
-                }
-            }
-        }
-    }
-
-    pub async fn close(&mut self, ctx: &StreamCtx, failed: bool) {
-        match self {
-            Output::File(o) => o.close(ctx, failed),
-            Output::Hls(o) => o.end(ctx).await,
-        }
-    }
-}
-
-/// Writes `pending` to the file (created on first use) on the blocking pool.
-#[allow(clippy::too_many_arguments)]
-async fn flush_pending(
-    storage: &Arc<dyn Storage>,
-    writer: &mut Option<Box<dyn FileWriter>>,
-    hint: &str,
-    pending: &mut Chunks,
-    pending_bytes: &mut usize,
-    write_failed: &mut bool,
-    ctx: &StreamCtx,
-    format: &'static str,
-) {
-    if pending.is_empty() || *write_failed {
-        return;
-    }
-    let chunks = std::mem::take(pending);
-    *pending_bytes = 0;
-    let w = writer.take();
-    let storage = storage.clone();
-    let hint = hint.to_string();
-    let res = tokio::task::spawn_blocking(move || {
-        let mut w = match w {
-            Some(w) => w,
-            None => storage.create(&hint)?,
-        };
-        let r = w.write(&chunks);
-        Ok::<_, crate::storage::StorageError>((w, r))
-    })
-    .await;
-    match res {
-        Ok(Ok((w, Ok(())))) => *writer = Some(w),
-        Ok(Ok((w, Err(e)))) => {
-            tracing::error!(stream = %ctx.info.name, format, "write failed, file ends here: {e}");
-            *writer = Some(w);
-            *write_failed = true;
-        }
-        Ok(Err(e)) => {
-            tracing::error!(stream = %ctx.info.name, format, "cannot create file: {e}");
-            *write_failed = true;
-        }
-        Err(e) => {
-            tracing::error!("write task failed: {e}");
-            *write_failed = true;
-        }
-    }
-}
-
-/// One HLS playlist per publish; segments cut at keyframes after `hls_segment`.
-pub(crate) struct HlsOutput {
-    storage: Arc<dyn Storage>,
-    segment_ms: u64,
-    ts: TsMuxer,
-    playlist: Playlist,
-    playlist_key: Option<String>,
-    start_ms: u64,
-    seg: Option<OpenSegment>,
-    next_index: u32,
-    total_bytes: u64,
-    first_dts: Option<i64>,
-    last_dts: i64,
-    disabled: bool,
-}
-
-struct OpenSegment {
-    writer: Option<Box<dyn FileWriter>>,
-    hint: String,
-    pending: Chunks,
-    pending_bytes: usize,
-    first_dts: i64,
-    start_ms: u64,
-    index: u32,
-    write_failed: bool,
-}
-
-impl HlsOutput {
-    fn playlist_key(&mut self, ctx: &StreamCtx) -> String {
-        if let Some(k) = &self.playlist_key {
-            return k.clone();
-        }
-        self.start_ms = crate::media::time::now_ms();
-        let fi = FileInfo {
-            container: Container::Hls,
-            sequence: 1,
-            start_ms: self.start_ms,
-            end_ms: self.start_ms,
-            size: 0,
-            duration_ms: 0,
-            key: String::new(),
-            session_id: ctx.session_id.clone(),
-            task_id: None,
-            random_id: format!("{:016x}", fastrand::u64(..)),
-        };
-        let key = ctx.policy.name_file(&ctx.info, &fi);
-        self.playlist_key = Some(key.clone());
-        key
-    }
-
-    async fn push(&mut self, f: &Frame, cut: bool, ctx: &StreamCtx) {
-        if self.disabled || f.kind == FrameKind::Data {
-            return;
-        }
-        if let Some(seg) = &self.seg {
-            if cut && f.dts - seg.first_dts >= self.segment_ms as i64 {
-                self.close_segment(ctx, Some(f.pts())).await;
-            }
-        }
-        if self.seg.is_none() {
-            if !f.is_sample() {
-                // Sequence headers reach the TS muxer directly; it keeps them across segments.
-                if let Err(e) = self.ts.push(f, &mut Vec::new()) {
-                    self.fail(ctx, &e);
-                }
-                return;
-            }
-            let key = self.playlist_key(ctx);
-            self.next_index += 1;
-            let mut seg = OpenSegment {
-                writer: None,
-                hint: format!("{}-{}-{}-{}.ts", ctx.info.app, ctx.info.name, ctx.session_id, self.next_index),
-                pending: Vec::with_capacity(256),
-                pending_bytes: 0,
-                first_dts: f.dts,
-                start_ms: crate::media::time::now_ms(),
-                index: self.next_index,
-                write_failed: false,
-            };
-            let _ = key;
-            if self.next_index == 1 {
-                for h in ctx.headers() {
-                    if h.kind != FrameKind::Data {
-                        if let Err(e) = self.ts.push(h, &mut seg.pending) {
-                            self.fail(ctx, &e);
-                            return;
-                        }
-                    }
-                }
-            }
-            self.seg = Some(seg);
-        }
-        let Some(seg) = &mut self.seg else { return };
-        let before = seg.pending.len();
-        match self.ts.push(f, &mut seg.pending) {
-            Ok(()) => {
-                seg.pending_bytes += seg.pending[before..].iter().map(|b| b.len()).sum::<usize>();
-                if f.is_sample() {
-                    self.first_dts.get_or_insert(f.dts);
-                    self.last_dts = self.last_dts.max(f.dts);
-                }
-            }
-            Err(e) => self.fail(ctx, &e),
-        }
-    }
-
-    fn fail(&mut self, ctx: &StreamCtx, e: &MuxError) {
-        match e {
-            MuxError::UnsupportedCodec { .. } => {
-                tracing::warn!(format = "hls", stream = %ctx.info.name, "skipping format for this stream: {e}");
-                self.disabled = true;
-            }
-            _ => tracing::warn!(format = "hls", stream = %ctx.info.name, "frame not written: {e}"),
-        }
-    }
-
-    /// Closes the open segment (`next_pts`: where the next segment starts) and rewrites the
-    /// playlist.
-    async fn close_segment(&mut self, ctx: &StreamCtx, next_pts: Option<i64>) {
-        let Some(mut seg) = self.seg.take() else { return };
-        if let Err(e) = self.ts.finish(&mut seg.pending) {
-            tracing::warn!(stream = %ctx.info.name, "finishing HLS segment: {e}");
-        }
-        let stats = self.ts.stats();
-        let duration_ms = match (next_pts, stats.start_ms()) {
-            (Some(next), Some(start)) if next > start => next - start,
-            _ => stats.duration_ms(),
-        }
-        .max(0);
-        self.ts.reset_for_next_segment();
-        let playlist_key = self.playlist_key(ctx);
-        let stem = playlist_key.strip_suffix(".m3u8").unwrap_or(&playlist_key).to_string();
-        let seg_key = format!("{stem}_{:05}.ts", seg.index);
-        let storage = self.storage.clone();
-        let name = ctx.info.name.clone();
-        let res = tokio::task::spawn_blocking(move || {
-            let mut w = match seg.writer.take() {
-                Some(w) => w,
-                None => storage.create(&seg.hint)?,
-            };
-            if !seg.write_failed {
-                w.write(&seg.pending)?;
-            }
-            w.finish(&seg_key, Finalize::default())
-        })
-        .await;
-        match res {
-            Ok(Ok(stored)) => {
-                self.total_bytes += stored.size;
-                let uri = stored.key.rsplit('/').next().unwrap_or(&stored.key).to_string();
-                self.playlist.segments.push(Segment {
-                    uri,
-                    duration_secs: duration_ms as f64 / 1000.0,
-                    program_date_time_ms: Some(seg.start_ms),
-                    discontinuity: false,
-                });
-                self.write_playlist(ctx, &playlist_key).await;
-            }
-            Ok(Err(e)) => tracing::error!(stream = %name, "HLS segment lost: {e}"),
-            Err(e) => tracing::error!(stream = %name, "HLS segment task failed: {e}"),
-        }
-    }
-
-    async fn write_playlist(&self, ctx: &StreamCtx, key: &str) {
-        let text = self.playlist.render();
-        let storage = self.storage.clone();
-        let key = key.to_string();
-        match tokio::task::spawn_blocking(move || storage.put(&key, text.as_bytes())).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(stream = %ctx.info.name, "writing HLS playlist: {e}"),
-            Err(e) => tracing::error!("playlist task failed: {e}"),
-        }
-    }
-
-    async fn end(&mut self, ctx: &StreamCtx) {
-        self.close_segment(ctx, None).await;
-        let Some(key) = self.playlist_key.clone() else { return };
-        if self.playlist.segments.is_empty() {
-            return;
-        }
-        self.playlist.ended = true;
-        self.write_playlist(ctx, &key).await;
-        let duration_ms = (self.last_dts - self.first_dts.unwrap_or(self.last_dts)).max(0) as u64;
-        metrics::counter!("reel_files_total", "format" => "hls").increment(1);
-        ctx.stats.files.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(app = %ctx.info.app, stream = %ctx.info.name, format = "hls", file = %key,
-            segments = self.playlist.segments.len(), bytes = self.total_bytes, duration_s = duration_ms as f64 / 1000.0, "file closed");
-        if let Some(n) = &ctx.rt.notifier {
-            let fi = FileInfo {
-                container: Container::Hls,
-                sequence: 1,
-                start_ms: self.start_ms,
-                end_ms: crate::media::time::now_ms(),
-                size: self.total_bytes,
-                duration_ms,
-                key,
-                session_id: ctx.session_id.clone(),
-                task_id: None,
-                random_id: format!("{:016x}", fastrand::u64(..)),
-            };
-            let (n, policy, info) = (n.clone(), ctx.policy.clone(), ctx.info.clone());
-            // Building the request may call a plugin: off the async worker.
-            ctx.tracker.spawn_blocking(move || {
-                n.file_finished(&*policy, &info, &fi);
-            });
-        }
-    }
-}
-
-pub(crate) struct FileOutput {
-    format: Format,
-    storage: Arc<dyn Storage>,
-    interval_ms: u64,
-    sequence: u32,
-    cur: Option<OpenFile>,
-    disabled: bool,
-}
-
-struct OpenFile {
-    muxer: Box<dyn Muxer>,
-    /// Created on the blocking pool at the first flush.
-    writer: Option<Box<dyn FileWriter>>,
-    hint: String,
-    pending: Chunks,
-    pending_bytes: usize,
-    first_dts: Option<i64>,
-    last_dts: i64,
-    start_ms: u64,
-    sequence: u32,
-    samples: u64,
-    /// Storage failed: stop writing, publish what is on disk at close.
-    write_failed: bool,
-}
-
-impl FileOutput {
-    fn open(&mut self, ctx: &StreamCtx) -> Option<OpenFile> {
-        let Some(muxer) = new_muxer(self.format, self.interval_ms) else {
-            tracing::warn!(format = self.format.name(), stream = %ctx.info.name, "format not available in this build; skipping it");
-            self.disabled = true;
-            return None;
-        };
-        self.sequence += 1;
-        let mut file = OpenFile {
-            muxer,
-            writer: None,
-            hint: format!(
-                "{}-{}-{}-{}.{}",
-                ctx.info.app,
-                ctx.info.name,
-                ctx.session_id,
-                self.sequence,
-                self.format.extension()
-            ),
-            pending: Vec::with_capacity(256),
-            pending_bytes: 0,
-            first_dts: None,
-            last_dts: 0,
-            start_ms: crate::media::time::now_ms(),
-            sequence: self.sequence,
-            samples: 0,
-            write_failed: false,
-        };
-        for h in ctx.headers() {
-            if let Err(e) = file.push(h, self.format) {
-                self.fail(ctx, &e);
-                return None;
-            }
-        }
-        Some(file)
-    }
-
-    fn fail(&mut self, ctx: &StreamCtx, e: &MuxError) {
-        match e {
-            MuxError::UnsupportedCodec { .. } => {
-                tracing::warn!(format = self.format.name(), stream = %ctx.info.name, "skipping format for this stream: {e}");
-                self.disabled = true;
-            }
-            _ => {
-                tracing::error!(format = self.format.name(), stream = %ctx.info.name, "muxer error, closing file: {e}")
-            }
-        }
-    }
-
-    fn push(&mut self, f: &Frame, cut: bool, ctx: &StreamCtx) {
+    /// Feeds one frame; `now_ms` stamps what opens.
+    pub fn push(&mut self, f: &Frame, now_ms: u64, events: &mut Vec<Event>) {
         if self.disabled {
             return;
         }
-        if let Some(cur) = &self.cur {
-            if cut && cur.first_dts.is_some_and(|first| f.dts - first >= self.interval_ms as i64) {
-                self.close(ctx, false);
-            }
+        let mut actions = std::mem::take(&mut self.actions);
+        self.segmenter.push(f, &mut actions);
+        self.apply(&mut actions, now_ms, events);
+        if self.failed && self.segmenter.is_open() {
+            // The file ends at a muxer error; the next sample opens a new one.
+            self.segmenter.cut_now(&mut actions);
+            self.apply(&mut actions, now_ms, events);
         }
-        if self.cur.is_none() {
-            // A new file is only worth starting with media (not a lone header or metadata).
-            if !f.is_sample() {
-                return; // headers and metadata are kept in ctx and replayed when the file opens
+        self.actions = actions;
+    }
+
+    /// The stream ended: closes what is open.
+    pub fn finish(&mut self, now_ms: u64, events: &mut Vec<Event>) {
+        let mut actions = std::mem::take(&mut self.actions);
+        self.segmenter.finish(&mut actions);
+        self.apply(&mut actions, now_ms, events);
+        self.actions = actions;
+    }
+
+    fn apply(&mut self, actions: &mut Vec<Action>, now_ms: u64, events: &mut Vec<Event>) {
+        for a in actions.drain(..) {
+            match a {
+                Action::OpenFile { seq } => {
+                    self.muxer = Some(new_muxer(self.format, self.interval_ms));
+                    self.failed = false;
+                    if self.format != Format::Hls {
+                        self.body = Some(Body::new(now_ms));
+                    }
+                    events.push(Event::Opened { seq });
+                }
+                Action::OpenSegment { discontinuity, .. } => {
+                    self.body = Some(Body::new(now_ms));
+                    self.discontinuity = discontinuity;
+                }
+                Action::Write(f) => self.write(&f, events),
+                Action::CloseSegment(piece) => {
+                    let mut body = self.body.take().unwrap_or_default();
+                    if let Some(m) = &mut self.muxer {
+                        if let Err(e) = m.finish(&mut body.pending) {
+                            events.push(Event::Skipped(e));
+                        }
+                    }
+                    if let Some(ts) = self.muxer.as_mut() {
+                        // Continuity counters and codec configuration carry into the next
+                        // segment of this playlist.
+                        ts.next_segment();
+                    }
+                    events.push(Event::Segment { piece, body, discontinuity: self.discontinuity });
+                }
+                Action::CloseFile(piece) => {
+                    let mut muxer = self.muxer.take();
+                    if self.format == Format::Hls {
+                        events.push(Event::File { piece, body: Body::default(), rewrite: None, failed: false });
+                        continue;
+                    }
+                    let mut body = self.body.take().unwrap_or_default();
+                    let rewrite = match muxer.as_mut() {
+                        Some(m) if !body.write_failed => match m.finish(&mut body.pending) {
+                            Ok(r) => r,
+                            Err(e) => {
+                                events.push(Event::Skipped(e));
+                                None
+                            }
+                        },
+                        _ => None,
+                    };
+                    events.push(Event::File { piece, body, rewrite, failed: self.failed });
+                }
             }
-            self.cur = self.open(ctx);
-        }
-        let Some(cur) = &mut self.cur else { return };
-        if let Err(e) = cur.push(f, self.format) {
-            self.fail(ctx, &e);
-            self.close(ctx, true);
         }
     }
 
-    async fn flush(&mut self, ctx: &StreamCtx) {
-        let Some(cur) = &mut self.cur else { return };
-        let format = self.format.name();
-        flush_pending(
-            &self.storage,
-            &mut cur.writer,
-            &cur.hint,
-            &mut cur.pending,
-            &mut cur.pending_bytes,
-            &mut cur.write_failed,
-            ctx,
-            format,
-        )
-        .await;
-    }
-
-    /// Ends the current file: finalising, naming and announcing run in a tracked task.
-    fn close(&mut self, ctx: &StreamCtx, failed: bool) {
-        let Some(mut cur) = self.cur.take() else { return };
-        let rewrite = if cur.write_failed {
-            None
-        } else {
-            match cur.muxer.finish(&mut cur.pending) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(stream = %ctx.info.name, "finishing {}: {e}", self.format.name());
-                    None
-                }
-            }
-        };
-        let storage = self.storage.clone();
-        let notifier = ctx.rt.notifier.clone();
-        let policy = ctx.policy.clone();
-        let info = ctx.info.clone();
-        let session_id = ctx.session_id.clone();
-        let stats = ctx.stats.clone();
-        let format = self.format;
-        let end_ms = crate::media::time::now_ms();
-        ctx.tracker.spawn_blocking(move || {
-            if cur.samples == 0 {
-                if let Some(w) = cur.writer.take() {
-                    w.abort();
-                }
-                return;
-            }
-            let mut w = match cur.writer.take() {
-                Some(w) => w,
-                None => match storage.create(&cur.hint) {
-                    Ok(w) => w,
-                    Err(e) => {
-                        tracing::error!(stream = %info.name, "cannot create file: {e}");
-                        return;
-                    }
-                },
-            };
-            let mut rewrite = rewrite;
-            if !cur.write_failed {
-                if let Err(e) = w.write(&cur.pending) {
-                    tracing::error!(stream = %info.name, "write failed at close: {e}");
-                    rewrite = None;
-                }
-            }
-            let duration_ms = (cur.last_dts - cur.first_dts.unwrap_or(cur.last_dts)).max(0) as u64;
-            let mut fi = FileInfo {
-                container: container(format),
-                sequence: cur.sequence,
-                start_ms: cur.start_ms,
-                end_ms,
-                size: w.written(),
-                duration_ms,
-                key: String::new(),
-                session_id,
-                task_id: None,
-                random_id: format!("{:016x}", fastrand::u64(..)),
-            };
-            let key = policy.name_file(&info, &fi);
-            let Rewrite { head, ranges, tail } = rewrite.unwrap_or_default();
-            match w.finish(&key, Finalize { head: &head, ranges: &ranges, tail: &tail }) {
-                Ok(stored) => {
-                    stats.files.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("reel_files_total", "format" => format.name()).increment(1);
-                    metrics::counter!("reel_file_bytes_total", "format" => format.name()).increment(stored.size);
-                    fi.size = stored.size;
-                    fi.key = stored.key.clone();
-                    tracing::info!(app = %info.app, stream = %info.name, format = format.name(), file = %stored.location,
-                        bytes = stored.size, duration_s = duration_ms as f64 / 1000.0, failed, "file closed");
-                    if let Some(n) = notifier {
-                        n.file_finished(&*policy, &info, &fi);
+    fn write(&mut self, f: &Frame, events: &mut Vec<Event>) {
+        if f.kind == FrameKind::Data && self.format != Format::Flv {
+            return;
+        }
+        if self.failed {
+            return;
+        }
+        let (Some(m), Some(body)) = (self.muxer.as_mut(), self.body.as_mut()) else { return };
+        let before = body.pending.len();
+        match m.push(f, &mut body.pending) {
+            Ok(()) => body.pending_bytes += body.pending[before..].iter().map(|b| b.len()).sum::<usize>(),
+            Err(e @ MuxError::UnsupportedCodec { .. }) => {
+                self.disabled = true;
+                if let Some(b) = self.body.take() {
+                    if let Some(w) = b.writer {
+                        w.abort();
                     }
                 }
-                Err(e) => {
-                    metrics::counter!("reel_file_errors_total", "format" => format.name()).increment(1);
-                    tracing::error!(stream = %info.name, format = format.name(), key = %key, "closing file failed: {e}")
-                }
+                self.muxer = None;
+                events.push(Event::Disabled(e));
             }
-        });
+            Err(e) => {
+                // A file container cannot skip a frame of its index: the file ends here and
+                // is kept as written so far; TS simply leaves the frame out.
+                if self.format != Format::Hls {
+                    self.failed = true;
+                }
+                events.push(Event::Skipped(e));
+            }
+        }
     }
 }
 
-impl OpenFile {
-    fn push(&mut self, f: &Frame, format: Format) -> Result<(), MuxError> {
-        if f.kind == FrameKind::Data && format != Format::Flv {
-            return Ok(());
+/// A (re)named HLS playlist's segment URIs, relative to `playlist_key`.
+pub fn rebase_playlist(playlist: &Playlist, from_key: &str, to_key: &str) -> Playlist {
+    let mut p = playlist.clone();
+    for s in &mut p.segments {
+        let abs = resolve(from_key, &s.uri);
+        s.uri = relative_uri(to_key, &abs);
+    }
+    p
+}
+
+/// The key `uri` names, relative to the playlist at `playlist_key`.
+fn resolve(playlist_key: &str, uri: &str) -> String {
+    let mut parts: Vec<&str> = playlist_key.split('/').collect();
+    parts.pop();
+    for c in uri.split('/') {
+        match c {
+            ".." => {
+                parts.pop();
+            }
+            "." | "" => {}
+            c => parts.push(c),
         }
-        let before = self.pending.len();
-        self.muxer.push(f, &mut self.pending)?;
-        self.pending_bytes += self.pending[before..].iter().map(|b| b.len()).sum::<usize>();
-        if f.is_sample() {
-            self.samples += 1;
-            self.first_dts.get_or_insert(f.dts);
-            self.last_dts = self.last_dts.max(f.dts);
-        }
-        Ok(())
+    }
+    parts.join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_keys_follow_the_playlist() {
+        assert_eq!(segment_key("live/cam/a_b.m3u8", 0), "live/cam/a_b_00000.ts");
+        assert_eq!(segment_key("out.m3u8", 12), "out_00012.ts");
+    }
+
+    #[test]
+    fn uris_are_relative_to_the_playlist() {
+        assert_eq!(relative_uri("live/cam/a.m3u8", "live/cam/a_00000.ts"), "a_00000.ts");
+        assert_eq!(relative_uri("index/2026/a.m3u8", "live/cam/a_00000.ts"), "../../live/cam/a_00000.ts");
+        assert_eq!(relative_uri("a.m3u8", "x/a_0.ts"), "x/a_0.ts");
+        assert_eq!(relative_uri("x/y/a.m3u8", "x/a_0.ts"), "../a_0.ts");
+        assert_eq!(resolve("index/2026/a.m3u8", "../../live/cam/a_00000.ts"), "live/cam/a_00000.ts");
     }
 }

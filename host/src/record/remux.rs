@@ -5,8 +5,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::output::{relative_uri, segment_key, Event, Output};
+use super::segmenter::{Layout, Segmenter};
 use crate::config::Format;
 use crate::media::flv::FileReader;
+use crate::mux::hls::{Playlist, Segment};
 use crate::mux::{Chunks, Muxer, Rewrite};
 use crate::storage::fs::FsStorage;
 use crate::storage::{Finalize, Storage};
@@ -22,14 +25,18 @@ pub struct RemuxReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemuxError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read { path: String, source: std::io::Error },
-    #[error("{0}")]
+    #[error(transparent)]
     Media(#[from] crate::media::MediaError),
-    #[error("{0}")]
+    #[error(transparent)]
     Mux(#[from] crate::mux::MuxError),
-    #[error("{0}")]
+    #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
+    #[error("{path} exists: choose another output, or pass -y to replace it")]
+    Exists { path: String },
+    #[error("replacing {path}")]
+    Write { path: String, source: std::io::Error },
     #[error("{0}")]
     Unsupported(String),
 }
@@ -48,12 +55,75 @@ fn map(input: &Path) -> Result<Bytes, RemuxError> {
     Ok(Bytes::from_owner(map))
 }
 
-/// Remuxes `input` (FLV) into `output`. For HLS, `output` is the playlist and segments of
-/// `segment_ms` (cut at keyframes) go beside it.
-pub fn remux(input: &Path, format: Format, output: &Path, segment_ms: u64) -> Result<RemuxReport, RemuxError> {
+/// How `reel remux` writes.
+#[derive(Clone, Copy, Debug)]
+pub struct RemuxOptions {
+    /// HLS segment target (cut at the first keyframe shown at or after it).
+    pub segment_ms: u64,
+    /// Replace an existing output (for HLS: the playlist and the segments it lists).
+    pub overwrite: bool,
+}
+
+impl Default for RemuxOptions {
+    fn default() -> Self {
+        RemuxOptions { segment_ms: 6000, overwrite: false }
+    }
+}
+
+/// Refuses an existing `output` unless overwriting, in which case it (and for a playlist, the
+/// segments it lists) is removed first.
+fn make_room(output: &Path, overwrite: bool) -> Result<(), RemuxError> {
+    if !output.exists() {
+        return Ok(());
+    }
+    if !overwrite {
+        return Err(RemuxError::Exists { path: output.display().to_string() });
+    }
+    let err = |source| RemuxError::Write { path: output.display().to_string(), source };
+    if output.extension().is_some_and(|e| e == "m3u8") {
+        if let Ok(p) = std::fs::read_to_string(output)
+            .map_err(err)
+            .and_then(|t| crate::mux::hls::Playlist::parse(&t).map_err(|e| err(std::io::Error::other(e))))
+        {
+            let dir = output.parent().unwrap_or(Path::new("."));
+            for s in p.segments.iter().filter(|s| !s.uri.contains("..") && !s.uri.starts_with('/')) {
+                let _ = std::fs::remove_file(dir.join(&s.uri));
+            }
+        }
+    }
+    std::fs::remove_file(output).map_err(err)
+}
+
+/// The storage for an output's folder; its scratch folder goes when the remux is done.
+struct OutDir {
+    storage: FsStorage,
+    name: String,
+}
+
+impl OutDir {
+    fn open(output: &Path) -> Result<Self, RemuxError> {
+        let (dir, name) = split_output(output)?;
+        Ok(OutDir { storage: FsStorage::new(&dir)?, name })
+    }
+}
+
+impl Drop for OutDir {
+    fn drop(&mut self) {
+        // Only removed when empty: a concurrent recorder's files stay.
+        let _ = std::fs::remove_dir(self.storage.root().join(crate::storage::fs::PARTIAL_DIR));
+    }
+}
+
+/// Remuxes `input` (FLV) into `output`. For HLS, `output` is the playlist and its segments
+/// go beside it, named and cut as the live recorder does.
+pub fn remux(input: &Path, format: Format, output: &Path, opts: RemuxOptions) -> Result<RemuxReport, RemuxError> {
     let started = Instant::now();
     let data = map(input)?;
     let bytes_in = data.len() as u64;
+    make_room(output, opts.overwrite)?;
+    if format == Format::Hls {
+        return remux_hls(data, output, opts.segment_ms, started, bytes_in);
+    }
     let new_muxer = || -> Box<dyn Muxer> {
         match format {
             Format::Flv => Box::new(crate::mux::flv::FlvMuxer::new()),
@@ -61,21 +131,24 @@ pub fn remux(input: &Path, format: Format, output: &Path, segment_ms: u64) -> Re
             _ => Box::new(crate::mux::mp4::Mp4Muxer::new()),
         }
     };
-    if format == Format::Hls {
-        return remux_hls(FileReader::new(data)?, output, segment_ms, started, bytes_in);
-    }
-    let (dir, name) = split_output(output)?;
-    let storage = FsStorage::new(&dir)?;
+    // One file: the segmenter only orders headers before media, as it does live.
+    let layout = Layout { file_ms: 0, segment_ms: None, split_on_config_change: false };
+    let out_dir = OutDir::open(output)?;
     let mut out: Chunks = Vec::with_capacity(4096);
+    let mut actions = Vec::with_capacity(8);
 
     // Pass 1 builds the index a container wants up front (FLV onMetaData, MP4 moov): muxing
     // costs only header building here, payloads are refcounted slices and nothing is written.
     let mut muxer = new_muxer();
+    let mut segmenter = Segmenter::new(layout);
     let mut reader = FileReader::new(data.clone())?;
     let mut frames = 0u64;
     while let Some(f) = reader.next_frame()? {
         frames += 1;
-        muxer.push(&f, &mut out)?;
+        segmenter.push(&f, &mut actions);
+        for f in actions.drain(..).filter_map(|a| a.frame().cloned()) {
+            muxer.push(&f, &mut out)?;
+        }
         out.clear();
     }
     let rewrite = muxer.finish(&mut out)?;
@@ -83,13 +156,14 @@ pub fn remux(input: &Path, format: Format, output: &Path, segment_ms: u64) -> Re
 
     // Pass 2 writes the final file once, in order: the index, then the body bytes the final
     // file keeps (the same muxer output, filtered by the rewrite's ranges), then the tail.
-    // The live recorder cannot know the future and finalises by copying; a file can.
-    let mut w = storage.create(&format!("remux-{}-{name}", std::process::id()))?;
+    // The live recorder cannot know the future and reserves room instead; a file can.
+    let mut w = out_dir.storage.create(&format!("remux-{}-{}", std::process::id(), out_dir.name))?;
     let mut filter = rewrite.as_ref().map(|r| RangeFilter::new(&r.ranges));
     if let Some(r) = &rewrite {
         w.write(std::slice::from_ref(&r.head))?;
     }
     let mut muxer = new_muxer();
+    let mut segmenter = Segmenter::new(layout);
     let mut reader = FileReader::new(data)?;
     let mut batch: Chunks = Vec::with_capacity(BATCH_CHUNKS + 64);
     let mut push = |out: &mut Chunks, batch: &mut Chunks, w: &mut Box<dyn crate::storage::FileWriter>, force: bool| {
@@ -105,7 +179,10 @@ pub fn remux(input: &Path, format: Format, output: &Path, segment_ms: u64) -> Re
         Ok(())
     };
     while let Some(f) = reader.next_frame()? {
-        muxer.push(&f, &mut out)?;
+        segmenter.push(&f, &mut actions);
+        for f in actions.drain(..).filter_map(|a| a.frame().cloned()) {
+            muxer.push(&f, &mut out)?;
+        }
         push(&mut out, &mut batch, &mut w, false)?;
     }
     muxer.finish(&mut out)?;
@@ -113,7 +190,7 @@ pub fn remux(input: &Path, format: Format, output: &Path, segment_ms: u64) -> Re
     if let Some(r) = &rewrite {
         w.write(std::slice::from_ref(&r.tail))?;
     }
-    let stored = w.finish(&name, Finalize::default())?;
+    let stored = w.finish(&out_dir.name, Finalize::default())?;
     Ok(RemuxReport { frames, bytes_in, bytes_out: stored.size, seconds: started.elapsed().as_secs_f64() })
 }
 
@@ -171,91 +248,71 @@ fn split_output(output: &Path) -> Result<(std::path::PathBuf, String), RemuxErro
     Ok((dir, name))
 }
 
+/// HLS through the live recorder's output: the same segmenter, TS muxer and segment names.
 fn remux_hls(
-    mut reader: FileReader,
+    data: Bytes,
     output: &Path,
     segment_ms: u64,
     started: Instant,
     bytes_in: u64,
 ) -> Result<RemuxReport, RemuxError> {
-    use crate::media::FrameKind;
-    use crate::mux::hls::{Playlist, Segment};
-    use crate::mux::ts::TsMuxer;
-
-    let (dir, name) = split_output(output)?;
-    let stem = name.strip_suffix(".m3u8").unwrap_or(&name).to_string();
-    let storage = FsStorage::new(&dir)?;
-    let has_video = reader.has_video;
-    let mut ts = TsMuxer::new();
-    let mut playlist = Playlist::new(segment_ms.div_ceil(1000));
-    let mut out: Chunks = Vec::with_capacity(4096);
-    let mut pending = 0usize;
-    let mut w = None;
-    let mut seg_first: Option<i64> = None;
+    let out_dir = OutDir::open(output)?;
+    let storage = &out_dir.storage;
+    let key = out_dir.name.clone();
+    let mut reader = FileReader::new(data)?;
+    let mut out = Output::new(Format::Hls, 0, segment_ms);
+    let mut events = Vec::with_capacity(8);
     let mut frames = 0u64;
     let mut bytes_out = 0u64;
-    let mut close = |w: Option<Box<dyn crate::storage::FileWriter>>,
-                     ts: &mut TsMuxer,
-                     out: &mut Chunks,
-                     next_pts: Option<i64>,
-                     playlist: &mut Playlist|
-     -> Result<(), RemuxError> {
-        let Some(mut w) = w else { return Ok(()) };
-        ts.finish(out)?;
-        w.write(out)?;
-        out.clear();
-        let stats = ts.stats();
-        let dur = match (next_pts, stats.start_ms()) {
-            (Some(n), Some(s)) if n > s => n - s,
-            _ => stats.duration_ms(),
-        };
-        ts.reset_for_next_segment();
-        let key = format!("{stem}{:05}.ts", playlist.segments.len());
-        let stored = w.finish(&key, Finalize::default())?;
-        bytes_out += stored.size;
-        playlist.segments.push(Segment {
-            uri: stored.key,
-            duration_secs: dur.max(0) as f64 / 1000.0,
-            program_date_time_ms: None,
-            discontinuity: false,
-        });
+    let mut playlist = Playlist::new(segment_ms.div_ceil(1000).max(1));
+    let mut handle = |events: &mut Vec<Event>, out: &mut Output, playlist: &mut Playlist| -> Result<(), RemuxError> {
+        for ev in events.drain(..) {
+            match ev {
+                Event::Segment { piece, mut body, discontinuity } => {
+                    let mut w = match body.writer.take() {
+                        Some(w) => w,
+                        None => storage.create(&format!("remux-{}-{}-{}", std::process::id(), key, piece.seq))?,
+                    };
+                    w.write(&body.pending)?;
+                    let stored = w.finish(&segment_key(&key, piece.seq), Finalize::default())?;
+                    bytes_out += stored.size;
+                    playlist.segments.push(Segment {
+                        uri: relative_uri(&key, &stored.key),
+                        duration_secs: piece.duration_ms as f64 / 1000.0,
+                        program_date_time_ms: None,
+                        discontinuity,
+                    });
+                }
+                Event::Disabled(e) => return Err(e.into()),
+                Event::Skipped(e) => tracing::warn!(error = &e as &dyn std::error::Error, "frame skipped"),
+                Event::Opened { .. } | Event::File { .. } => {}
+            }
+        }
+        // Large segments are written as they grow.
+        if out.pending_bytes() >= BATCH_BYTES {
+            if let Some(body) = &mut out.body {
+                let chunks = body.take_pending();
+                let w = match body.writer.take() {
+                    Some(w) => w,
+                    None => storage.create(&format!("remux-{}-{}-open", std::process::id(), key))?,
+                };
+                let w = body.writer.insert(w);
+                w.write(&chunks)?;
+            }
+        }
         Ok(())
     };
     while let Some(f) = reader.next_frame()? {
         frames += 1;
-        let cut_point = f.is_sample()
-            && if has_video { f.kind == FrameKind::Video && f.keyframe } else { f.kind == FrameKind::Audio };
-        if cut_point && seg_first.is_some_and(|s| f.dts - s >= segment_ms as i64) {
-            close(w.take(), &mut ts, &mut out, Some(f.pts()), &mut playlist)?;
-            pending = 0;
-            seg_first = None;
-        }
-        if w.is_none() && f.is_sample() {
-            w = Some(storage.create(&format!("remux-{}-{stem}-{}", std::process::id(), playlist.segments.len()))?);
-            seg_first = Some(f.dts);
-        }
-        let before = out.len();
-        match ts.push(&f, &mut out) {
-            Ok(()) => {}
-            Err(e @ crate::mux::MuxError::UnsupportedCodec { .. }) => return Err(e.into()),
-            Err(e) => {
-                tracing::warn!("frame {frames} skipped: {e}");
-                continue;
-            }
-        }
-        pending += out[before..].iter().map(Bytes::len).sum::<usize>();
-        if pending >= BATCH_BYTES {
-            if let Some(w) = &mut w {
-                w.write(&out)?;
-                out.clear();
-                pending = 0;
-            }
-        }
+        out.push(&f, 0, &mut events);
+        handle(&mut events, &mut out, &mut playlist)?;
     }
-    close(w.take(), &mut ts, &mut out, None, &mut playlist)?;
+    out.finish(0, &mut events);
+    handle(&mut events, &mut out, &mut playlist)?;
     playlist.ended = true;
-    let text = playlist.render();
-    let stored = storage.put(&name, text.as_bytes())?;
+    let mut w = storage.create(&format!("remux-{}-{}", std::process::id(), key))?;
+    w.write(&[playlist.render().into()])?;
+    let stored = w.finish(&key, Finalize::default())?;
     bytes_out += stored.size;
     Ok(RemuxReport { frames, bytes_in, bytes_out, seconds: started.elapsed().as_secs_f64() })
 }
@@ -272,7 +329,7 @@ pub fn recover(input: &Path, output: &Path) -> Result<RemuxReport, RemuxError> {
         let _ = f.read(&mut magic).map_err(|source| RemuxError::Read { path: input.display().to_string(), source })?;
     }
     if &magic[..3] == b"FLV" {
-        return remux(input, Format::Flv, output, 0);
+        return remux(input, Format::Flv, output, RemuxOptions::default());
     }
     if &magic[4..8] != b"ftyp" {
         return Err(RemuxError::Unsupported(format!("{}: neither FLV nor MP4", input.display())));

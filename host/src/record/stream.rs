@@ -1,5 +1,7 @@
-//! One task per recorded publish: receives frames, keeps the stream's sequence headers and
-//! metadata, decides cut points, and drives the outputs (one per format).
+//! One task per recorded publish: receives frames, feeds the outputs (one per format), and
+//! acts on what they report: it names files (policy), stores them (storage, on the blocking
+//! pool) and announces them (notify). Closing a file runs as its own tracked task so the
+//! stream never waits for it; HLS segments and playlists are stored in order.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -8,11 +10,16 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::task::TaskTracker;
 
-use super::output::Output;
+use super::output::{rebase_playlist, relative_uri, segment_key, Body, Event, Output};
+use super::segmenter::Piece;
 use super::{Msg, Runtime};
-use crate::config::Template;
+use crate::config::{Format, Template};
+use crate::media::time::now_ms;
 use crate::media::{Frame, FrameKind};
-use crate::policy::{Plan, Policy, StreamInfo};
+use crate::mux::hls::{Playlist, Segment};
+use crate::mux::Rewrite;
+use crate::policy::{random_id, FileInfo, Plan, Policy, StreamInfo};
+use crate::storage::{Finalize, Storage, StorageError, Stored};
 
 /// Counters of one publish, readable while it runs.
 #[derive(Debug, Default)]
@@ -22,45 +29,70 @@ pub struct StreamStats {
     pub files: AtomicU64,
 }
 
-/// What every output of a stream shares: who it is and the headers a new file starts with.
-pub(crate) struct StreamCtx {
-    pub rt: Arc<Runtime>,
+/// Who a stream is and what decides for it; cloned into the tasks that close files.
+#[derive(Clone)]
+struct Ctx {
+    rt: Arc<Runtime>,
     /// Decides naming and callbacks for this stream's files (the template's plugin chain).
-    pub policy: Arc<dyn Policy>,
-    pub template_name: String,
-    pub info: StreamInfo,
-    pub session_id: String,
-    pub tracker: TaskTracker,
-    pub stats: Arc<StreamStats>,
-    pub video_config: Option<Frame>,
-    pub audio_config: Option<Frame>,
-    pub metadata: Option<Frame>,
-    pub has_video: bool,
+    policy: Arc<dyn Policy>,
+    info: StreamInfo,
+    session_id: String,
+    stats: Arc<StreamStats>,
 }
 
-impl StreamCtx {
-    /// Frames a new file starts with: metadata, then the current sequence headers.
-    pub fn headers(&self) -> impl Iterator<Item = &Frame> {
-        self.metadata.iter().chain(self.video_config.iter()).chain(self.audio_config.iter())
+impl Ctx {
+    fn file_info(&self, format: Format, seq: u32, start_ms: u64, end_ms: u64) -> FileInfo {
+        FileInfo {
+            container: format,
+            sequence: seq,
+            start_ms,
+            end_ms,
+            size: 0,
+            duration_ms: 0,
+            key: String::new(),
+            session_id: self.session_id.clone(),
+            task_id: None,
+            random_id: random_id(),
+        }
     }
 
-    /// Whether `f` may start a new file: a video keyframe, or any audio frame when the stream
-    /// has no video.
-    pub fn is_cut_point(&self, f: &Frame) -> bool {
-        match f.kind {
-            FrameKind::Video => f.keyframe && !f.config,
-            FrameKind::Audio => !self.has_video && !f.config,
-            FrameKind::Data => false,
+    /// Counts, logs and announces a stored file.
+    fn announce(&self, mut fi: FileInfo, stored: &Stored, failed: bool) {
+        self.stats.files.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("reel_files_total", "format" => fi.container.name()).increment(1);
+        metrics::counter!("reel_file_bytes_total", "format" => fi.container.name()).increment(stored.size);
+        fi.size = stored.size;
+        fi.key = stored.key.clone();
+        tracing::info!(app = %self.info.app, stream = %self.info.name, format = fi.container.name(), file = %stored.location,
+            bytes = stored.size, duration_s = fi.duration_ms as f64 / 1000.0, failed, "file closed");
+        if let Some(n) = &self.rt.notifier {
+            n.file_finished(&*self.policy, &self.info, &fi);
         }
     }
 }
 
+/// One output and the storage its files go to.
+struct Slot {
+    out: Output,
+    storage: Arc<dyn Storage>,
+    /// Wall-clock start of the open file (HLS: playlist).
+    file_start_ms: u64,
+    /// Frames a muxer refused so far (logged sparingly).
+    skipped: u64,
+}
+
 pub(crate) struct StreamTask {
-    ctx: StreamCtx,
+    ctx: Ctx,
+    template_name: String,
     /// The recorder's current runtime: a reload reaches this recording at its next cut.
     live: Arc<RwLock<Arc<Runtime>>>,
-    outputs: Vec<Output>,
+    tracker: TaskTracker,
+    slots: Vec<Slot>,
+    events: Vec<Event>,
     overflow: Arc<AtomicBool>,
+    has_video: bool,
+    /// Temporary files created, for unique names.
+    created: u64,
 }
 
 impl StreamTask {
@@ -77,7 +109,7 @@ impl StreamTask {
     ) -> Self {
         let storage = rt.storages.get(&template.storage).cloned();
         let policy = rt.policy_for(&template);
-        let mut outputs = Vec::new();
+        let mut slots = Vec::new();
         if let Some(storage) = storage {
             let default = Plan {
                 interval_ms: template.interval.as_millis(),
@@ -86,26 +118,15 @@ impl StreamTask {
             };
             for &format in &template.formats {
                 // Segmentation is a policy decision, made once per stream and format.
-                let plan = policy.plan(&info, super::output::container(format), default);
-                outputs.push(Output::new(format, plan, storage.clone()));
+                let plan = policy.plan(&info, format, default);
+                let out = Output::new(format, plan.interval_ms, u64::from(plan.hls_segment_ms));
+                slots.push(Slot { out, storage: storage.clone(), file_start_ms: 0, skipped: 0 });
             }
         } else {
             tracing::error!(storage = %template.storage, "template names a storage that is not configured; not recording");
         }
-        let ctx = StreamCtx {
-            rt,
-            policy,
-            template_name,
-            info,
-            session_id,
-            tracker,
-            stats,
-            video_config: None,
-            audio_config: None,
-            metadata: None,
-            has_video: false,
-        };
-        Self { ctx, live, outputs, overflow }
+        let ctx = Ctx { rt, policy, info, session_id, stats };
+        Self { ctx, template_name, live, tracker, slots, events: Vec::new(), overflow, has_video: false, created: 0 }
     }
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
@@ -121,29 +142,34 @@ impl StreamTask {
                     if n == 0 {
                         break;
                     }
+                    let now = now_ms();
                     for Msg::Frame(f) in batch.drain(..) {
-                        self.on_frame(f).await;
+                        self.on_frame(f, now).await;
                     }
                     if self.overflow.load(Ordering::Acquire) {
                         break;
                     }
-                    for o in &mut self.outputs {
-                        if o.pending_bytes() >= flush_bytes {
-                            o.flush(&self.ctx).await;
+                    for i in 0..self.slots.len() {
+                        if self.slots[i].out.pending_bytes() >= flush_bytes {
+                            self.flush(i).await;
                         }
                     }
                 }
                 _ = sleep_until(next_flush) => {
-                    for o in &mut self.outputs {
-                        o.flush(&self.ctx).await;
+                    for i in 0..self.slots.len() {
+                        self.flush(i).await;
                     }
                     next_flush = Instant::now() + flush_every;
                 }
             }
         }
         let failed = self.overflow.load(Ordering::Acquire);
-        for o in &mut self.outputs {
-            o.close(&self.ctx, failed).await;
+        let now = now_ms();
+        for i in 0..self.slots.len() {
+            let mut events = std::mem::take(&mut self.events);
+            self.slots[i].out.finish(now, &mut events);
+            self.handle(i, &mut events, failed).await;
+            self.events = events;
         }
         let s = &self.ctx.stats;
         tracing::info!(
@@ -154,67 +180,283 @@ impl StreamTask {
         );
     }
 
-    async fn on_frame(&mut self, f: Frame) {
+    async fn on_frame(&mut self, f: Frame, now: u64) {
         let ctx = &mut self.ctx;
         ctx.stats.frames.fetch_add(1, Ordering::Relaxed);
         ctx.stats.bytes.fetch_add(f.tag.len() as u64, Ordering::Relaxed);
         match f.kind {
             FrameKind::Video => {
-                ctx.has_video = true;
-                if ctx.info.video_codec.is_none() {
-                    ctx.info.video_codec = Some(f.codec.name().into());
-                }
-                if f.config {
-                    ctx.video_config = Some(f.owned());
-                }
+                self.has_video = true;
+                ctx.info.video_codec.get_or_insert_with(|| f.codec.name().into());
             }
             FrameKind::Audio => {
-                if ctx.info.audio_codec.is_none() {
-                    ctx.info.audio_codec = Some(f.codec.name().into());
-                }
-                if f.config {
-                    ctx.audio_config = Some(f.owned());
-                }
+                ctx.info.audio_codec.get_or_insert_with(|| f.codec.name().into());
             }
-            FrameKind::Data => {
-                if is_metadata(&f) {
-                    ctx.metadata = Some(f.owned());
-                }
-            }
+            FrameKind::Data => {}
         }
-        let cut = ctx.is_cut_point(&f);
-        if cut {
+        // Kept frames (sequence headers, metadata) must not pin the block they arrived in.
+        let f = if f.config || f.kind == FrameKind::Data { f.owned() } else { f };
+        let cut_point = f.is_sample() && f.keyframe && (f.kind == FrameKind::Video || !self.has_video);
+        if cut_point {
             // Files opened from here on follow the latest reload (naming, callbacks).
             let rt = self.live.read().unwrap_or_else(|e| e.into_inner()).clone();
             if !Arc::ptr_eq(&rt, &ctx.rt) {
-                if let Some(t) = rt.config.template.get(&ctx.template_name) {
+                if let Some(t) = rt.config.template.get(&self.template_name) {
                     ctx.policy = rt.policy_for(t);
                 }
                 ctx.rt = rt;
             }
         }
-        for o in &mut self.outputs {
-            o.push(&f, cut, &self.ctx).await;
+        for i in 0..self.slots.len() {
+            let mut events = std::mem::take(&mut self.events);
+            self.slots[i].out.push(&f, now, &mut events);
+            if !events.is_empty() {
+                self.handle(i, &mut events, false).await;
+            }
+            self.events = events;
         }
     }
-}
 
-fn is_metadata(f: &Frame) -> bool {
-    // `@setDataFrame` / `onMetaData` as the first AMF0 string, without decoding the rest.
-    let b = &f.tag[..];
-    let first = |b: &[u8]| -> Option<Vec<u8>> {
-        if b.len() < 3 || b[0] != 2 {
-            return None;
+    fn hint(&mut self, format: Format) -> String {
+        self.created += 1;
+        let i = &self.ctx.info;
+        format!("{}-{}-{}-{}.{}", i.app, i.name, self.ctx.session_id, self.created, format.extension())
+    }
+
+    /// Writes the open file's pending bytes (creating it at the first flush) on the blocking pool.
+    async fn flush(&mut self, i: usize) {
+        let format = self.slots[i].out.format;
+        let Some(body) = &self.slots[i].out.body else { return };
+        if body.pending.is_empty() || body.write_failed {
+            return;
         }
-        let n = usize::from(u16::from_be_bytes([b[1], b[2]]));
-        b.get(3..3 + n).map(<[u8]>::to_vec)
-    };
-    match first(b).as_deref() {
-        Some(b"onMetaData") => true,
-        Some(b"@setDataFrame") => {
-            let n = usize::from(u16::from_be_bytes([b[1], b[2]]));
-            first(&b[3 + n..]).as_deref() == Some(b"onMetaData")
+        let hint = body.writer.is_none().then(|| self.hint(format));
+        let slot = &mut self.slots[i];
+        let Some(body) = &mut slot.out.body else { return };
+        let chunks = body.take_pending();
+        let w = body.writer.take();
+        let storage = slot.storage.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            let mut w = match w {
+                Some(w) => w,
+                None => storage.create(hint.as_deref().unwrap_or("unnamed"))?,
+            };
+            let r = w.write(&chunks);
+            Ok::<_, StorageError>((w, r))
+        })
+        .await;
+        let stream = &self.ctx.info.name;
+        match res {
+            Ok(Ok((w, r))) => {
+                body.writer = Some(w);
+                if let Err(e) = r {
+                    tracing::error!(%stream, format = format.name(), error = &e as &dyn std::error::Error, "write failed, the file ends here");
+                    body.write_failed = true;
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::error!(%stream, format = format.name(), error = &e as &dyn std::error::Error, "cannot create file");
+                body.write_failed = true;
+            }
+            Err(e) => {
+                tracing::error!(%stream, format = format.name(), error = &e as &dyn std::error::Error, "write task failed");
+                body.write_failed = true;
+            }
         }
-        _ => false,
+    }
+
+    async fn handle(&mut self, i: usize, events: &mut Vec<Event>, failed: bool) {
+        for ev in events.drain(..) {
+            let format = self.slots[i].out.format;
+            match ev {
+                Event::Opened { seq } => {
+                    let now = now_ms();
+                    self.slots[i].file_start_ms = now;
+                    if let Some(hls) = &mut self.slots[i].out.hls {
+                        // While recording, the playlist sits at the name its start gives.
+                        let fi = self.ctx.file_info(Format::Hls, seq, now, now);
+                        hls.live_key = Some(self.ctx.policy.name_file(&self.ctx.info, &fi));
+                        hls.playlist = Playlist::new(hls.playlist.target_duration);
+                        hls.bytes = 0;
+                    }
+                }
+                Event::Segment { piece, body, discontinuity } => {
+                    let hint = self.hint(Format::Hls);
+                    self.store_segment(i, piece, body, discontinuity, hint).await;
+                }
+                Event::File { piece, body, rewrite, failed: mux_failed } => {
+                    if format == Format::Hls {
+                        self.close_playlist(i, piece).await;
+                    } else {
+                        let hint = self.hint(format);
+                        self.close_file(i, piece, body, rewrite, failed || mux_failed, hint);
+                    }
+                }
+                Event::Disabled(e) => {
+                    tracing::warn!(format = format.name(), stream = %self.ctx.info.name, "skipping format for this stream: {e}");
+                }
+                Event::Skipped(e) => {
+                    // One line per bad frame would flood the log: the 1st, 2nd, 4th, 8th…
+                    let slot = &mut self.slots[i];
+                    slot.skipped += 1;
+                    if slot.skipped.is_power_of_two() {
+                        tracing::warn!(format = format.name(), stream = %self.ctx.info.name, skipped = slot.skipped,
+                            error = &e as &dyn std::error::Error, "frame not written");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Finalises, names, stores and announces a closed file, in a tracked blocking task.
+    fn close_file(&self, i: usize, piece: Piece, mut body: Body, rewrite: Option<Rewrite>, failed: bool, hint: String) {
+        let slot = &self.slots[i];
+        let (storage, ctx, format, start_ms) =
+            (slot.storage.clone(), self.ctx.clone(), slot.out.format, body.opened_ms);
+        let end_ms = now_ms();
+        self.tracker.spawn_blocking(move || {
+            if piece.samples == 0 {
+                if let Some(w) = body.writer.take() {
+                    w.abort();
+                }
+                return;
+            }
+            let stream = &ctx.info.name;
+            let mut w = match body.writer.take() {
+                Some(w) => w,
+                None => match storage.create(&hint) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        tracing::error!(%stream, error = &e as &dyn std::error::Error, "cannot create file");
+                        return;
+                    }
+                },
+            };
+            let mut rewrite = rewrite;
+            if !body.write_failed {
+                if let Err(e) = w.write(&body.pending) {
+                    tracing::error!(%stream, error = &e as &dyn std::error::Error, "write failed at close");
+                    rewrite = None;
+                }
+            }
+            let mut fi = ctx.file_info(format, piece.seq, start_ms, end_ms);
+            fi.duration_ms = piece.duration_ms;
+            fi.size = w.written();
+            let key = ctx.policy.name_file(&ctx.info, &fi);
+            let Rewrite { head, ranges, tail } = rewrite.unwrap_or_default();
+            match w.finish(&key, Finalize { head: &head, ranges: &ranges, tail: &tail }) {
+                Ok(stored) => ctx.announce(fi, &stored, failed),
+                Err(e) => {
+                    metrics::counter!("reel_file_errors_total", "format" => format.name()).increment(1);
+                    tracing::error!(%stream, format = format.name(), %key, error = &e as &dyn std::error::Error, "closing file failed");
+                }
+            }
+        });
+    }
+
+    /// Stores a closed HLS segment under its playlist's name and rewrites the playlist.
+    async fn store_segment(&mut self, i: usize, piece: Piece, mut body: Body, discontinuity: bool, hint: String) {
+        let slot = &mut self.slots[i];
+        let Some(hls) = &mut slot.out.hls else { return };
+        let Some(live) = hls.live_key.clone() else { return };
+        let storage = slot.storage.clone();
+        let first = hls.playlist.segments.is_empty();
+        let reserve = first.then(|| hls.playlist.render());
+        let res = tokio::task::spawn_blocking(move || {
+            // The first segment reserves the playlist's name (another recording may hold it).
+            let live = match reserve {
+                Some(text) => {
+                    let mut w = storage.create(&format!("{hint}.m3u8"))?;
+                    w.write(&[text.into()])?;
+                    w.finish(&live, Finalize::default())?.key
+                }
+                None => live,
+            };
+            let mut w = match body.writer.take() {
+                Some(w) => w,
+                None => storage.create(&hint)?,
+            };
+            if !body.write_failed {
+                w.write(&body.pending)?;
+            }
+            let stored = w.finish(&segment_key(&live, piece.seq), Finalize::default())?;
+            Ok::<_, StorageError>((live, stored))
+        })
+        .await;
+        let stream = self.ctx.info.name.clone();
+        let (live, stored) = match res {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::error!(%stream, error = &e as &dyn std::error::Error, "HLS segment lost");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(%stream, error = &e as &dyn std::error::Error, "HLS segment task failed");
+                return;
+            }
+        };
+        hls.live_key = Some(live.clone());
+        hls.bytes += stored.size;
+        hls.playlist.segments.push(Segment {
+            uri: relative_uri(&live, &stored.key),
+            duration_secs: piece.duration_ms as f64 / 1000.0,
+            program_date_time_ms: Some(body.opened_ms),
+            discontinuity,
+        });
+        let text = hls.playlist.render();
+        let storage = slot.storage.clone();
+        match tokio::task::spawn_blocking(move || storage.put(&live, text.as_bytes())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(%stream, error = &e as &dyn std::error::Error, "writing HLS playlist"),
+            Err(e) => tracing::error!(%stream, error = &e as &dyn std::error::Error, "playlist task failed"),
+        }
+    }
+
+    /// The playlist is complete: it gets its final name (with its real end time), the live one
+    /// goes, and it is announced.
+    async fn close_playlist(&mut self, i: usize, piece: Piece) {
+        let slot = &mut self.slots[i];
+        let Some(hls) = &mut slot.out.hls else { return };
+        let Some(live) = hls.live_key.take() else { return };
+        if hls.playlist.segments.is_empty() {
+            return;
+        }
+        let mut fi = self.ctx.file_info(Format::Hls, piece.seq, slot.file_start_ms, now_ms());
+        fi.duration_ms = piece.duration_ms;
+        fi.size = hls.bytes;
+        let key = self.ctx.policy.name_file(&self.ctx.info, &fi);
+        let mut playlist = rebase_playlist(&hls.playlist, &live, &key);
+        playlist.ended = true;
+        let storage = slot.storage.clone();
+        let hint = format!("{}-{}-{}.m3u8", self.ctx.info.app, self.ctx.info.name, self.ctx.session_id);
+        let ctx = self.ctx.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            let stored = if key == live {
+                storage.put(&key, playlist.render().as_bytes())?
+            } else {
+                // A taken key gets a suffix in the same folder: the URIs stay right.
+                let mut w = storage.create(&hint)?;
+                w.write(&[playlist.render().into()])?;
+                w.finish(&key, Finalize::default())?
+            };
+            if stored.key != live {
+                storage.delete(&live)?;
+            }
+            Ok::<_, StorageError>(stored)
+        })
+        .await;
+        match res {
+            Ok(Ok(stored)) => {
+                fi.size = hls.bytes;
+                tracing::debug!(segments = hls.playlist.segments.len(), "playlist closed");
+                ctx.announce(fi, &Stored { size: hls.bytes, ..stored }, false);
+            }
+            Ok(Err(e)) => {
+                tracing::error!(stream = %ctx.info.name, error = &e as &dyn std::error::Error, "closing HLS playlist")
+            }
+            Err(e) => {
+                tracing::error!(stream = %ctx.info.name, error = &e as &dyn std::error::Error, "playlist task failed")
+            }
+        }
     }
 }

@@ -100,6 +100,16 @@ impl Storage for FsStorage {
         fs::rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
         Ok(Stored { key: key.into(), size: data.len() as u64, location: path.display().to_string() })
     }
+
+    fn delete(&self, key: &str) -> Result<(), StorageError> {
+        check_key(key)?;
+        let path = self.root.join(key);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("remove", &path)(e)),
+        }
+    }
 }
 
 struct FsFile {

@@ -40,8 +40,10 @@ pub struct Stored {
 pub trait Storage: Send + Sync {
     /// Starts a file. `hint` names the temporary object (unique per recording file).
     fn create(&self, hint: &str) -> Result<Box<dyn FileWriter>, StorageError>;
-    /// Writes a small object atomically (playlists).
+    /// Writes a small object atomically (playlists), replacing one at `key`.
     fn put(&self, key: &str, data: &[u8]) -> Result<Stored, StorageError>;
+    /// Removes the object at `key`; removing one that is not there is no error.
+    fn delete(&self, key: &str) -> Result<(), StorageError>;
 }
 
 pub trait FileWriter: Send + Sync {

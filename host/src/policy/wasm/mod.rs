@@ -28,7 +28,7 @@ use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, 
 
 use super::failures::LogLimiter;
 use super::{
-    CallbackRequest, Candidate, ConfigValue, Container, Failure, FailureReason, FileInfo, Grants, Interface, Plan,
+    CallbackRequest, Candidate, ConfigValue, Failure, FailureReason, FileInfo, Format, Grants, Interface, Plan,
     StreamInfo, SUPPORTED_WIT_VERSIONS,
 };
 
@@ -390,7 +390,7 @@ impl Plugin {
         self.adapter.select(&self.call(), env, s, c)
     }
 
-    pub fn plan(&self, env: CallEnv, s: &StreamInfo, c: Container, default: Plan) -> Result<Plan, Failure> {
+    pub fn plan(&self, env: CallEnv, s: &StreamInfo, c: Format, default: Plan) -> Result<Plan, Failure> {
         self.adapter.plan(&self.call(), env, s, c, default)
     }
 

@@ -6,9 +6,7 @@ use wasmtime::component::{Instance, InstancePre};
 use wasmtime::Store;
 
 use super::{Call, CallEnv, CallState};
-use crate::policy::{
-    CallbackRequest, Candidate, ConfigValue, Container, Failure, FileInfo, Interface, Plan, StreamInfo,
-};
+use crate::policy::{CallbackRequest, Candidate, ConfigValue, Failure, FileInfo, Format, Interface, Plan, StreamInfo};
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -114,7 +112,7 @@ impl Adapter {
         call: &Call<'_>,
         env: CallEnv,
         s: &StreamInfo,
-        c: Container,
+        c: Format,
         default: Plan,
     ) -> Result<Plan, Failure> {
         let idx = self.segmentation.as_ref().ok_or_else(|| not_exported(Interface::Segmentation))?;
@@ -188,12 +186,12 @@ fn value(v: &ConfigValue) -> t::Value {
     }
 }
 
-fn container(c: Container) -> t::Container {
+fn container(c: Format) -> t::Container {
     match c {
-        Container::Flv => t::Container::Flv,
-        Container::Hls => t::Container::Hls,
-        Container::Mp4 => t::Container::Mp4,
-        Container::Aac => t::Container::Aac,
+        Format::Flv => t::Container::Flv,
+        Format::Hls => t::Container::Hls,
+        Format::Mp4 => t::Container::Mp4,
+        Format::Aac => t::Container::Aac,
     }
 }
 
