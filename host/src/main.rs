@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use reel::config::{Config, Format};
+use reel::ingest::conn::{FrameSink, PublishHandler};
+use reel::ingest::session::PublishRequest;
 use reel::record::Recorder;
 
 #[derive(Parser)]
@@ -240,7 +242,7 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let conns = TaskTracker::new();
     let rtmp_task = tokio::spawn(reel::ingest::conn::serve(
         rtmp,
-        Arc::new(recorder.clone()),
+        Arc::new(Publishes(recorder.clone())),
         idle,
         shutdown.clone(),
         conns.clone(),
@@ -264,6 +266,37 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let _ = http_task.await;
     tracing::info!("all files closed; bye");
     Ok(())
+}
+
+/// Ingest hands publishes to the recorder: wired here, so neither imports the other.
+struct Publishes(Recorder);
+
+/// Where a publisher's frames go: its recording.
+struct Frames(reel::record::StreamHandle);
+
+impl FrameSink for Frames {
+    fn push(&mut self, frame: reel::media::Frame) {
+        self.0.push(frame);
+    }
+}
+
+impl PublishHandler for Publishes {
+    type Sink = Frames;
+    fn publish(&self, req: &PublishRequest) -> Result<Frames, (&'static str, String)> {
+        if req.stream.is_empty() || req.app.is_empty() {
+            return Err(("NetStream.Publish.BadName", "app and stream name must not be empty".into()));
+        }
+        let info = reel::policy::StreamInfo {
+            domain: req.domain.clone(),
+            app: req.app.clone(),
+            name: req.stream.clone(),
+            params: req.params.clone(),
+            video_codec: None,
+            audio_codec: None,
+            started_at_ms: reel::media::time::now_ms(),
+        };
+        self.0.publish(info).map(Frames).map_err(|r| (r.code, r.description))
+    }
 }
 
 #[cfg(unix)]

@@ -1,9 +1,15 @@
 //! The TOML configuration: types (unknown keys are errors), defaults in one place, and
 //! `validate()` reporting every problem with the key it is about.
 
+mod callback;
 mod duration;
+mod plugins;
 
+pub use callback::{CallbackConfig, EVENTS, EVENT_RECORD_FILE};
 pub use duration::{parse_duration, Duration};
+pub use plugins::{
+    de_bytes, de_duration, parse_bytes, Grants, PluginConfig, PolicyConfig, DEADLINE_RANGE, MEMORY_RANGE,
+};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -46,13 +52,13 @@ pub struct Config {
     pub rule: Vec<Rule>,
     /// `[plugins.NAME]`: WebAssembly policy plugins.
     #[serde(default)]
-    pub plugins: BTreeMap<String, crate::policy::PluginConfig>,
+    pub plugins: BTreeMap<String, PluginConfig>,
     /// `[policy]`: the default plugin chain and per-call limits.
     #[serde(default)]
-    pub policy: crate::policy::PolicyConfig,
+    pub policy: PolicyConfig,
     /// `[[callback]]`: HTTP endpoints told about every finished file.
     #[serde(default)]
-    pub callback: Vec<crate::notify::CallbackConfig>,
+    pub callback: Vec<CallbackConfig>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -239,3 +239,9 @@ retries = 1
     assert!(errors[0].starts_with("callback[3].url"));
     assert!(toml::from_str::<CallbackConfig>("url = \"http://x\"\nretry = 1").is_err(), "unknown keys are errors");
 }
+
+#[test]
+fn the_notifier_can_be_shared_across_threads() {
+    fn shared<T: Send + Sync + 'static>() {}
+    shared::<Notifier>();
+}

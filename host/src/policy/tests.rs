@@ -798,5 +798,4 @@ fn registries_and_policies_can_be_shared_across_threads() {
     fn shared<T: Send + Sync + 'static>() {}
     shared::<Registry>();
     shared::<Arc<dyn Policy>>();
-    shared::<crate::notify::Notifier>();
 }

@@ -318,31 +318,6 @@ impl Recorder {
     }
 }
 
-impl crate::ingest::conn::FrameSink for StreamHandle {
-    fn push(&mut self, frame: Frame) {
-        StreamHandle::push(self, frame);
-    }
-}
-
-impl crate::ingest::conn::PublishHandler for Recorder {
-    type Sink = StreamHandle;
-    fn publish(&self, req: &crate::ingest::session::PublishRequest) -> Result<StreamHandle, (&'static str, String)> {
-        let info = StreamInfo {
-            domain: req.domain.clone(),
-            app: req.app.clone(),
-            name: req.stream.clone(),
-            params: req.params.clone(),
-            video_codec: None,
-            audio_codec: None,
-            started_at_ms: crate::media::time::now_ms(),
-        };
-        if info.name.is_empty() || info.app.is_empty() {
-            return Err(("NetStream.Publish.BadName", "app and stream name must not be empty".into()));
-        }
-        Recorder::publish(self, info).map_err(|r| (r.code, r.description))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
