@@ -8,3 +8,4 @@ mod flv_record;
 mod formats;
 mod plugins;
 mod remux;
+mod slow_plugin;

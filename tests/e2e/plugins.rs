@@ -13,7 +13,7 @@ use md5::{Digest, Md5};
 use crate::common::*;
 
 /// The built plugins (`plugins/target/wasm32-wasip2/release`), built once per test run.
-fn plugins_dir() -> &'static Path {
+pub(crate) fn plugins_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();

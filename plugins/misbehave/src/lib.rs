@@ -3,13 +3,15 @@
 //! (answers with a path escaping the storage root, a `file:` URL, an unknown rule, a zero plan),
 //! `error` (returns `err`), `ok` (behaves like the defaults). Two more modes probe the sandbox
 //! through `naming`: `clock` names files `clock/<seconds since the epoch>` after the WASI wall
-//! clock, `env` names them `env/<value of REEL_PLUGIN_PROBE>`.
+//! clock, `env` names them `env/<value of REEL_PLUGIN_PROBE>`. `slow` decides like the
+//! defaults after spending `delay_ms` (default 40) of monotonic time on every decision (grant
+//! it `clocks`).
 
 use reel_plugin::{Candidate, Config, Container, Context, FileInfo, Plan, Request, StreamInfo};
 
 struct Misbehave;
 
-const MODES: [&str; 8] = ["loop", "trap", "oom", "traversal", "error", "ok", "clock", "env"];
+const MODES: [&str; 9] = ["loop", "trap", "oom", "traversal", "error", "ok", "clock", "env", "slow"];
 
 /// Fails as configured; `Ok(())` means "answer with `bad`", `ok` mode answers normally.
 fn misbehave(ctx: &Context) -> Result<bool, String> {
@@ -27,6 +29,14 @@ fn misbehave(ctx: &Context) -> Result<bool, String> {
                 hoard.push(vec![1u8; 1 << 20]);
                 std::hint::black_box(&hoard);
             }
+        }
+        "slow" => {
+            let delay = std::time::Duration::from_millis(ctx.config().integer("delay_ms").unwrap_or(40).max(0) as u64);
+            let start = std::time::Instant::now();
+            while start.elapsed() < delay {
+                std::hint::spin_loop();
+            }
+            Ok(false)
         }
         "traversal" => Ok(true),
         "error" => Err("misbehaving on purpose".into()),
