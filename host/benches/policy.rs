@@ -1,29 +1,14 @@
 //! What a policy decision costs: the built-in policy against a WebAssembly plugin.
 //!
-//! `cargo bench -p reel --bench policy` (builds the plugins for wasm32-wasip2 first). Prints
+//! `cargo bench -p reel --bench policy` (the plugins are built for wasm32-wasip2 by `reel-test-plugins`). Prints
 //! ns per decision for the builtin and for plugins (each decision a fresh instance, as Reel
 //! runs them), µs per instantiation, and ns per call into an already instantiated plugin.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use reel::policy::{Builtin, FileInfo, Format, Grants, Plan, PluginConfig, Policy, PolicyConfig, Registry, StreamInfo};
-
-fn build_plugins(repo: &Path) -> Option<std::path::PathBuf> {
-    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
-        .arg(repo.join("plugins/Cargo.toml"))
-        .arg("--target-dir")
-        .arg(repo.join("plugins/target"))
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .status()
-        .ok()?;
-    status.success().then(|| repo.join("plugins/target/wasm32-wasip2/release"))
-}
 
 /// Runs `f` for about `budget` after a warm-up; returns ns per iteration (best of 5 rounds).
 fn per_iter(budget: Duration, mut f: impl FnMut()) -> f64 {
@@ -46,11 +31,7 @@ fn per_iter(budget: Duration, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let Some(dir) = build_plugins(repo) else {
-        eprintln!("SKIPPING: cannot build the plugins (is the wasm32-wasip2 target installed?)");
-        return;
-    };
+    let dir = reel_test_plugins::dir();
     let plugins = BTreeMap::from([
         (
             "defaults".to_string(),

@@ -3,31 +3,17 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use md5::{Digest, Md5};
 
 use crate::common::*;
 
-/// The built plugins (`plugins/target/wasm32-wasip2/release`), built once per test run.
+/// The built example plugins (`plugins/target/wasm32-wasip2/release`).
 pub(crate) fn plugins_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-        let target = repo.join("plugins/target");
-        run(std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
-            .arg(repo.join("plugins/Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target)
-            .env_remove("CARGO_TARGET_DIR")
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS"));
-        target.join("wasm32-wasip2/release")
-    })
+    reel_test_plugins::dir()
 }
 
 /// A real HTTP listener on 127.0.0.1: answers 200 and hands over (request head, body).

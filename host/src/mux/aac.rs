@@ -133,7 +133,7 @@ mod tests {
 
     use super::*;
     use crate::media::flv::{parse_tag, TAG_AUDIO, TAG_VIDEO};
-    use crate::mux::ts::tests::golden;
+    use crate::mux::golden;
 
     fn concat(out: &Chunks) -> Vec<u8> {
         out.iter().flat_map(|b| b.iter().copied()).collect()
@@ -181,6 +181,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(not(feature = "golden"), ignore = "needs ffmpeg: --features golden (tests/run sets it)")]
     fn golden_adts_from_av_stream_decodes_identically() {
         let g = golden::Dir::new("adts-av");
         let src = g.make_flv("src.flv", golden::AV_ARGS);
@@ -193,6 +194,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(not(feature = "golden"), ignore = "needs ffmpeg: --features golden (tests/run sets it)")]
     fn golden_adts_from_audio_only_stream() {
         let g = golden::Dir::new("adts-a");
         let src = g.make_flv("src.flv", golden::AUDIO_ARGS);

@@ -722,6 +722,7 @@ impl Muxer for TsMuxer {
 pub(crate) mod tests {
     use super::*;
     use crate::media::flv::{parse_tag, TAG_AUDIO, TAG_VIDEO};
+    use crate::mux::golden;
 
     // SPS/PPS of a 320x240 High profile stream made by libx264.
     const AVC_RECORD: &[u8] = &[
@@ -1136,176 +1137,8 @@ pub(crate) mod tests {
         assert!(pmts.iter().all(|s| crc32_mpeg2(s) == 0));
     }
 
-    /// Media made by ffmpeg at test time, and ffmpeg/ffprobe as the judge.
-    pub(crate) mod golden {
-        use std::ffi::OsString;
-        use std::path::{Path, PathBuf};
-        use std::process::Command;
-
-        use bytes::Bytes;
-
-        use crate::media::flv::FileReader;
-        use crate::media::Frame;
-        use crate::mux::{Chunks, Muxer};
-
-        /// Six seconds of 25 fps H.264 with B-frames (keyframe every 2 s) and 44.1 kHz AAC.
-        pub const AV_ARGS: &str =
-            "-f lavfi -i testsrc2=size=320x240:rate=25 -f lavfi -i sine=frequency=440:sample_rate=44100 \
-             -t 6 -c:v libx264 -preset veryfast -g 50 -bf 2 -c:a aac -b:a 96k";
-        /// Five seconds of 48 kHz mono AAC.
-        pub const AUDIO_ARGS: &str = "-f lavfi -i sine=frequency=440:sample_rate=48000 -t 5 -c:a aac -ac 1";
-
-        fn have(tool: &str) -> bool {
-            Command::new(tool).arg("-version").output().map(|o| o.status.success()).unwrap_or(false)
-        }
-
-        /// A scratch directory unique to one test; removed unless the test failed or
-        /// `REEL_KEEP_GOLDEN` is set.
-        pub struct Dir {
-            path: PathBuf,
-        }
-
-        impl Dir {
-            pub fn new(name: &str) -> Self {
-                assert!(
-                    have("ffmpeg") && have("ffprobe"),
-                    "golden test {name} needs ffmpeg and ffprobe: tests/run installs them"
-                );
-                let path = std::env::temp_dir().join(format!("reel-mux-{name}-{}", std::process::id()));
-                let _ = std::fs::remove_dir_all(&path);
-                std::fs::create_dir_all(&path).expect("create scratch dir");
-                Self { path }
-            }
-
-            pub fn path(&self, file: &str) -> PathBuf {
-                self.path.join(file)
-            }
-
-            /// Runs ffmpeg with `args` and `-f flv` into `file`.
-            pub fn make_flv(&self, file: &str, args: &str) -> PathBuf {
-                let out = self.path(file);
-                ffmpeg(&format!("-y -v error {args} -f flv {{}}"), &[&out]);
-                out
-            }
-        }
-
-        impl Drop for Dir {
-            fn drop(&mut self) {
-                if std::thread::panicking() || std::env::var_os("REEL_KEEP_GOLDEN").is_some() {
-                    eprintln!("kept {}", self.path.display());
-                } else {
-                    let _ = std::fs::remove_dir_all(&self.path);
-                }
-            }
-        }
-
-        /// Runs ffmpeg with whitespace-separated `args`, each `{}` replaced by the next path;
-        /// returns its standard output.
-        pub fn ffmpeg(args: &str, paths: &[&Path]) -> String {
-            run("ffmpeg", args, paths)
-        }
-
-        pub fn ffprobe(args: &str, paths: &[&Path]) -> String {
-            run("ffprobe", args, paths)
-        }
-
-        fn output(tool: &str, args: &str, paths: &[&Path]) -> std::process::Output {
-            let mut paths = paths.iter();
-            let argv: Vec<OsString> = args
-                .split_whitespace()
-                .map(|a| match a {
-                    "{}" => paths.next().expect("a path for each {}").as_os_str().to_owned(),
-                    a => a.into(),
-                })
-                .collect();
-            let mut cmd = Command::new(tool);
-            if tool == "ffmpeg" {
-                cmd.arg("-nostdin");
-            }
-            cmd.args(argv).output().expect("run tool")
-        }
-
-        fn run(tool: &str, args: &str, paths: &[&Path]) -> String {
-            let o = output(tool, args, paths);
-            assert!(o.status.success(), "{tool} {args} {paths:?} failed: {}", String::from_utf8_lossy(&o.stderr));
-            String::from_utf8_lossy(&o.stdout).into_owned()
-        }
-
-        pub fn read_frames(path: &Path) -> Vec<Frame> {
-            let data = std::fs::read(path).expect("read flv");
-            let mut r = FileReader::new(Bytes::from(data)).expect("flv header");
-            let mut v = Vec::new();
-            while let Some(f) = r.next_frame().expect("flv tag") {
-                v.push(f);
-            }
-            v
-        }
-
-        pub fn write(path: &Path, chunks: &Chunks) {
-            let v: Vec<u8> = chunks.iter().flat_map(|b| b.iter().copied()).collect();
-            std::fs::write(path, v).expect("write output");
-        }
-
-        /// Muxes every frame of the FLV file `src` into `out`.
-        pub fn mux_file(src: &Path, out: &Path, m: &mut dyn Muxer) {
-            let mut chunks = Vec::new();
-            for f in read_frames(src) {
-                m.push(&f, &mut chunks).expect("push");
-            }
-            assert!(m.finish(&mut chunks).expect("finish").is_none());
-            write(out, &chunks);
-        }
-
-        /// `ffmpeg -v error -i path -f null -` reports nothing.
-        pub fn assert_decodes_cleanly(path: &Path) {
-            let o = output("ffmpeg", "-v error -i {} -f null -", &[path]);
-            let err = String::from_utf8_lossy(&o.stderr);
-            assert!(o.status.success() && err.trim().is_empty(), "decoding {} reported: {err}", path.display());
-        }
-
-        /// Hashes of the decoded frames of stream `v` or `a`.
-        pub fn frame_hashes(path: &Path, stream: &str) -> Vec<String> {
-            let args = format!("-v error -i {{}} -map 0:{stream} -fps_mode passthrough -f framemd5 -");
-            let out = ffmpeg(&args, &[path]);
-            out.lines()
-                .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-                .filter_map(|l| l.rsplit(',').next().map(|h| h.trim().to_string()))
-                .collect()
-        }
-
-        pub fn assert_same_frames(src: &Path, out: &Path, stream: &str) {
-            let a = frame_hashes(src, stream);
-            let b = frame_hashes(out, stream);
-            assert!(!a.is_empty(), "source has {stream} frames");
-            assert_eq!(a.len(), b.len(), "decoded {stream} frame count");
-            assert!(a == b, "decoded {stream} frames differ");
-        }
-
-        /// Presentation span of a stream's packets, in seconds: max(pts + duration) - min(pts).
-        pub fn span(path: &Path, stream: &str) -> f64 {
-            let args = format!(
-                "-v error -select_streams {stream} -show_entries packet=pts_time,duration_time -of csv=p=0 {{}}"
-            );
-            let out = ffprobe(&args, &[path]);
-            let (mut lo, mut hi) = (f64::MAX, f64::MIN);
-            for l in out.lines() {
-                let mut it = l.split(',');
-                let Some(Ok(pts)) = it.next().map(str::parse::<f64>) else { continue };
-                let dur = it.next().and_then(|d| d.parse::<f64>().ok()).unwrap_or(0.0);
-                lo = lo.min(pts);
-                hi = hi.max(pts + dur);
-            }
-            assert!(hi >= lo, "no packets with timestamps in {}", path.display());
-            hi - lo
-        }
-
-        pub fn assert_same_duration(src: &Path, s1: &str, out: &Path, s2: &str, tolerance: f64) {
-            let (a, b) = (span(src, s1), span(out, s2));
-            assert!((a - b).abs() <= tolerance, "durations {a} vs {b}");
-        }
-    }
-
     #[test]
+    #[cfg_attr(not(feature = "golden"), ignore = "needs ffmpeg: --features golden (tests/run sets it)")]
     fn golden_ts_with_b_frames_decodes_identically() {
         let g = golden::Dir::new("ts-av");
         let src = g.make_flv("src.flv", golden::AV_ARGS);
@@ -1327,6 +1160,7 @@ pub(crate) mod tests {
     }
 
     #[test]
+    #[cfg_attr(not(feature = "golden"), ignore = "needs ffmpeg: --features golden (tests/run sets it)")]
     fn golden_ts_audio_only() {
         let g = golden::Dir::new("ts-a");
         let src = g.make_flv("src.flv", golden::AUDIO_ARGS);
@@ -1340,6 +1174,7 @@ pub(crate) mod tests {
     }
 
     #[test]
+    #[cfg_attr(not(feature = "golden"), ignore = "needs ffmpeg: --features golden (tests/run sets it)")]
     fn golden_hls_segments_cut_at_keyframes_play_as_one_stream() {
         use crate::mux::hls::{Playlist, Segment};
         let g = golden::Dir::new("hls");
@@ -1416,6 +1251,7 @@ pub(crate) mod tests {
     /// access units at its delimiters and turned into an HVCC record plus length-prefixed
     /// samples, the way an Enhanced RTMP publisher sends them.
     #[test]
+    #[cfg_attr(not(feature = "golden"), ignore = "needs ffmpeg: --features golden (tests/run sets it)")]
     fn golden_hevc_decodes_identically() {
         let g = golden::Dir::new("ts-hevc");
         let raw = g.path("src.hevc");

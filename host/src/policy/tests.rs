@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
@@ -13,34 +13,9 @@ use super::*;
 // ---------------------------------------------------------------------------------------------
 // Fixtures
 
-/// `plugins/target/wasm32-wasip2/release`, after building the plugins workspace once.
+/// The built example plugins (`plugins/target/wasm32-wasip2/release`).
 fn plugins_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-        let sysroot =
-            std::process::Command::new(rustc).args(["--print", "sysroot"]).output().expect("rustc --print sysroot");
-        let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
-        assert!(
-            sysroot.join("lib/rustlib/wasm32-wasip2").exists(),
-            "the plugin tests need the wasm32-wasip2 target: run tests/run, or rustup target add wasm32-wasip2"
-        );
-        let target_dir = repo.join("plugins/target");
-        let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
-            .arg(repo.join("plugins/Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target_dir)
-            .env_remove("CARGO_TARGET_DIR")
-            .env_remove("CARGO_BUILD_TARGET")
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .status()
-            .expect("run cargo to build the plugins");
-        assert!(status.success(), "building the plugins failed");
-        target_dir.join("wasm32-wasip2/release")
-    })
+    reel_test_plugins::dir()
 }
 
 macro_rules! fixtures {

@@ -24,6 +24,7 @@
 
 mod boxes;
 mod codec;
+mod faststart;
 mod recover;
 mod table;
 #[cfg(test)]
@@ -36,7 +37,8 @@ use bytes::{Bytes, BytesMut};
 
 use self::boxes::{write_ftyp, write_init_moov, BoxWriter, FLAGS_NON_SYNC, FLAGS_SYNC};
 use self::codec::{aac_setup, av1_temporal_delimiter_len, mp3_setup, mpeg_audio_header, video_setup, Setup};
-use self::table::{finalize, TrackInfo, TrackKind, TrackTable};
+use self::faststart::finalize;
+use self::table::{TrackInfo, TrackKind, TrackTable};
 use super::{Chunks, MuxError, Muxer, Rewrite};
 use crate::media::{Codec, Frame, FrameKind};
 

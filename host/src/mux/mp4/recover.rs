@@ -7,7 +7,8 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
-use super::table::{finalize, TrackInfo, TrackKind, TrackTable};
+use super::faststart::finalize;
+use super::table::{TrackInfo, TrackKind, TrackTable};
 use crate::mux::{MuxError, Rewrite};
 
 /// Largest `moov` we read. Ours are a few hundred bytes; anything near this is not ours.

@@ -1,19 +1,20 @@
 //! Tests of the MP4 writer: box structure, the moov builder, the writer's cadence and
-//! preroll rules, crash recovery, and golden tests against ffmpeg/ffprobe (skipped with a note
-//! when ffmpeg is not installed).
+//! preroll rules, crash recovery, and golden tests against ffmpeg/ffprobe (with `--features
+//! golden`).
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use bytes::{Bytes, BytesMut};
 
 use super::boxes::{write_final_moov, write_ftyp, write_init_moov, BoxWriter};
 use super::codec::{aac_setup, video_setup};
+use super::faststart::finalize;
 use super::recover::{children, FragmentReader};
-use super::table::{finalize, TrackInfo, TrackKind, TrackTable};
+use super::table::{TrackInfo, TrackKind, TrackTable};
 use super::*;
 use crate::media::flv::{parse_tag, FileReader, TAG_AUDIO, TAG_VIDEO};
+use crate::mux::golden;
 
 // ---------------------------------------------------------------------------------------------
 // Synthetic streams
@@ -773,78 +774,29 @@ fn recovery_survives_corrupted_fragments() {
 // ---------------------------------------------------------------------------------------------
 // Golden tests with ffmpeg
 
-fn need_ffmpeg() {
-    let ok = |t: &str| Command::new(t).arg("-version").output().is_ok_and(|o| o.status.success());
-    assert!(ok("ffmpeg") && ok("ffprobe"), "the golden tests need ffmpeg and ffprobe: tests/run installs them");
-}
-
-fn need_encoder(name: &str) {
-    let out = Command::new("ffmpeg").args(["-hide_banner", "-encoders"]).output();
-    let found = out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().any(|w| w == name));
-    assert!(found, "the golden tests need ffmpeg's {name} encoder (Debian's ffmpeg has it)");
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let p = std::env::temp_dir().join(format!("reel-mp4-{name}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-    fn path(&self, f: &str) -> PathBuf {
-        self.0.join(f)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::env::var_os("REEL_KEEP_TEST_FILES").is_some() {
-            eprintln!("kept {}", self.0.display());
-        } else if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-fn run(cmd: &str, args: &[&str]) -> (String, String) {
-    let o = Command::new(cmd).args(args).output().unwrap();
-    assert!(o.status.success(), "{cmd} {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
-}
-
-fn ffmpeg(args: &[&str]) {
-    let mut all = vec!["-hide_banner", "-nostdin", "-v", "error", "-y"];
-    all.extend_from_slice(args);
-    run("ffmpeg", &all);
-}
-
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-/// Decodes the whole file; ffmpeg must print nothing.
-fn assert_decodes_cleanly(path: &Path) {
-    let (out, err) = run("ffmpeg", &["-nostdin", "-v", "error", "-i", p(path), "-f", "null", "-"]);
-    assert!(out.is_empty() && err.is_empty(), "{}: decode errors:\n{err}", path.display());
-}
-
 fn probe_duration(path: &Path) -> f64 {
-    let (out, _) = run("ffprobe", &["-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", p(path)]);
+    let (out, _) =
+        golden::tool("ffprobe", &["-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", p(path)]);
     out.trim().parse().unwrap_or_else(|_| panic!("duration of {}: {out:?}", path.display()))
 }
 
 fn probe_start(path: &Path) -> f64 {
-    let (out, _) = run("ffprobe", &["-v", "error", "-show_entries", "format=start_time", "-of", "csv=p=0", p(path)]);
+    let (out, _) =
+        golden::tool("ffprobe", &["-v", "error", "-show_entries", "format=start_time", "-of", "csv=p=0", p(path)]);
     out.trim().parse().unwrap_or_else(|_| panic!("start time of {}: {out:?}", path.display()))
 }
 
 /// Packets of one stream as `ffmpeg -c copy -f framemd5` sees them: (dts ms, pts ms, size, hash),
 /// with times relative to the first packet's dts.
 fn packets(path: &Path, map: &str) -> Vec<(f64, f64, u64, String)> {
-    let (out, _) =
-        run("ffmpeg", &["-nostdin", "-v", "error", "-i", p(path), "-map", map, "-c", "copy", "-f", "framemd5", "-"]);
+    let (out, _) = golden::tool(
+        "ffmpeg",
+        &["-nostdin", "-v", "error", "-i", p(path), "-map", map, "-c", "copy", "-f", "framemd5", "-"],
+    );
     let mut tb = 1.0;
     let mut rows = Vec::new();
     for line in out.lines() {
@@ -894,14 +846,14 @@ fn mux_flv(src: &Path) -> (Vec<Frame>, Muxed) {
 }
 
 /// Checks a finished file against its source: decodes cleanly, same packets, duration, faststart.
-fn check_against_source(dir: &TempDir, src: &Path, m: &Muxed, maps: &[&str], frame_ms: f64) {
+fn check_against_source(dir: &golden::Dir, src: &Path, m: &Muxed, maps: &[&str], frame_ms: f64) {
     let temp = dir.path("temp.mp4");
     std::fs::write(&temp, &m.temp).unwrap();
-    assert_decodes_cleanly(&temp);
+    golden::assert_decodes_cleanly(&temp);
     let out = dir.path("out.mp4");
     let file = apply(&m.temp, m.rewrite.as_ref().expect("a rewrite"));
     std::fs::write(&out, &file).unwrap();
-    assert_decodes_cleanly(&out);
+    golden::assert_decodes_cleanly(&out);
     for map in maps {
         let tolerance = if *map == "0:a" { 1.0 } else { 0.01 };
         assert_same_packets(src, &out, map, tolerance);
@@ -938,19 +890,19 @@ const SRC_ARGS: &[&str] = &[
     "aac",
 ];
 
-fn make_flv(dir: &TempDir, extra: &[&str]) -> PathBuf {
+fn make_flv(dir: &golden::Dir, extra: &[&str]) -> PathBuf {
     let src = dir.path("src.flv");
     let mut args = SRC_ARGS.to_vec();
     args.extend_from_slice(extra);
     args.extend_from_slice(&["-f", "flv", p(&src)]);
-    ffmpeg(&args);
+    golden::ffmpeg_argv(&args);
     src
 }
 
 #[test]
+#[cfg_attr(not(feature = "golden"), ignore = "needs ffmpeg: --features golden (tests/run sets it)")]
 fn golden_h264_with_b_frames_and_aac() {
-    need_ffmpeg();
-    let dir = TempDir::new("av");
+    let dir = golden::Dir::new("av");
     let src = make_flv(&dir, &[]);
     let (_, m) = mux_flv(&src);
     assert_eq!(m.stats.dropped_before_keyframe + m.stats.dropped_no_track + m.stats.dropped_preroll, 0);
@@ -960,30 +912,30 @@ fn golden_h264_with_b_frames_and_aac() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "golden"), ignore = "needs ffmpeg: --features golden (tests/run sets it)")]
 fn golden_video_only() {
-    need_ffmpeg();
-    let dir = TempDir::new("video");
+    let dir = golden::Dir::new("video");
     let src = make_flv(&dir, &["-an"]);
     let (_, m) = mux_flv(&src);
     check_against_source(&dir, &src, &m, &["0:v"], 40.0);
 }
 
 #[test]
+#[cfg_attr(not(feature = "golden"), ignore = "needs ffmpeg: --features golden (tests/run sets it)")]
 fn golden_audio_only() {
-    need_ffmpeg();
-    let dir = TempDir::new("audio");
+    let dir = golden::Dir::new("audio");
     let src = make_flv(&dir, &["-vn"]);
     let (_, m) = mux_flv(&src);
     check_against_source(&dir, &src, &m, &["0:a"], 24.0);
 }
 
 #[test]
+#[cfg_attr(not(feature = "golden"), ignore = "needs ffmpeg: --features golden (tests/run sets it)")]
 fn golden_mp3_audio() {
-    need_ffmpeg();
-    need_encoder("libmp3lame");
-    let dir = TempDir::new("mp3");
+    golden::need_encoder("libmp3lame");
+    let dir = golden::Dir::new("mp3");
     let src = dir.path("src.flv");
-    ffmpeg(&[
+    golden::ffmpeg_argv(&[
         "-f",
         "lavfi",
         "-i",
@@ -1001,9 +953,9 @@ fn golden_mp3_audio() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "golden"), ignore = "needs ffmpeg: --features golden (tests/run sets it)")]
 fn golden_crash_recovery() {
-    need_ffmpeg();
-    let dir = TempDir::new("crash");
+    let dir = golden::Dir::new("crash");
     let src = make_flv(&dir, &[]);
     let (_, m) = mux_flv(&src);
     let finished = dir.path("finished.mp4");
@@ -1043,7 +995,7 @@ fn golden_crash_recovery() {
         let rw = recover(&m.temp[..cut]).unwrap().unwrap();
         let out = dir.path(&format!("recovered-{i}.mp4"));
         std::fs::write(&out, apply(&m.temp[..cut], &rw)).unwrap();
-        assert_decodes_cleanly(&out);
+        golden::assert_decodes_cleanly(&out);
         let want_v: usize = kept.iter().map(|f| f.2[0]).sum();
         let want_a: usize = kept.iter().map(|f| f.2[1]).sum();
         let (v, a) = (packets(&out, "0:v"), packets(&out, "0:a"));
@@ -1098,7 +1050,7 @@ fn frames_from_fmp4(path: &Path, fourcc: &[u8; 4], config_box: &[u8; 4]) -> Vec<
 }
 
 fn golden_enhanced(name: &str, encoder: &[&str], fourcc: &[u8; 4], config_box: &[u8; 4]) {
-    let dir = TempDir::new(name);
+    let dir = golden::Dir::new(name);
     // Encode, then fragment in a second pass: with `empty_moov` an encoder's configuration
     // record is not known yet when ffmpeg writes the init segment (libaom: an empty av1C).
     let plain = dir.path("plain.mp4");
@@ -1106,8 +1058,8 @@ fn golden_enhanced(name: &str, encoder: &[&str], fourcc: &[u8; 4], config_box: &
     let mut args = vec!["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-t", "3"];
     args.extend_from_slice(encoder);
     args.push(p(&plain));
-    ffmpeg(&args);
-    ffmpeg(&[
+    golden::ffmpeg_argv(&args);
+    golden::ffmpeg_argv(&[
         "-i",
         p(&plain),
         "-c",
@@ -1123,7 +1075,7 @@ fn golden_enhanced(name: &str, encoder: &[&str], fourcc: &[u8; 4], config_box: &
     let file = apply(&m.temp, m.rewrite.as_ref().unwrap());
     let out = dir.path("out.mp4");
     std::fs::write(&out, &file).unwrap();
-    assert_decodes_cleanly(&out);
+    golden::assert_decodes_cleanly(&out);
     assert_same_packets(&src, &out, "0:v", 0.01);
     let entry = find(&file, &[b"moov", b"trak", b"mdia", b"minf", b"stbl", b"stsd"]).unwrap();
     assert_eq!(&entry[12..16], fourcc);
@@ -1133,9 +1085,9 @@ fn golden_enhanced(name: &str, encoder: &[&str], fourcc: &[u8; 4], config_box: &
 }
 
 #[test]
+#[cfg_attr(not(feature = "golden"), ignore = "needs ffmpeg: --features golden (tests/run sets it)")]
 fn golden_hevc() {
-    need_ffmpeg();
-    need_encoder("libx265");
+    golden::need_encoder("libx265");
     golden_enhanced(
         "hevc",
         &["-c:v", "libx265", "-x265-params", "log-level=error:keyint=25:bframes=2", "-tag:v", "hvc1"],
@@ -1145,8 +1097,8 @@ fn golden_hevc() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "golden"), ignore = "needs ffmpeg: --features golden (tests/run sets it)")]
 fn golden_av1() {
-    need_ffmpeg();
-    need_encoder("libaom-av1");
+    golden::need_encoder("libaom-av1");
     golden_enhanced("av1", &["-c:v", "libaom-av1", "-cpu-used", "8", "-g", "25", "-b:v", "200k"], b"av01", b"av1C");
 }
