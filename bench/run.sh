@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reel benchmarks, measured against peers in the same run on the same machine:
 #   (a) offline remux: `reel remux` vs `ffmpeg -c copy` (and `cp` as the physical limit)
-#   (b) live recording: `reel serve` vs nginx-rtmp, both fed by `reel bench publish`
+#   (b) live recording: `reel serve` vs nginx-rtmp, both fed by `reel-bench publish`
 #   (c) plugin decision cost, when a benchmark for it exists
 # and writes the results to BENCHMARKS.md.
 #
@@ -98,9 +98,11 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # --- build -------------------------------------------------------------------------------
 log "building reel (release)"
-(cd "$ROOT" && timeout "$(cap 1200)" cargo build --release -q -p reel)
+(cd "$ROOT" && timeout "$(cap 1200)" cargo build --release -q -p reel -p reel-bench)
 REEL="${CARGO_TARGET_DIR:-$ROOT/target}/release/reel"
+REEL_BENCH="${CARGO_TARGET_DIR:-$ROOT/target}/release/reel-bench"
 [ -x "$REEL" ] || { echo "no reel binary at $REEL" >&2; exit 1; }
+[ -x "$REEL_BENCH" ] || { echo "no load generator at $REEL_BENCH" >&2; exit 1; }
 
 # --- media -------------------------------------------------------------------------------
 # clip NAME SIZE VBITRATE: CLIP_SECONDS of testsrc2 (x264, 2 s GOP, B-frames) + AAC, encoded once.
@@ -128,7 +130,7 @@ looped() {
 reel_supports() { # FORMAT: does `reel remux` know it?
     local d="$WORK/probe-$1"
     mkdir -p "$d"
-    "$REEL" remux "$SMALL" -f "$1" -o "$d/probe.$2" >/dev/null 2>&1
+    "$REEL" remux "$SMALL" -f "$1" -y -o "$d/probe.$2" >/dev/null 2>&1
 }
 
 # A small file for support probes.
@@ -195,7 +197,7 @@ if [ "${BENCH_SKIP_REMUX:-0}" != 1 ]; then
             hls) ff=(-c copy -f hls -hls_time 6 -hls_list_size 0 "$o/out.m3u8"); ext=m3u8 ;;
             aac) ff=(-vn -c:a copy -f adts "$o/out.aac"); ext=aac ;;
             esac
-            timed reel "$fmt" "$big" "$o" -- "$REEL" remux "$big" -f "$fmt" -o "$o/out.$ext"
+            timed reel "$fmt" "$big" "$o" -- "$REEL" remux "$big" -f "$fmt" -y -o "$o/out.$ext"
             timed ffmpeg "$fmt" "$big" "$o" -- ffmpeg -nostdin -v error -y -i "$big" "${ff[@]}"
             if [ "$fmt" = mp4 ]; then
                 timed "ffmpeg +faststart" mp4 "$big" "$o" -- ffmpeg -nostdin -v error -y -i "$big" -c copy -movflags +faststart -f mp4 "$o/out.mp4"
@@ -210,10 +212,11 @@ LIVE_FORMATS=("flv")
 if [ "${REEL_FMT[hls]}" = 1 ] && [ "${REEL_FMT[mp4]}" = 1 ]; then LIVE_FORMATS+=("flv,hls,mp4"); fi
 
 cat >"$WORK/live.py" <<'PY'
-"""Live recording runs: one server (reel or nginx-rtmp) per case, fed by `reel bench publish`."""
+"""Live recording runs: one server (reel or nginx-rtmp) per case, fed by `reel-bench publish`."""
 import json, os, re, signal, socket, subprocess, sys, time, datetime, statistics
 
 WORK, RES, REEL, PIDFILE = os.environ["WORK"], os.environ["RES"], os.environ["REEL"], os.environ["PIDFILE"]
+REEL_BENCH = os.environ["REEL_BENCH"]
 SECONDS_LIVE = int(os.environ["LIVE_SECONDS"])
 DEADLINE = float(os.environ["DEADLINE"])
 INPUTS = json.loads(os.environ["LIVE_INPUTS"])  # rate label -> FLV the publishers loop
@@ -421,7 +424,7 @@ template = "default"
             return result
         bench_time = os.path.join(d, "bench.time")
         bench_cmd = ["/usr/bin/time", "-f", "%e %U %S %M", "-o", bench_time, "timeout", str(SECONDS_LIVE + ramp + 40),
-                     REEL, "bench", "publish", "--url", f"rtmp://127.0.0.1:{port}/live/s_{{n}}", "--streams", str(n),
+                     REEL_BENCH, "publish", "--url", f"rtmp://127.0.0.1:{port}/live/s_{{n}}", "--streams", str(n),
                      "--input", INPUTS[rate], "--duration", f"{SECONDS_LIVE}s", "--ramp", f"{ramp}s", "--tick", PACING_TICK]
         bench = subprocess.Popen(bench_cmd, stdout=subprocess.PIPE, stderr=open(os.path.join(d, "bench.log"), "w"))
         register(bench.pid)
@@ -555,7 +558,7 @@ if [ "${BENCH_SKIP_LIVE:-0}" != 1 ]; then
     done
     cases+="]"
     log "live cases: $cases"
-    WORK=$WORK RES=$RES REEL=$REEL PIDFILE=$PIDFILE LIVE_SECONDS=$LIVE_SECONDS LIVE_INPUTS=$LIVE_INPUTS PACING_TICK=$TICK \
+    WORK=$WORK RES=$RES REEL=$REEL REEL_BENCH=$REEL_BENCH PIDFILE=$PIDFILE LIVE_SECONDS=$LIVE_SECONDS LIVE_INPUTS=$LIVE_INPUTS PACING_TICK=$TICK \
         NGINX_MODULE=$NGINX_MODULE DEADLINE=$((T0 + BUDGET - 20)) CASES=$cases \
         timeout "$(cap "$BUDGET")" python3 "$WORK/live.py" || log "live runner ended early (exit $?)"
 fi
@@ -646,7 +649,7 @@ md += [
     "",
     "## Live recording",
     "",
-    f"Each server records every stream in the formats listed; `reel bench publish` sends an H.264 + AAC",
+    f"Each server records every stream in the formats listed; `reel-bench publish` sends an H.264 + AAC",
     f"stream (rate 500k: 640x360 at ~500 kbit/s; 2.5M: 1280x720 at ~2.5 Mbit/s), in real time, for {os.environ['LIVE_SECONDS']} s per stream (starts spread",
     "over a short ramp). Server CPU = utime + stime of the server's processes (nginx: master +",
     "worker) over the run, from `/proc/PID/stat`. CPU/stream-min = server CPU ms per stream per",

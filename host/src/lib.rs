@@ -5,7 +5,6 @@
 //! `policy` decides naming, rule priority and segmentation; `api` serves HTTP.
 
 pub mod api;
-pub mod bench;
 pub mod config;
 pub mod ingest;
 pub mod media;

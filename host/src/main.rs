@@ -70,11 +70,6 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
-    /// Load generators for benchmarking a recorder (see BENCHMARKS.md).
-    Bench {
-        #[command(subcommand)]
-        command: reel::bench::BenchCommand,
-    },
 }
 
 #[derive(Subcommand)]
@@ -152,7 +147,6 @@ fn main() -> std::process::ExitCode {
         Command::Recover { input, output } => reel::record::remux::recover(&input, &output)
             .map(|r| eprintln!("recovered {} -> {} ({} bytes)", input.display(), output.display(), r.bytes_out))
             .map_err(Into::into),
-        Command::Bench { command } => bench(command),
         Command::Plugin { command } => plugin(command),
     };
     match res {
@@ -188,17 +182,6 @@ fn remux(
         r.seconds,
         r.bytes_in as f64 / r.seconds.max(1e-9) / 1e6
     );
-    Ok(())
-}
-
-/// Runs a benchmark: the JSON report on stdout (one line), a summary on stderr. Fails when
-/// any stream had an error, after printing the report.
-fn bench(command: reel::bench::BenchCommand) -> Result<()> {
-    let report = reel::bench::run(command)?;
-    println!("{}", report.to_json());
-    eprint!("{}", report.human());
-    let errors = report.errors().len();
-    anyhow::ensure!(errors == 0, "{errors} of {} streams had errors", report.streams.len());
     Ok(())
 }
 

@@ -1,5 +1,5 @@
-//! `reel bench publish` against a running Reel: every frame the bench reports sent is in the
-//! recording.
+//! `reel-bench publish` (the load generator, its own crate) against a running Reel: every frame
+//! the bench reports sent is in the recording.
 
 use std::process::Command;
 use std::time::Duration;
@@ -19,14 +19,29 @@ fn av_tags(path: &std::path::Path) -> u64 {
     n
 }
 
+/// The load generator, built (once) beside the `reel` binary with the same profile.
+fn reel_bench() -> &'static std::path::Path {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let reel = std::path::Path::new(REEL);
+        let profile = reel.parent().unwrap().file_name().unwrap().to_str().unwrap().to_string();
+        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cargo.args(["build", "--quiet", "-p", "reel-bench"]);
+        if profile == "release" {
+            cargo.arg("--release");
+        }
+        run(&mut cargo);
+        reel.with_file_name("reel-bench")
+    })
+}
+
 #[test]
 fn bench_publish_frames_all_recorded() {
     // 2 s of media looped over 3 s: the loop join is recorded too.
     let src = fixture("av", 2, true, true);
     let reel = Reel::start("bench-publish", BASE_CONFIG);
-    let out = run(Command::new(REEL)
+    let out = run(Command::new(reel_bench())
         .args([
-            "bench",
             "publish",
             "--url",
             &reel.url("live", "bench_{n}"),

@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use tokio::time::{interval_at, MissedTickBehavior};
 
 use super::{BenchError, Media, Pacer, PublishOptions, Report, CLOSE_WAIT, FAST_BATCH_BYTES, SETUP_TIMEOUT};
-use crate::ingest::client::{ClientEvent, ClientSession, Role, RtmpUrl};
+use reel::ingest::client::{ClientEvent, ClientSession, Role, RtmpUrl};
 
 /// Read buffer of a publisher: the server only sends replies, acks and pings.
 const READ_BUF: usize = 4096;

@@ -1,4 +1,5 @@
-//! `reel bench`: load generators for measuring a recorder. `reel bench publish` replays an
+//! `reel-bench`: load generators for measuring a recorder, a tool beside Reel rather than part
+//! of it. `reel-bench publish` replays an
 //! FLV file over many RTMP connections, paced in real time by the tags' timestamps (or as fast
 //! as possible), and reports what it sent as one JSON line.
 //!
@@ -7,7 +8,7 @@
 //! tick (tokio's timer wheel), chunks everything due into one reused buffer and writes it with
 //! one call.
 
-pub mod pacer;
+mod pacer;
 mod publish;
 
 use std::path::PathBuf;
@@ -26,7 +27,7 @@ pub const FAST_BATCH_BYTES: usize = 256 << 10;
 pub const MAX_STREAMS: usize = 20_000;
 
 #[derive(Debug, clap::Subcommand)]
-pub enum BenchCommand {
+enum BenchCommand {
     /// Publish an FLV file over N RTMP connections and report the frames sent (JSON on stdout).
     Publish(PublishOptions),
 }
@@ -61,19 +62,19 @@ pub struct PublishOptions {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::config::parse_duration(s).map(|d| d.std())
+    reel::config::parse_duration(s).map(|d| d.std())
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    #[error("{0}")]
-    Media(#[from] crate::media::MediaError),
-    #[error("{0}")]
-    Url(#[from] crate::ingest::ClientError),
+    #[error(transparent)]
+    Media(#[from] reel::media::MediaError),
+    #[error(transparent)]
+    Url(#[from] reel::ingest::ClientError),
     #[error("{0}")]
     Options(String),
-    #[error("starting the runtime: {0}")]
-    Runtime(std::io::Error),
+    #[error("starting the runtime")]
+    Runtime(#[source] std::io::Error),
 }
 
 /// What a run sent.
@@ -140,7 +141,7 @@ impl Report {
 }
 
 /// Runs a command on its own runtime.
-pub fn run(cmd: BenchCommand) -> Result<Report, BenchError> {
+fn run(cmd: BenchCommand) -> Result<Report, BenchError> {
     match cmd {
         BenchCommand::Publish(opts) => {
             if opts.streams == 0 || opts.streams > MAX_STREAMS {
@@ -161,6 +162,42 @@ pub fn run(cmd: BenchCommand) -> Result<Report, BenchError> {
             }
             .map_err(BenchError::Runtime)?;
             rt.block_on(publish(opts))
+        }
+    }
+}
+
+#[derive(clap::Parser)]
+#[command(name = "reel-bench", version, about = "Load generators for measuring an RTMP recorder (see BENCHMARKS.md).")]
+struct Cli {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
+/// Runs a benchmark: the JSON report on stdout (one line), a summary on stderr. Fails when
+/// any stream had an error, after printing the report.
+fn main() -> std::process::ExitCode {
+    use clap::Parser;
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(report) => {
+            println!("{}", report.to_json());
+            eprint!("{}", report.human());
+            let errors = report.errors().len();
+            if errors == 0 {
+                std::process::ExitCode::SUCCESS
+            } else {
+                eprintln!("error: {errors} of {} streams had errors", report.streams.len());
+                std::process::ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                eprintln!("  caused by: {s}");
+                source = s.source();
+            }
+            std::process::ExitCode::FAILURE
         }
     }
 }

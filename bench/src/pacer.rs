@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::media::flv::{self, FileReader};
-use crate::media::MediaError;
+use reel::media::flv::{self, FileReader};
+use reel::media::MediaError;
 
 /// One tag to send.
 #[derive(Clone, Debug)]
