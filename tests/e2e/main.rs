@@ -4,6 +4,7 @@ mod bench;
 mod browser;
 mod common;
 mod config_errors;
+mod errors;
 mod flv_record;
 mod formats;
 mod plugins;

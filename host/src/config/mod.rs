@@ -212,7 +212,7 @@ fn wildcard() -> String {
 /// A configuration problem, with where it is.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("{origin}: {message}")]
     Parse { origin: String, message: String },

@@ -175,9 +175,9 @@ pub enum ClientError {
     Url { url: String, why: String },
     #[error("server answered the handshake with RTMP version {0}; only version 3 is supported")]
     ServerVersion(u8),
-    #[error("corrupt RTMP chunk stream from the server: {0}")]
+    #[error("corrupt RTMP chunk stream from the server")]
     Chunk(#[from] ChunkError),
-    #[error("malformed AMF0 in {context} from the server: {source}")]
+    #[error("malformed AMF0 in {context} from the server")]
     Amf {
         context: &'static str,
         #[source]

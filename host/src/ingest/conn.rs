@@ -51,7 +51,7 @@ pub async fn serve<H: PublishHandler>(
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    tracing::warn!("accept failed: {e}");
+                    tracing::warn!(error = &e as &dyn std::error::Error, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -63,7 +63,7 @@ pub async fn serve<H: PublishHandler>(
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             if let Err(e) = connection(sock, handler, idle_timeout, shutdown).await {
-                tracing::info!(%peer, "rtmp connection ended: {e}");
+                tracing::info!(%peer, error = &e as &dyn std::error::Error, "rtmp connection ended");
             }
         });
     }
@@ -71,9 +71,9 @@ pub async fn serve<H: PublishHandler>(
 
 #[derive(Debug, thiserror::Error)]
 enum ConnError {
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
-    #[error("protocol error: {0}")]
+    #[error(transparent)]
     Session(#[from] super::session::SessionError),
     #[error("no data for {0:?}")]
     Idle(Duration),

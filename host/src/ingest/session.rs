@@ -77,11 +77,11 @@ impl MediaEvent for SessionEvent {
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SessionError {
-    #[error("RTMP handshake failed: {0}")]
+    #[error("RTMP handshake failed")]
     Handshake(#[from] HandshakeError),
-    #[error("corrupt RTMP chunk stream: {0}")]
+    #[error("corrupt RTMP chunk stream")]
     Chunk(#[from] ChunkError),
-    #[error("malformed AMF0 in {context}: {source}")]
+    #[error("malformed AMF0 in {context}")]
     Amf {
         context: &'static str,
         #[source]

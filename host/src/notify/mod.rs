@@ -174,7 +174,9 @@ impl Notifier {
             if let Some(request) = policy.on_file(s, f, &cb.url) {
                 match self.send(request, cb.timeout, cb.retries) {
                     Ok(_) => queued += 1,
-                    Err(e) => tracing::warn!(url = %cb.url, key = %f.key, "{e}"),
+                    Err(e) => {
+                        tracing::warn!(url = %cb.url, key = %f.key, error = &e as &dyn std::error::Error, "callback not queued")
+                    }
                 }
             }
         }

@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 pub use builtin::{expand, sanitize, Builtin, FileVars, DEFAULT_NAME_TEMPLATE};
 pub use registry::Registry;
+pub use wasm::LoadError;
 
 /// The WIT package versions this host can load (`reel:policy@…`).
 pub const SUPPORTED_WIT_VERSIONS: &[&str] = &["0.1.0"];
@@ -225,7 +226,7 @@ impl Failure {
 pub enum PolicyError {
     /// A plugin could not be used; `reason` says why and what to do.
     #[error("plugin \"{name}\" at {path}: {reason}")]
-    Load { name: String, path: PathBuf, reason: String },
+    Load { name: String, path: PathBuf, reason: wasm::LoadError },
     /// `[policy] plugins` (or a template) names a plugin that has no `[plugins.NAME]` section.
     #[error("plugin \"{0}\" is not configured: add a [plugins.{0}] section with its path")]
     UnknownPlugin(String),

@@ -162,7 +162,9 @@ fn prune_cache(dir: &Path, loaded: &BTreeMap<String, Arc<Plugin>>) {
         if ours && !keep.contains(&name.as_ref()) {
             match std::fs::remove_file(entry.path()) {
                 Ok(()) => tracing::debug!(file = %name, "removed unused compiled plugin"),
-                Err(e) => tracing::warn!(file = %name, "cannot remove unused compiled plugin: {e}"),
+                Err(e) => {
+                    tracing::warn!(file = %name, error = &e as &dyn std::error::Error, "cannot remove unused compiled plugin")
+                }
             }
         }
     }

@@ -28,9 +28,9 @@ pub use stream::StreamStats;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
-    #[error("storage {name:?}: {source}")]
+    #[error("storage {name:?}")]
     Storage { name: String, source: storage::StorageError },
-    #[error("{0}")]
+    #[error(transparent)]
     Policy(#[from] PolicyError),
 }
 

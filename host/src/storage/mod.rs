@@ -13,7 +13,7 @@ use crate::config;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}")]
     Io { op: &'static str, path: String, source: std::io::Error },
     #[error("invalid key {key:?}: {why}")]
     InvalidKey { key: String, why: &'static str },

@@ -22,7 +22,7 @@ const MAX_RUN_SAMPLES: u32 = 1 << 20;
 /// Errors of [`recover_from`].
 #[derive(Debug, thiserror::Error)]
 pub enum RecoverError {
-    #[error("reading the fragmented file: {0}")]
+    #[error("reading the fragmented file")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Mux(#[from] MuxError),

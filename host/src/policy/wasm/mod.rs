@@ -137,8 +137,8 @@ impl Runtime {
         config: &[(String, ConfigValue)],
         grants: &Grants,
         cache_dir: Option<&Path>,
-    ) -> Result<Plugin, String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
+    ) -> Result<Plugin, LoadError> {
+        let bytes = std::fs::read(path).map_err(LoadError::Read)?;
         self.load_bytes(name, &bytes, config, grants, cache_dir)
     }
 
@@ -150,14 +150,14 @@ impl Runtime {
         config: &[(String, ConfigValue)],
         grants: &Grants,
         cache_dir: Option<&Path>,
-    ) -> Result<Plugin, String> {
+    ) -> Result<Plugin, LoadError> {
         check_header(bytes)?;
         let (component, cache_file) = self.compile(bytes, cache_dir)?;
-        let shape = inspect(&self.inner.engine, &component)?;
-        let pre = self.inner.linker.instantiate_pre(&component).map_err(|e| format!("cannot link it: {e:#}"))?;
+        let shape = inspect(&self.inner.engine, &component).map_err(LoadError::Interface)?;
+        let pre = self.inner.linker.instantiate_pre(&component).map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let adapter = match shape.version.as_str() {
-            "0.1.0" => v0_1_0::Adapter::new(&pre, &shape.exports, config)?,
-            v => return Err(unsupported_version(v)),
+            "0.1.0" => v0_1_0::Adapter::new(&pre, &shape.exports, config).map_err(LoadError::Interface)?,
+            v => return Err(LoadError::Version(unsupported_version(v))),
         };
         let plugin = Plugin {
             name: name.to_owned(),
@@ -177,28 +177,28 @@ impl Runtime {
             .call()
             .run(|store, instance| Ok(plugin.adapter.typecheck(store, instance).map_err(|e| format!("{e:#}"))))
             .map_err(|f| match f.reason {
-                FailureReason::Error => f.message,
-                _ => format!("cannot start ({}): {}", f.reason.as_str(), f.message),
+                FailureReason::Error => LoadError::Interface(f.message),
+                _ => LoadError::Start { reason: f.reason.as_str(), message: f.message },
             })?;
         if plugin.exports(Interface::Setup) {
             plugin.adapter.validate(&plugin.call()).map_err(|f| match f.reason {
-                FailureReason::Error => format!("rejects its configuration: {}", f.message),
-                _ => format!("setup failed ({}): {}", f.reason.as_str(), f.message),
+                FailureReason::Error => LoadError::Rejected(f.message),
+                _ => LoadError::Setup { reason: f.reason.as_str(), message: f.message },
             })?;
         }
         Ok(plugin)
     }
 
     /// The compiled component, and the cache file it was read from or written to.
-    fn compile(&self, bytes: &[u8], cache_dir: Option<&Path>) -> Result<(Component, Option<String>), String> {
+    fn compile(&self, bytes: &[u8], cache_dir: Option<&Path>) -> Result<(Component, Option<String>), LoadError> {
         let engine = &self.inner.engine;
         let compile = || {
             Component::new(engine, bytes).map_err(|e| {
-                let e = format!("{e:#}");
-                if e.contains("exceeds the limit") {
-                    format!("does not fit the memory cap ([policy] memory = {} bytes): {e}", self.inner.memory)
+                let detail = format!("{e:#}");
+                if detail.contains("exceeds the limit") {
+                    LoadError::Memory { memory: self.inner.memory, detail }
                 } else {
-                    format!("cannot compile it: {e}")
+                    LoadError::Compile(detail)
                 }
             })
         };
@@ -212,7 +212,7 @@ impl Runtime {
             // by `Component::serialize` below; wasmtime checks the version and engine settings.
             match unsafe { Component::deserialize(engine, &compiled) } {
                 Ok(c) => return Ok((c, Some(name))),
-                Err(e) => tracing::warn!(file = %file.display(), "ignoring unusable compiled plugin: {e}"),
+                Err(e) => tracing::warn!(file = %file.display(), "ignoring unusable compiled plugin: {e:#}"),
             }
         }
         let component = compile()?;
@@ -275,16 +275,47 @@ fn write_atomically(dir: &Path, file: &Path, bytes: &[u8]) -> Result<(), String>
     })
 }
 
-fn check_header(bytes: &[u8]) -> Result<(), String> {
+/// Why a plugin cannot be loaded. Each message names what is wrong with the component; the
+/// caller ([`super::PolicyError::Load`]) names the plugin and its file.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read it: {0}")]
+    Read(std::io::Error),
+    #[error("not a WebAssembly file")]
+    NotWasm,
+    #[error(
+        "not a component but a core WebAssembly module: build it with `--target wasm32-wasip2`, which emits components"
+    )]
+    CoreModule,
+    #[error("not a component: unknown WebAssembly binary version")]
+    UnknownBinary,
+    #[error("does not fit the memory cap ([policy] memory = {memory} bytes): {detail}")]
+    Memory { memory: usize, detail: String },
+    #[error("cannot compile it: {0}")]
+    Compile(String),
+    #[error("cannot link it: {0}")]
+    Link(String),
+    /// What it imports or exports is not what the host can use.
+    #[error("{0}")]
+    Interface(String),
+    #[error("{0}")]
+    Version(String),
+    #[error("cannot start ({reason}): {message}")]
+    Start { reason: &'static str, message: String },
+    #[error("rejects its configuration: {0}")]
+    Rejected(String),
+    #[error("setup failed ({reason}): {message}")]
+    Setup { reason: &'static str, message: String },
+}
+
+fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
-        return Err("not a WebAssembly file".into());
+        return Err(LoadError::NotWasm);
     }
     match bytes[4..8] {
         [0x0d, 0x00, 0x01, 0x00] => Ok(()),
-        [0x01, 0x00, 0x00, 0x00] => {
-            Err("not a component but a core WebAssembly module: build it with `--target wasm32-wasip2`, which emits components".into())
-        }
-        _ => Err("not a component: unknown WebAssembly binary version".into()),
+        [0x01, 0x00, 0x00, 0x00] => Err(LoadError::CoreModule),
+        _ => Err(LoadError::UnknownBinary),
     }
 }
 
@@ -575,8 +606,9 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_a_component() {
-        assert_eq!(check_header(b"hello world").unwrap_err(), "not a WebAssembly file");
-        assert!(check_header(b"\0asm\x01\0\0\0").unwrap_err().contains("core WebAssembly module"));
+        assert!(matches!(check_header(b"hello world"), Err(LoadError::NotWasm)));
+        let core = check_header(b"\0asm\x01\0\0\0").unwrap_err();
+        assert!(matches!(core, LoadError::CoreModule) && core.to_string().contains("core WebAssembly module"));
         assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
     }
 
