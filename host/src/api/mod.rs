@@ -34,10 +34,8 @@ pub fn router(state: ApiState) -> Router {
 async fn metrics(State(s): State<ApiState>) -> Response {
     match &s.metrics {
         Some(h) => {
-            let active = s.recorder.active().len();
-            let mut body = h.render();
-            body.push_str(&format!("# TYPE reel_streams_active gauge\nreel_streams_active {active}\n"));
-            ([("content-type", "text/plain; version=0.0.4")], body).into_response()
+            metrics::gauge!("reel_streams_active").set(s.recorder.active().len() as f64);
+            ([("content-type", "text/plain; version=0.0.4")], h.render()).into_response()
         }
         None => (StatusCode::NOT_FOUND, "metrics exporter not installed\n").into_response(),
     }

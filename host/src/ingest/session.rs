@@ -416,24 +416,7 @@ fn parse_query(q: &str) -> Vec<(String, String)> {
 }
 
 fn percent_decode(s: &str) -> String {
-    fn hex(b: Option<&u8>) -> Option<u8> {
-        (*b? as char).to_digit(16).map(|d| d as u8)
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            if let (Some(h), Some(l)) = (hex(b.get(i + 1)), hex(b.get(i + 2))) {
-                out.push((h << 4) | l);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
 fn find_domain(params: &[(String, String)]) -> Option<String> {
@@ -974,7 +957,9 @@ mod tests {
         let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]);
         let err = session.feed(&mut buf, &mut Vec::new()).unwrap_err();
         assert_eq!(err, SessionError::Handshake(HandshakeError::UnsupportedVersion(b'G')));
-        assert!(err.to_string().contains("version 71"));
+        // The context, then the cause (printed once, as the error's source).
+        assert_eq!(err.to_string(), "RTMP handshake failed");
+        assert!(std::error::Error::source(&err).unwrap().to_string().contains("version 71"));
 
         let mut c = Client::new();
         let mut b = BytesMut::from(&[0x06, 0, 0, 0][..]);

@@ -85,24 +85,9 @@ const CC_AUDIO: usize = 3;
 /// MPEG-2 CRC-32 (polynomial 0x04C11DB7, initial value all ones, no reflection, no final XOR),
 /// as used by PSI sections. Running it over a section including its CRC yields 0.
 pub fn crc32_mpeg2(data: &[u8]) -> u32 {
-    data.iter().fold(0xffff_ffff, |crc, &b| (crc << 8) ^ CRC_TABLE[((crc >> 24) ^ u32::from(b)) as usize])
+    const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_MPEG_2);
+    CRC.checksum(data)
 }
-
-const CRC_TABLE: [u32; 256] = {
-    let mut t = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = (i as u32) << 24;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 0x8000_0000 != 0 { (c << 1) ^ 0x04c1_1db7 } else { c << 1 };
-            k += 1;
-        }
-        t[i] = c;
-        i += 1;
-    }
-    t
-};
 
 /// Milliseconds to a 33-bit 90 kHz timestamp. Wrapping arithmetic keeps the result right
 /// modulo 2^33 for any input.
