@@ -10,16 +10,20 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
-/// One `GET /healthz`, timed from connect to the end of the answer.
-fn healthz(port: u16) -> Duration {
+/// One `GET path`: the answer, and how long it took from connect to its end.
+fn get(port: u16, path: &str) -> (String, Duration) {
     let t = Instant::now();
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes()).unwrap();
     let mut answer = String::new();
     let _ = s.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    t.elapsed()
+    (answer, t.elapsed())
+}
+
+fn healthz(port: u16) -> Duration {
+    get(port, "/healthz").1
 }
 
 #[test]
@@ -88,7 +92,17 @@ template = "healthy"
             std::thread::spawn(move || ffmpeg_publish(&src, &url, true))
         })
         .collect();
+    let metrics = {
+        let port = reel.http_port;
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(3));
+            get(port, "/metrics").0
+        })
+    };
     ffmpeg_publish(&src, &reel.url("live", "healthy"), true);
+    let metrics = metrics.join().unwrap();
+    let active = metrics.lines().find_map(|l| l.strip_prefix("reel_streams_active ")).expect("a gauge of streams");
+    assert_eq!(active.trim(), "9", "nine publishers mid-run");
     for t in slow {
         t.join().unwrap();
     }
