@@ -6,7 +6,13 @@
 //! - Timestamps are the frame's own, converted to 90 kHz (`pts = (dts + cts) * 90`) and
 //!   wrapped to 33 bits. Nothing is rebased, so consecutive segments line up.
 //! - The PCR rides on the video PID (the audio PID when there is no video), in the first packet
-//!   of each PES, [`PCR_LEAD_MS`] before the frame's decode time.
+//!   of each PES, [`PCR_LEAD_MS`] before the frame's decode time, so every access unit (audio
+//!   held in a batch, or sent late by its publisher, included) is in the decoder's buffer
+//!   before it is decoded. The PCR only moves forward: frames sharing a decode time get PCRs one
+//!   tick apart, a gap of more than [`MAX_PCR_INTERVAL_MS`] is filled with PCR-only packets
+//!   (ISO/IEC 13818-1 §2.7.2 asks for at most 100 ms), and a jump of more than
+//!   [`PCR_JUMP_MS`] either way is flagged as a discontinuity. At the very start of a stream
+//!   the PCR is below zero: it wraps, as the 33-bit clock does.
 //! - Video: AVCC/HVCC length prefixes become Annex-B start codes, an access unit delimiter
 //!   opens every access unit, and the parameter sets of the last sequence header go in front of
 //!   every keyframe (unless the frame carries its own).
@@ -52,9 +58,13 @@ const TRANSPORT_STREAM_ID: u16 = 1;
 const TS_MASK: u64 = (1 << 33) - 1;
 
 /// How far the PCR runs ahead of the decode time of the PES that carries it: the time the
-/// T-STD model gives a frame's bytes to arrive before they are decoded. Clamped at zero at
-/// the very start of a stream rather than wrapped.
-pub const PCR_LEAD_MS: i64 = 100;
+/// T-STD model gives a frame's bytes to arrive before they are decoded. It covers the audio a
+/// PES batches (up to 100 ms) and publishers that send audio a few hundred ms behind video.
+pub const PCR_LEAD_MS: i64 = 400;
+/// Longest stream time between two PCRs before PCR-only packets fill the gap.
+pub const MAX_PCR_INTERVAL_MS: i64 = 90;
+/// A PCR step longer than this (forward or back) is a timeline discontinuity, not a gap.
+pub const PCR_JUMP_MS: i64 = 1_000;
 
 /// Most AAC frames batched into one PES. At common sample rates the 100 ms span limit binds
 /// first (4 frames at 44.1 and 48 kHz).
@@ -95,8 +105,17 @@ fn ts90(ms: i64) -> u64 {
     (ms.wrapping_mul(90) as u64) & TS_MASK
 }
 
-fn pcr_of(dts_ms: i64) -> u64 {
-    (dts_ms.saturating_sub(PCR_LEAD_MS).max(0).wrapping_mul(90) as u64) & TS_MASK
+/// A PCR value: the 90 kHz base (any integer, wrapped to 33 bits) and whether it starts a new
+/// timeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Pcr {
+    base: u64,
+    discontinuity: bool,
+}
+
+/// The adaptation field's PCR bytes (base, 6 reserved bits, extension 0).
+fn pcr_bytes(p: u64) -> [u8; 6] {
+    [(p >> 25) as u8, (p >> 17) as u8, (p >> 9) as u8, (p >> 1) as u8, (((p & 1) as u8) << 7) | 0x7e, 0]
 }
 
 /// The 5-byte PTS/DTS field with its 4-bit prefix and marker bits.
@@ -142,7 +161,7 @@ struct PesWriter<'a> {
     left: usize,
     /// Payload room left in the current packet.
     room: usize,
-    pcr: Option<u64>,
+    pcr: Option<Pcr>,
     random_access: bool,
     packets: u64,
 }
@@ -153,7 +172,7 @@ impl<'a> PesWriter<'a> {
         pid: u16,
         cc: &'a mut u8,
         total: usize,
-        pcr: Option<u64>,
+        pcr: Option<Pcr>,
         random_access: bool,
     ) -> Self {
         reserve(buf, (total / PAYLOAD_LEN + 2) * PACKET_LEN);
@@ -195,17 +214,13 @@ impl<'a> PesWriter<'a> {
             self.buf.put_u8(0);
         } else if af >= 2 {
             self.buf.put_u8((af - 1) as u8);
-            self.buf.put_u8(if rai { 0x40 } else { 0 } | if pcr.is_some() { 0x10 } else { 0 });
+            let disc = pcr.is_some_and(|p| p.discontinuity);
+            self.buf.put_u8(
+                if disc { 0x80 } else { 0 } | if rai { 0x40 } else { 0 } | if pcr.is_some() { 0x10 } else { 0 },
+            );
             let mut used = 2;
             if let Some(p) = pcr {
-                self.buf.put_slice(&[
-                    (p >> 25) as u8,
-                    (p >> 17) as u8,
-                    (p >> 9) as u8,
-                    (p >> 1) as u8,
-                    (((p & 1) as u8) << 7) | 0x7e, // 6 reserved bits, extension 0
-                    0,
-                ]);
+                self.buf.put_slice(&pcr_bytes(p.base));
                 used += 6;
             }
             self.buf.put_bytes(0xff, af - used);
@@ -384,6 +399,8 @@ pub struct TsMuxer {
     batch_next_ms: f64,
     last_video_dts: Option<i64>,
     video_frame_ms: i64,
+    /// The last PCR written, in 90 kHz ticks before wrapping (below zero at a stream's start).
+    last_pcr: Option<i64>,
     stats: TsStats,
 }
 
@@ -410,6 +427,7 @@ impl TsMuxer {
             batch_next_ms: 0.0,
             last_video_dts: None,
             video_frame_ms: 0,
+            last_pcr: None,
             stats: TsStats::default(),
         }
     }
@@ -434,6 +452,7 @@ impl TsMuxer {
             batch_next_ms: prev.batch_next_ms,
             last_video_dts: prev.last_video_dts,
             video_frame_ms: prev.video_frame_ms,
+            last_pcr: prev.last_pcr,
             stats: TsStats::default(),
         }
     }
@@ -556,11 +575,16 @@ impl TsMuxer {
             body += track.params.len();
         }
 
+        // Batched audio that this frame's clock would overtake (a timeline jump, audio far
+        // behind) goes first.
+        if !self.batch.is_empty() && self.batch_start_ms < f.dts - PCR_LEAD_MS {
+            self.flush_audio();
+        }
         self.write_psi(key);
         let pts = ts90(f.pts());
         let dts = ts90(f.dts);
         let (hdr, hl) = pes_header(STREAM_ID_VIDEO, pts, (pts != dts).then_some(dts), body, false);
-        let pcr = (self.streams().pcr_pid() == PID_VIDEO).then(|| pcr_of(f.dts));
+        let pcr = (self.streams().pcr_pid() == PID_VIDEO).then(|| self.next_pcr(PID_VIDEO, f.dts));
         let Self { buf, cc, video, .. } = self;
         let Some(track) = video.as_ref() else { return Ok(()) };
         let mut w = PesWriter::new(buf, PID_VIDEO, &mut cc[CC_VIDEO], hl + body, pcr, key);
@@ -644,7 +668,13 @@ impl TsMuxer {
         // At most AUDIO_PES_MAX_FRAMES frames of at most 8191 bytes: within the 16-bit length.
         let (hdr, hl) = pes_header(STREAM_ID_AUDIO, pts, None, self.batch_bytes, true);
         let audio_clock = streams.pcr_pid() == PID_AUDIO;
-        let pcr = audio_clock.then(|| pcr_of(self.batch_start_ms));
+        let pcr = if audio_clock {
+            Some(self.next_pcr(PID_AUDIO, self.batch_start_ms))
+        } else {
+            // The video PID keeps the clock: fill a long wait for the next video frame.
+            self.fill_pcr_gap(PID_VIDEO, self.batch_start_ms);
+            None
+        };
         let mut w =
             PesWriter::new(&mut self.buf, PID_AUDIO, &mut self.cc[CC_AUDIO], hl + self.batch_bytes, pcr, audio_clock);
         w.write(&hdr[..hl]);
@@ -655,6 +685,47 @@ impl TsMuxer {
         w.finish();
         self.batch_bytes = 0;
         self.pes_since_psi = true;
+    }
+
+    /// The PCR for a PES on `pid` decoded at `dts_ms`: [`PCR_LEAD_MS`] before it, never at or
+    /// behind the last one (unless the timeline jumped), gaps filled first.
+    fn next_pcr(&mut self, pid: u16, dts_ms: i64) -> Pcr {
+        let target = (dts_ms - PCR_LEAD_MS) * 90;
+        let jump = PCR_JUMP_MS * 90;
+        let (t, discontinuity) = match self.last_pcr {
+            None => (target, false),
+            Some(last) if target - last > jump || last - target > jump => (target, true),
+            Some(last) if target <= last => (last + 1, false),
+            Some(_) => {
+                self.fill_pcr_gap(pid, dts_ms);
+                (target, false)
+            }
+        };
+        self.last_pcr = Some(t);
+        Pcr { base: (t as u64) & TS_MASK, discontinuity }
+    }
+
+    /// Writes PCR-only packets on `pid` so that no two PCRs are more than
+    /// [`MAX_PCR_INTERVAL_MS`] apart up to the PCR a PES decoded at `dts_ms` would get.
+    /// Nothing for a jump (that is a discontinuity) or before the first PCR.
+    fn fill_pcr_gap(&mut self, pid: u16, dts_ms: i64) {
+        let Some(mut last) = self.last_pcr else { return };
+        let target = (dts_ms - PCR_LEAD_MS) * 90;
+        let step = MAX_PCR_INTERVAL_MS * 90;
+        if target - last > PCR_JUMP_MS * 90 {
+            return;
+        }
+        let cc_slot = if pid == PID_VIDEO { CC_VIDEO } else { CC_AUDIO };
+        while target - last > step {
+            last += step;
+            // Adaptation field only: the continuity counter stays that of the PID's last packet.
+            reserve(&mut self.buf, PACKET_LEN);
+            let cc = self.cc[cc_slot].wrapping_sub(1) & 0x0f;
+            self.buf.put_slice(&[SYNC, (pid >> 8) as u8, pid as u8, 0x20 | cc, 183, 0x10]);
+            self.buf.put_slice(&pcr_bytes((last as u64) & TS_MASK));
+            self.buf.put_bytes(0xff, PACKET_LEN - 4 - 2 - 6);
+        }
+        self.last_pcr = Some(last);
     }
 
     fn emit(&mut self, out: &mut Chunks) {
@@ -758,11 +829,22 @@ pub(crate) mod tests {
         pub sections: Vec<(u16, Vec<u8>)>,
         /// (pid, PES bytes, random access indicator, PCR base)
         pub pes: Vec<(u16, Vec<u8>, bool, Option<u64>)>,
+        /// Index of the last packet of each PES (same order as `pes`).
+        pub pes_end: Vec<usize>,
+        /// Every PCR: (packet index, PID, PCR base, discontinuity indicator).
+        pub pcrs: Vec<(usize, u16, u64, bool)>,
+        /// Packets carrying only an adaptation field (PCR-only packets).
+        pub pcr_only: usize,
         pub packets: usize,
     }
 
     /// Reads `ts`; `cc` holds the last continuity counter per PID (pass the previous file's
     /// map to check continuity across files).
+    /// The PCR a PES decoded at `ms` carries: [`PCR_LEAD_MS`] before it, on the 33-bit clock.
+    fn pcr_at(ms: i64) -> u64 {
+        (((ms - PCR_LEAD_MS) * 90) as u64) & TS_MASK
+    }
+
     pub(crate) fn demux(ts: &[u8], cc: &mut std::collections::HashMap<u16, u8>) -> Demuxed {
         assert_eq!(ts.len() % PACKET_LEN, 0, "whole packets");
         let mut d = Demuxed::default();
@@ -774,11 +856,14 @@ pub(crate) mod tests {
             let pid = u16::from_be_bytes([p[1] & 0x1f, p[2]]);
             let afc = (p[3] >> 4) & 3;
             let counter = p[3] & 0x0f;
-            assert!(afc & 1 == 1, "every packet carries payload");
+            assert!(afc != 0, "reserved adaptation_field_control");
             if let Some(&last) = cc.get(&pid) {
-                assert_eq!(counter, (last + 1) & 0x0f, "continuity on PID {pid:#x}");
+                // A packet without payload keeps the counter (H.222.0 2.4.3.3).
+                let want = if afc & 1 == 1 { (last + 1) & 0x0f } else { last };
+                assert_eq!(counter, want, "continuity on PID {pid:#x}");
             }
             cc.insert(pid, counter);
+            let index = d.packets - 1;
             let mut pos = 4;
             let (mut rai, mut pcr) = (false, None);
             if afc & 2 != 0 {
@@ -795,8 +880,16 @@ pub(crate) mod tests {
                         );
                     }
                     assert!(p[6 + if pcr.is_some() { 6 } else { 0 }..5 + len].iter().all(|&b| b == 0xff), "stuffing");
+                    if let Some(v) = pcr {
+                        d.pcrs.push((index, pid, v, p[5] & 0x80 != 0));
+                    }
                 }
                 pos += 1 + len;
+            }
+            if afc & 1 == 0 {
+                assert_eq!(pos, PACKET_LEN, "a packet without payload is all adaptation field");
+                d.pcr_only += 1;
+                continue;
             }
             let payload = &p[pos..];
             if pid == PID_PAT || pid == PID_PMT {
@@ -808,9 +901,11 @@ pub(crate) mod tests {
             } else if pusi {
                 open.insert(pid, d.pes.len());
                 d.pes.push((pid, payload.to_vec(), rai, pcr));
+                d.pes_end.push(index);
             } else {
                 let i = *open.get(&pid).expect("PES continues an open PES");
                 d.pes[i].1.extend_from_slice(payload);
+                d.pes_end[i] = index;
             }
         }
         d
@@ -843,6 +938,121 @@ pub(crate) mod tests {
             read_ts(&b[14..19])
         });
         (b[3], pts, dts, &b[9 + hl..])
+    }
+
+    /// Signed difference `a - b` on the 33-bit clock.
+    fn clock_diff(a: u64, b: u64) -> i64 {
+        let d = (a.wrapping_sub(b)) & TS_MASK;
+        if d >= 1 << 32 {
+            d as i64 - (1 << 33)
+        } else {
+            d as i64
+        }
+    }
+
+    /// The timing rules a strict validator checks (ISO/IEC 13818-1 2.7.2 and the T-STD): PCRs
+    /// only move forward, at most 100 ms apart, unless flagged as a discontinuity; every PES is
+    /// complete before its decode time by the clock. Returns (PCRs, PCR-only packets, least lead
+    /// in ms of any PES).
+    fn check_timing(d: &Demuxed) -> (usize, usize, f64) {
+        assert!(!d.pcrs.is_empty(), "a PCR");
+        for w in d.pcrs.windows(2) {
+            let ((_, _, a, _), (_, _, b, disc)) = (w[0], w[1]);
+            if disc {
+                continue;
+            }
+            let step = clock_diff(b, a);
+            assert!(step > 0, "PCR {b} does not move on from {a}");
+            assert!(step <= 9000, "PCR gap of {} ms after {a}", step as f64 / 90.0);
+        }
+        let mut least = f64::MAX;
+        for ((pid, pes, _, _), &end) in d.pes.iter().zip(&d.pes_end) {
+            let (_, pts, dts, _) = parse_pes(pes);
+            let dts = dts.unwrap_or(pts);
+            let Some(&(_, _, pcr, _)) = d.pcrs.iter().rev().find(|(at, _, _, _)| *at <= end) else { continue };
+            let lead = clock_diff(dts, pcr);
+            assert!(lead >= 0, "PID {pid:#x}: DTS {dts} before the PCR {pcr} at its last byte");
+            least = least.min(lead as f64 / 90.0);
+        }
+        (d.pcrs.len(), d.pcr_only, least)
+    }
+
+    /// 25 fps video (B-frame offsets) and 44.1 kHz audio, audio sent `audio_late_ms` behind.
+    fn interleaved(video_ms: &[i64], audio_late_ms: i64, secs: i64) -> Vec<Frame> {
+        let mut frames: Vec<(i64, Frame)> = Vec::new();
+        for (i, &t) in video_ms.iter().enumerate() {
+            frames.push((t, avc_frame(t, 80, i % 50 == 0, &[&[0x41, 1, 2, 3]])));
+        }
+        for k in 0..secs * 44100 / 1024 {
+            let t = k * 1024 * 1000 / 44100;
+            frames.push((t + audio_late_ms, aac_frame(t, 200)));
+        }
+        frames.sort_by_key(|(sent, _)| *sent);
+        let mut v = vec![avc_config_frame(), aac_config_frame()];
+        v.extend(frames.into_iter().map(|(_, f)| f));
+        v
+    }
+
+    #[test]
+    fn the_clock_leads_every_access_unit_even_when_audio_comes_late() {
+        let video: Vec<i64> = (0..250).map(|i| i * 40).collect();
+        for late in [0, 67, 150, 250] {
+            let ts = mux(&mut TsMuxer::new(), &interleaved(&video, late, 10));
+            let (pcrs, _, least) = check_timing(&demux(&ts, &mut Default::default()));
+            assert!(pcrs >= 250, "{pcrs}");
+            assert!(least >= 0.0, "audio {late} ms late: least lead {least} ms");
+        }
+    }
+
+    #[test]
+    fn frames_sharing_a_decode_time_get_pcrs_that_still_move_on() {
+        // GStreamer's rtmp2sink: the first three frames all at decode time 0.
+        let video: Vec<i64> = [0, 0, 0].into_iter().chain((1..300).map(|i| i * 33)).collect();
+        let ts = mux(&mut TsMuxer::new(), &interleaved(&video, 0, 10));
+        check_timing(&demux(&ts, &mut Default::default()));
+    }
+
+    #[test]
+    fn a_slow_frame_rate_is_filled_with_pcr_only_packets() {
+        // 4 fps video: frames 250 ms apart, audio in between.
+        let video: Vec<i64> = (0..40).map(|i| i * 250).collect();
+        let ts = mux(&mut TsMuxer::new(), &interleaved(&video, 0, 10));
+        let (_, pcr_only, _) = check_timing(&demux(&ts, &mut Default::default()));
+        assert!(pcr_only >= 40 * 2, "{pcr_only} PCR-only packets");
+    }
+
+    #[test]
+    fn a_timestamp_jump_is_a_flagged_discontinuity_and_segments_continue_the_clock() {
+        let mut frames = interleaved(&(0..100).map(|i| i * 40).collect::<Vec<_>>(), 0, 4);
+        frames.push(avc_frame(500_000, 80, true, &[&[0x41, 9]]));
+        frames.push(avc_frame(500_040, 80, false, &[&[0x41, 9]]));
+        let d = demux(&mux(&mut TsMuxer::new(), &frames), &mut Default::default());
+        check_timing(&d);
+        assert_eq!(d.pcrs.iter().filter(|p| p.3).count(), 1, "one discontinuity");
+        // Two segments of one playlist: the clock carries on, as one stream.
+        let mut m = TsMuxer::new();
+        let mut out = Vec::new();
+        let frames = interleaved(&(0..250).map(|i| i * 40).collect::<Vec<_>>(), 0, 10);
+        let (a, b) = frames.split_at(frames.len() / 2);
+        for f in a {
+            m.push(f, &mut out).unwrap();
+        }
+        m.finish(&mut out).unwrap();
+        m.next_segment();
+        for f in b {
+            m.push(f, &mut out).unwrap();
+        }
+        m.finish(&mut out).unwrap();
+        let all: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
+        check_timing(&demux(&all, &mut Default::default()));
+    }
+
+    #[test]
+    fn audio_only_keeps_its_own_clock() {
+        let mut frames = vec![aac_config_frame()];
+        frames.extend((0..400).map(|k| aac_frame(k * 1024 * 1000 / 48000, 100)));
+        let (pcrs, _, _) = check_timing(&demux(&mux(&mut TsMuxer::new(), &frames), &mut Default::default()));
+        assert!(pcrs >= 85, "{pcrs}");
     }
 
     #[test]
@@ -890,7 +1100,7 @@ pub(crate) mod tests {
             assert_eq!(pts, i as u64 * 40 * 90);
             assert_eq!(dts, None);
             assert_eq!(*rai, i % 50 == 0);
-            assert_eq!(*pcr, Some((i as u64 * 40).saturating_sub(100) * 90));
+            assert_eq!(*pcr, Some(pcr_at(i as i64 * 40)));
             let body_len = i + 1 + 1;
             let params = if *rai { 4 + 25 + 4 + 6 } else { 0 };
             assert_eq!(es.len(), 6 + params + 4 + body_len, "frame {i}");
@@ -988,7 +1198,7 @@ pub(crate) mod tests {
             .map(|(_, pes, rai, pcr)| {
                 assert!(rai);
                 let (_, pts, _, es) = parse_pes(pes);
-                assert_eq!(*pcr, Some(pts.saturating_sub(9000)));
+                assert_eq!(*pcr, Some(pcr_at(pts as i64 / 90)));
                 // Walk the ADTS frames.
                 let (mut pos, mut n) = (0, 0);
                 while pos < es.len() {

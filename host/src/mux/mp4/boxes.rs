@@ -267,7 +267,8 @@ struct Timing {
     delay: u64,
     /// Media time of the first presented sample (composition offset of the first sample).
     media_time: u64,
-    /// Media duration, movie timescale.
+    /// Presented duration (from `media_time` to the end of the last presented sample),
+    /// movie timescale.
     duration: u64,
 }
 
@@ -277,21 +278,60 @@ impl Timing {
     }
 }
 
+/// Where a track's samples are presented, in its media time from its first sample's decode
+/// time: the earliest presentation time and the end of the last presented sample. Every
+/// sample is counted (publishers whose first frames share a decode time, B-frames whose
+/// last pictures are shown after the last one decoded).
+fn presentation(t: &TrackTable) -> (i64, i64) {
+    let mut offsets = t.ctts.iter().flat_map(|&(n, c)| std::iter::repeat_n(i64::from(c), n as usize));
+    let (mut time, mut lo, mut hi) = (0i64, i64::MAX, i64::MIN);
+    for &(n, delta) in &t.stts {
+        for _ in 0..n {
+            let pts = time + offsets.next().unwrap_or(0);
+            lo = lo.min(pts);
+            hi = hi.max(pts + i64::from(delta));
+            time += i64::from(delta);
+        }
+    }
+    if lo > hi {
+        (0, 0)
+    } else {
+        (lo, hi)
+    }
+}
+
 /// Tracks keep their relative timing: each is delayed (empty edit) by how much later than the
-/// earliest track its first sample is presented, and presentation starts at its first sample's
-/// composition time (B-frames: the first picture is shown at time 0 of its track, not later).
+/// earliest track its first sample is presented, presentation starts at its earliest
+/// composition time (B-frames: the first picture is shown at time 0 of its track, not later),
+/// and lasts until its last sample's presentation ends.
 fn timings(tracks: &[(&TrackInfo, &TrackTable)]) -> Vec<Timing> {
-    let media_time = |t: &TrackTable| t.ctts.first().map_or(0, |&(_, c)| c.max(0) as u64);
-    let shown = |(i, t): &(&TrackInfo, &TrackTable)| to_movie(t.start.saturating_add(media_time(t)), i.timescale);
-    let first = tracks.iter().map(shown).min().unwrap_or(0);
+    let spans: Vec<(u64, u64)> = tracks
+        .iter()
+        .map(|(_, t)| {
+            let (lo, hi) = presentation(t);
+            let media_time = lo.max(0) as u64;
+            (media_time, (hi.max(0) as u64).saturating_sub(media_time))
+        })
+        .collect();
+    let shown = |((i, t), (media_time, _)): (&(&TrackInfo, &TrackTable), &(u64, u64))| {
+        to_movie(t.start.saturating_add(*media_time), i.timescale)
+    };
+    let first = tracks.iter().zip(&spans).map(shown).min().unwrap_or(0);
     tracks
         .iter()
-        .map(|track| Timing {
-            delay: shown(track) - first,
-            media_time: media_time(track.1),
-            duration: to_movie(track.1.duration, track.0.timescale),
+        .zip(&spans)
+        .map(|(track, span)| Timing {
+            delay: shown((track, span)) - first,
+            media_time: span.0,
+            duration: to_movie(span.1, track.0.timescale),
         })
         .collect()
+}
+
+/// The media duration `mdhd` states: the samples' decode span, or longer when the last
+/// presented sample ends later.
+fn media_duration(t: &TrackTable) -> u64 {
+    t.duration.max(presentation(t).1.max(0) as u64)
 }
 
 /// The `moov` of the final file. `base` is the file offset of the final `mdat` payload; chunk
@@ -308,7 +348,7 @@ pub(crate) fn write_final_moov(w: &mut BoxWriter, tracks: &[(&TrackInfo, &TrackT
             write_edts(w, timing);
         }
         w.open(b"mdia");
-        write_mdhd(w, info.timescale, table.duration);
+        write_mdhd(w, info.timescale, media_duration(table));
         write_hdlr(w, info.kind);
         open_minf_stbl(w, info);
         write_sample_tables(w, table, base, co64);

@@ -1102,3 +1102,43 @@ fn golden_av1() {
     golden::need_encoder("libaom-av1");
     golden_enhanced("av1", &["-c:v", "libaom-av1", "-cpu-used", "8", "-g", "25", "-b:v", "200k"], b"av01", b"av1C");
 }
+
+#[test]
+fn durations_cover_every_presented_sample_when_first_frames_share_a_decode_time() {
+    // As GStreamer's rtmp2sink publishes: the first three frames all decode at 0 (shown at 0,
+    // 33 and 67 ms), every later one is shown 67 ms after it decodes, at 30 fps, for 20 s.
+    let at = |k: i64| (k * 1000 + 15) / 30;
+    let mut frames = vec![video_config(0)];
+    for k in 0..600i64 {
+        let dts = if k < 3 { 0 } else { at(k - 2) };
+        frames.push(video(dts, (at(k) - dts) as i32, k % 30 == 0, k as u32));
+    }
+    let m = mux(&frames);
+    let file = apply(&m.temp, m.rewrite.as_ref().unwrap());
+    let tracks = read_progressive(&file);
+    let v = &tracks[0];
+    assert_eq!(v.samples.len(), 600, "no frame dropped");
+    // Every frame is presented at its own time (a bumped decode time moves no picture).
+    let ends: Vec<i64> = v.samples.iter().map(|s| (s.1 as i64 + i64::from(s.2)) / 90).collect();
+    assert_eq!(ends[..3], [0, 33, 67]);
+    // The track is presented from the first picture to the end of the last: 20 s, not 19.93 s
+    // (no edit is needed: the first picture is shown at time 0).
+    assert!(v.elst.is_empty(), "{:?}", v.elst);
+    let tkhd = find(&file, &[b"moov", b"trak", b"tkhd"]).unwrap();
+    let track = if tkhd[0] == 1 { be64(&tkhd[28..]) } else { u64::from(be32(&tkhd[20..])) };
+    assert!(track >= 19_999, "track duration {track} ms covers the last picture");
+    let mdhd = find(&file, &[b"moov", b"trak", b"mdia", b"mdhd"]).unwrap();
+    let media = if mdhd[0] == 1 { be64(&mdhd[24..]) } else { u64::from(be32(&mdhd[16..])) };
+    assert!(media >= 19_999 * 90, "media duration {media} covers the last picture");
+    let mvhd = find(&file, &[b"moov", b"mvhd"]).unwrap();
+    let movie = if mvhd[0] == 1 { be64(&mvhd[24..]) } else { u64::from(be32(&mvhd[16..])) };
+    assert!(movie >= 19_999, "movie duration {movie} ms");
+
+    // With B-frames shown after the last decoded one, the edit covers them too.
+    let m = mux(&av_stream(5, 50, true, false));
+    let v = &read_progressive(&apply(&m.temp, m.rewrite.as_ref().unwrap()))[0];
+    let end = v.samples.iter().map(|s| s.1 as i64 + i64::from(s.2)).max().unwrap() / 90 + 40;
+    let (segment_ms, media_time) = *v.elst.last().expect("an edit skipping the first composition offset");
+    assert_eq!(media_time, 80 * 90);
+    assert_eq!(segment_ms, end - 80, "from the first picture to the end of the last");
+}
