@@ -10,3 +10,4 @@ mod formats;
 mod plugins;
 mod remux;
 mod slow_plugin;
+mod validators;

@@ -1,0 +1,245 @@
+//! Recordings judged by strict validators, not only by players: tstools' `tsreport` over every
+//! MPEG-TS segment (PCR gaps over 100 ms, access units arriving after their decode time), an
+//! ISO BMFF check that the durations cover every presented sample, and GStreamer decoding what
+//! GStreamer's own `rtmp2sink` published, frame-complete.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::*;
+
+const ALL_FORMATS: &str = "[storage.local]\nkind = \"fs\"\nroot = \"recordings\"\n[template.default]\nformats = [\"flv\", \"hls\", \"mp4\"]\nhls_segment = \"2s\"\nstorage = \"local\"\n[[rule]]\ntemplate = \"default\"\n";
+
+/// What `tsreport -buffering` finds wrong with a TS file: (bad PCR gaps, PES complete after
+/// their DTS, repeated PCRs), with its report for messages.
+fn tsreport(path: &Path) -> ((usize, usize, usize), String) {
+    assert!(have_tool("tsreport"), "tstools' tsreport is needed: tests/run installs it");
+    let out = Command::new("tsreport").arg("-buffering").arg(path).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let bad = text
+        .lines()
+        .find_map(|l| l.split("Bad (>.1s) gaps:").nth(1))
+        .and_then(|r| r.split(',').next())
+        .map(|n| n.trim().parse().unwrap())
+        .unwrap_or_else(|| panic!("no PCR summary for {}:\n{text}", path.display()));
+    let late = text.lines().filter(|l| l.contains("< PCR")).count();
+    let repeats = text.lines().filter(|l| l.contains("repeats the previous PCR")).count();
+    ((bad, late, repeats), text)
+}
+
+fn have_tool(t: &str) -> bool {
+    Command::new("which").arg(t).output().is_ok_and(|o| o.status.success())
+}
+
+fn assert_ts_valid(segments: &[PathBuf]) {
+    assert!(!segments.is_empty(), "TS segments");
+    for s in segments {
+        let (found, text) = tsreport(s);
+        assert_eq!(found, (0, 0, 0), "{}: (bad PCR gaps, DTS < PCR, repeated PCRs):\n{text}", s.display());
+    }
+}
+
+// --- ISO BMFF ------------------------------------------------------------------------------
+
+fn be32(b: &[u8]) -> u64 {
+    u64::from(u32::from_be_bytes(b[..4].try_into().unwrap()))
+}
+
+fn be64(b: &[u8]) -> u64 {
+    u64::from_be_bytes(b[..8].try_into().unwrap())
+}
+
+/// The boxes directly inside `data`: (type, body).
+fn boxes(data: &[u8]) -> Vec<([u8; 4], &[u8])> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 8 <= data.len() {
+        let mut size = be32(&data[at..]) as usize;
+        let kind: [u8; 4] = data[at + 4..at + 8].try_into().unwrap();
+        let mut head = 8;
+        if size == 1 {
+            size = be64(&data[at + 8..]) as usize;
+            head = 16;
+        } else if size == 0 {
+            size = data.len() - at;
+        }
+        assert!(size >= head && at + size <= data.len(), "box {:?} overruns its parent", kind);
+        out.push((kind, &data[at + head..at + size]));
+        at += size;
+    }
+    out
+}
+
+fn child<'a>(data: &'a [u8], kind: &[u8; 4]) -> Option<&'a [u8]> {
+    boxes(data).into_iter().find(|(k, _)| k == kind).map(|(_, b)| b)
+}
+
+/// (version, duration) of an mvhd/tkhd/mdhd body, and its timescale where it has one.
+fn timed(body: &[u8], tkhd: bool) -> (u64, u32) {
+    let v1 = body[0] == 1;
+    let (ts_at, dur_at) = match (v1, tkhd) {
+        (true, true) => (0, 28),
+        (false, true) => (0, 20),
+        (true, false) => (20, 24),
+        (false, false) => (12, 16),
+    };
+    let duration = if v1 { be64(&body[dur_at..]) } else { be32(&body[dur_at..]) };
+    let timescale = if tkhd { 0 } else { be32(&body[ts_at..]) as u32 };
+    (duration, timescale)
+}
+
+/// Checks an MP4's durations against its samples: per track, the presented duration (the edit
+/// list's, else the media's) reaches the end of every presented sample, and tkhd and mvhd are
+/// at least that long. Returns the tracks' presented durations in seconds.
+fn assert_mp4_durations_cover_samples(path: &Path) -> Vec<f64> {
+    let data = std::fs::read(path).unwrap();
+    let moov = child(&data, b"moov").expect("moov");
+    let (movie, movie_ts) = timed(child(moov, b"mvhd").unwrap(), false);
+    let mut out = Vec::new();
+    for (_, trak) in boxes(moov).into_iter().filter(|(k, _)| k == b"trak") {
+        let (track_dur, _) = timed(child(trak, b"tkhd").unwrap(), true);
+        let mdia = child(trak, b"mdia").unwrap();
+        let (media_dur, ts) = timed(child(mdia, b"mdhd").unwrap(), false);
+        let stbl = child(child(mdia, b"minf").unwrap(), b"stbl").unwrap();
+        let stts = child(stbl, b"stts").unwrap();
+        let mut deltas = Vec::new();
+        for i in 0..be32(&stts[4..]) as usize {
+            let (n, d) = (be32(&stts[8 + 8 * i..]), be32(&stts[12 + 8 * i..]));
+            deltas.extend(std::iter::repeat_n(d as i64, n as usize));
+        }
+        let mut offsets = vec![0i64; deltas.len()];
+        if let Some(ctts) = child(stbl, b"ctts") {
+            let mut k = 0;
+            for i in 0..be32(&ctts[4..]) as usize {
+                let n = be32(&ctts[8 + 8 * i..]) as usize;
+                let raw = be32(&ctts[12 + 8 * i..]) as u32;
+                let c = if ctts[0] == 1 { i64::from(raw as i32) } else { i64::from(raw) };
+                offsets[k..k + n].fill(c);
+                k += n;
+            }
+        }
+        let (mut t, mut lo, mut hi) = (0i64, i64::MAX, i64::MIN);
+        for (d, c) in deltas.iter().zip(&offsets) {
+            lo = lo.min(t + c);
+            hi = hi.max(t + c + d);
+            t += d;
+        }
+        // The presented window: the (last) edit, or the whole media.
+        let (start, presented) = match child(trak, b"edts").and_then(|e| child(e, b"elst")) {
+            Some(elst) => {
+                let n = be32(&elst[4..]) as usize;
+                let v1 = elst[0] == 1;
+                let w = if v1 { 20 } else { 12 };
+                let e = &elst[8 + (n - 1) * w..];
+                let (seg, mt) = if v1 {
+                    (be64(e), be64(&e[8..]) as i64)
+                } else {
+                    (be32(e), i64::from(be32(&e[4..]) as u32 as i32))
+                };
+                (mt, seg as f64 / f64::from(movie_ts))
+            }
+            None => (0, media_dur as f64 / f64::from(ts)),
+        };
+        let need = (hi - start) as f64 / f64::from(ts);
+        let name = path.display();
+        assert!(presented + 0.0015 >= need, "{name}: presents {presented} s, samples run to {need} s");
+        assert!(media_dur as i64 + 1 >= hi - lo.min(0), "{name}: mdhd {media_dur} < sample end {hi}");
+        assert!(track_dur as f64 / f64::from(movie_ts) + 0.0015 >= presented, "{name}: tkhd shorter than its edit");
+        assert!(movie >= track_dur, "{name}: mvhd shorter than a track");
+        out.push(presented);
+    }
+    out
+}
+
+// --- publishes -----------------------------------------------------------------------------
+
+/// An FLV made by ffmpeg: H.264 with `bframes` B-frames (none: `None` for audio only) and AAC.
+fn source(name: &str, bframes: Option<u32>) -> PathBuf {
+    let dir = test_dir(&format!("validators-src-{name}"));
+    let out = dir.join("src.flv");
+    let mut c = Command::new("ffmpeg");
+    c.args(["-v", "error", "-y"]);
+    if bframes.is_some() {
+        c.args(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25"]);
+    }
+    c.args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", "8"]);
+    if let Some(bf) = bframes {
+        let bf = bf.to_string();
+        c.args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "50", "-bf", &bf, "-pix_fmt", "yuv420p"]);
+    }
+    c.args(["-c:a", "aac", "-b:a", "64k", "-f", "flv"]).arg(&out);
+    run(&mut c);
+    out
+}
+
+fn recorded(reel: &Reel, stream: &str) -> (Vec<PathBuf>, Vec<PathBuf>, Vec<PathBuf>) {
+    let dir = reel.recordings().join("live").join(stream);
+    crate::formats::final_playlist(&dir);
+    let (mp4, _) = wait_files(&dir, "mp4", 1, Duration::from_secs(10));
+    let (flv, _) = wait_files(&dir, "flv", 1, Duration::from_secs(10));
+    (files(&dir, "ts"), mp4, flv)
+}
+
+#[test]
+fn ffmpeg_publishes_pass_the_validators_with_and_without_b_frames_and_audio_only() {
+    let reel = Reel::start("validators-ffmpeg", ALL_FORMATS);
+    for (name, bframes) in [("bframes", Some(2)), ("nobframes", Some(0)), ("audio", None)] {
+        let src = source(name, bframes);
+        ffmpeg_publish(&src, &reel.url("live", name), false);
+        let (ts, mp4, flv) = recorded(&reel, name);
+        assert_ts_valid(&ts);
+        assert_eq!(mp4.len(), 1, "{name}: {}", reel.log_text());
+        let presented = assert_mp4_durations_cover_samples(&mp4[0]);
+        assert!(presented.iter().all(|&d| (7.9..8.2).contains(&d)), "{name}: {presented:?}");
+        assert_eq!(decode_errors(&mp4[0]), "", "{name}");
+        assert_eq!(decode_errors(&flv[0]), "", "{name}");
+        // Segments of a B-frame stream are cut where the keyframe is shown: 2 s each.
+        if name == "bframes" {
+            assert_eq!(ts.len(), 4, "8 s in 2 s segments: {ts:?}");
+        }
+    }
+}
+
+#[test]
+fn offline_remux_passes_the_validators() {
+    let src = source("remux", Some(2));
+    let dir = test_dir("validators-remux");
+    run(Command::new(REEL).arg("remux").arg(&src).args(["-f", "hls", "--segment", "2s", "-o"]).arg(dir.join("o.m3u8")));
+    run(Command::new(REEL).arg("remux").arg(&src).args(["-f", "mp4", "-o"]).arg(dir.join("o.mp4")));
+    assert_ts_valid(&files(&dir, "ts"));
+    assert_mp4_durations_cover_samples(&dir.join("o.mp4"));
+}
+
+/// Frames GStreamer decodes from `path` (`demux` names its demuxer).
+fn gst_decoded_frames(path: &Path, demux: &str) -> usize {
+    let out = Command::new("gst-launch-1.0")
+        .arg("-v")
+        .arg("filesrc")
+        .arg(format!("location={}", path.display()))
+        .args(["!", demux, "!", "h264parse", "!", "openh264dec", "!", "fakesink", "silent=false"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "gst decode of {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("fakesink0: last-message = chain")).count()
+}
+
+#[test]
+fn a_gstreamer_rtmp2sink_publish_is_decoded_frame_complete_by_gstreamer() {
+    assert!(have("gst-launch-1.0"), "GStreamer is needed: tests/run installs it");
+    let reel = Reel::start("validators-gst", ALL_FORMATS);
+    let pipeline = format!(
+        "videotestsrc num-buffers=600 is-live=true ! video/x-raw,framerate=30/1,width=320,height=240 ! openh264enc \
+         ! h264parse ! flvmux name=m streamable=true ! rtmp2sink location={} \
+         audiotestsrc is-live=true num-buffers=940 ! voaacenc ! aacparse ! m.",
+        reel.url("live", "gst")
+    );
+    let out = Command::new("gst-launch-1.0").args(pipeline.split_whitespace()).output().unwrap();
+    assert!(out.status.success(), "rtmp2sink publish: {}", String::from_utf8_lossy(&out.stderr));
+    let (ts, mp4, flv) = recorded(&reel, "gst");
+    assert_eq!(gst_decoded_frames(&mp4[0], "qtdemux"), 600, "MP4: {}", reel.log_text());
+    assert_eq!(gst_decoded_frames(&flv[0], "flvdemux"), 600, "FLV");
+    assert_ts_valid(&ts);
+    let presented = assert_mp4_durations_cover_samples(&mp4[0]);
+    assert!(presented.iter().any(|&d| d >= 19.99), "20 s of video presented: {presented:?}");
+}
