@@ -19,6 +19,7 @@
 #   BENCH_TICK=20ms          publisher pacing tick (one write per stream per tick)
 #   BENCH_OUT=BENCHMARKS.md  report file (relative to the repository root)
 #   BENCH_SKIP_REMUX=1 / BENCH_SKIP_LIVE=1 to leave a part out
+#   BENCH_REEL=path      the reel binary to measure (default: this tree's release build)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -99,7 +100,8 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # --- build -------------------------------------------------------------------------------
 log "building reel (release)"
 (cd "$ROOT" && timeout "$(cap 1200)" cargo build --release -q -p reel -p reel-bench)
-REEL="${CARGO_TARGET_DIR:-$ROOT/target}/release/reel"
+# BENCH_REEL measures another reel binary (an earlier build, to compare) with this run's tools.
+REEL="${BENCH_REEL:-${CARGO_TARGET_DIR:-$ROOT/target}/release/reel}"
 REEL_BENCH="${CARGO_TARGET_DIR:-$ROOT/target}/release/reel-bench"
 [ -x "$REEL" ] || { echo "no reel binary at $REEL" >&2; exit 1; }
 [ -x "$REEL_BENCH" ] || { echo "no load generator at $REEL_BENCH" >&2; exit 1; }
@@ -130,7 +132,7 @@ looped() {
 reel_supports() { # FORMAT: does `reel remux` know it?
     local d="$WORK/probe-$1"
     mkdir -p "$d"
-    "$REEL" remux "$SMALL" -f "$1" -y -o "$d/probe.$2" >/dev/null 2>&1
+    "$REEL" remux "$SMALL" -f "$1" -o "$d/probe.$2" >/dev/null 2>&1
 }
 
 # A small file for support probes.
@@ -197,7 +199,7 @@ if [ "${BENCH_SKIP_REMUX:-0}" != 1 ]; then
             hls) ff=(-c copy -f hls -hls_time 6 -hls_list_size 0 "$o/out.m3u8"); ext=m3u8 ;;
             aac) ff=(-vn -c:a copy -f adts "$o/out.aac"); ext=aac ;;
             esac
-            timed reel "$fmt" "$big" "$o" -- "$REEL" remux "$big" -f "$fmt" -y -o "$o/out.$ext"
+            timed reel "$fmt" "$big" "$o" -- "$REEL" remux "$big" -f "$fmt" -o "$o/out.$ext"
             timed ffmpeg "$fmt" "$big" "$o" -- ffmpeg -nostdin -v error -y -i "$big" "${ff[@]}"
             if [ "$fmt" = mp4 ]; then
                 timed "ffmpeg +faststart" mp4 "$big" "$o" -- ffmpeg -nostdin -v error -y -i "$big" -c copy -movflags +faststart -f mp4 "$o/out.mp4"
