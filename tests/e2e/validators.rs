@@ -243,3 +243,21 @@ fn a_gstreamer_rtmp2sink_publish_is_decoded_frame_complete_by_gstreamer() {
     let presented = assert_mp4_durations_cover_samples(&mp4[0]);
     assert!(presented.iter().any(|&d| d >= 19.99), "20 s of video presented: {presented:?}");
 }
+
+#[test]
+fn a_librtmp_publish_passes_the_validators() {
+    assert!(have("gst-launch-1.0"), "GStreamer's rtmpsink is needed: tests/run installs it");
+    let src = source("librtmp", Some(2));
+    let reel = Reel::start("validators-librtmp", ALL_FORMATS);
+    // rtmpsink is GStreamer's librtmp-based sink; flvdemux/flvmux pass the payloads through.
+    let pipeline = format!(
+        "filesrc location={} ! flvdemux name=d d.video ! queue ! flvmux name=m streamable=true ! rtmpsink location={} d.audio ! queue ! aacparse ! m.",
+        src.display(),
+        reel.url("live", "librtmp")
+    );
+    run(Command::new("gst-launch-1.0").arg("-q").args(pipeline.split_whitespace()));
+    let (ts, mp4, _) = recorded(&reel, "librtmp");
+    assert_ts_valid(&ts);
+    assert_mp4_durations_cover_samples(&mp4[0]);
+    assert_eq!(decode_errors(&mp4[0]), "");
+}

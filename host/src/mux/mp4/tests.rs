@@ -1142,3 +1142,69 @@ fn durations_cover_every_presented_sample_when_first_frames_share_a_decode_time(
     assert_eq!(media_time, 80 * 90);
     assert_eq!(segment_ms, end - 80, "from the first picture to the end of the last");
 }
+
+/// `tsreport -buffering` on `path`: (bad PCR gaps, access units complete after their DTS).
+fn tsreport(path: &Path) -> (usize, usize) {
+    let (out, err) = golden::tool("tsreport", &["-buffering", p(path)]);
+    let text = out + &err;
+    let bad = text
+        .lines()
+        .find_map(|l| l.split("Bad (>.1s) gaps:").nth(1))
+        .and_then(|r| r.split(',').next())
+        .map(|n| n.trim().parse().unwrap())
+        .unwrap_or_else(|| panic!("no PCR summary:\n{text}"));
+    (bad, text.lines().filter(|l| l.contains("< PCR")).count())
+}
+
+#[test]
+#[cfg_attr(not(feature = "golden"), ignore = "needs ffmpeg: --features golden (tests/run sets it)")]
+fn golden_hevc_with_b_frames_in_ts_passes_tsreport() {
+    // HEVC as Enhanced RTMP carries it (hvc1), from an ffmpeg encode with B-frames, muxed to
+    // two HLS-style segments of one stream; each decodes and keeps the T-STD timing rules.
+    golden::need_encoder("libx265");
+    let dir = golden::Dir::new("hevc-ts");
+    let plain = dir.path("plain.mp4");
+    let src = dir.path("src.mp4");
+    golden::ffmpeg_argv(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x240:rate=25",
+        "-t",
+        "4",
+        "-c:v",
+        "libx265",
+        "-x265-params",
+        "log-level=error:keyint=25:bframes=2",
+        "-tag:v",
+        "hvc1",
+        p(&plain),
+    ]);
+    golden::ffmpeg_argv(&[
+        "-i",
+        p(&plain),
+        "-c",
+        "copy",
+        "-movflags",
+        "frag_keyframe+empty_moov+default_base_moof",
+        "-f",
+        "mp4",
+        p(&src),
+    ]);
+    let frames = frames_from_fmp4(&src, b"hvc1", b"hvcC");
+    assert!(frames.iter().any(|f| f.cts > 0), "B-frames");
+    let mut m = crate::mux::ts::TsMuxer::new();
+    let (a, b) = frames.split_at(frames.iter().rposition(|f| f.keyframe && f.is_sample()).unwrap());
+    for (i, part) in [a, b].into_iter().enumerate() {
+        let mut out = Vec::new();
+        for f in part {
+            m.push(f, &mut out).unwrap();
+        }
+        m.finish(&mut out).unwrap();
+        m.next_segment();
+        let seg = dir.path(&format!("seg{i}.ts"));
+        std::fs::write(&seg, out.iter().flat_map(|c| c.iter().copied()).collect::<Vec<u8>>()).unwrap();
+        golden::assert_decodes_cleanly(&seg);
+        assert_eq!(tsreport(&seg), (0, 0), "{}: bad PCR gaps, DTS < PCR", seg.display());
+    }
+}
