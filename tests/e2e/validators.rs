@@ -206,7 +206,11 @@ fn offline_remux_passes_the_validators() {
     for (name, bframes) in [("remux-bframes", Some(2)), ("remux-nobframes", Some(0)), ("remux-audio", None)] {
         let src = source(name, bframes);
         let dir = test_dir(&format!("validators-{name}"));
-        run(Command::new(REEL).arg("remux").arg(&src).args(["-f", "hls", "--segment", "2s", "-o"]).arg(dir.join("o.m3u8")));
+        run(Command::new(REEL)
+            .arg("remux")
+            .arg(&src)
+            .args(["-f", "hls", "--segment", "2s", "-o"])
+            .arg(dir.join("o.m3u8")));
         run(Command::new(REEL).arg("remux").arg(&src).args(["-f", "mp4", "-o"]).arg(dir.join("o.mp4")));
         assert_ts_valid(&files(&dir, "ts"));
         assert_mp4_durations_cover_samples(&dir.join("o.mp4"));
