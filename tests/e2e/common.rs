@@ -25,9 +25,7 @@ pub fn run(cmd: &mut Command) -> Output {
     out
 }
 
-pub fn have(tool: &str) -> bool {
-    Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
-}
+pub use crate::golden::have;
 
 /// Generates (once per test process) an FLV with H.264 (2 s GOP, B-frames) + AAC.
 pub fn fixture(name: &str, seconds: u32, audio: bool, video: bool) -> PathBuf {
@@ -219,77 +217,4 @@ pub fn wait_files(dir: &Path, ext: &str, n: usize, limit: Duration) -> (Vec<Path
     }
 }
 
-/// One line of `ffmpeg -f framemd5`: stream, dts, pts, duration, size, hash.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Packet {
-    pub stream: u32,
-    pub dts: i64,
-    pub pts: i64,
-    pub size: u64,
-    pub hash: String,
-}
-
-/// Packets of `path` as ffmpeg demuxes them (`-c copy`), per stream type (`v` or `a`).
-pub fn packets(path: &Path, map: &str) -> Vec<Packet> {
-    let out = run(Command::new("ffmpeg").args(["-v", "error", "-copyts", "-i"]).arg(path).args([
-        "-map",
-        &format!("0:{map}"),
-        "-c",
-        "copy",
-        "-f",
-        "framemd5",
-        "-",
-    ]));
-    parse_framemd5(&String::from_utf8_lossy(&out.stdout))
-}
-
-/// Decoded frames of `path` (hashes of the decoded pictures/samples).
-pub fn decoded(path: &Path, map: &str) -> Vec<Packet> {
-    let out = run(Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(path).args([
-        "-map",
-        &format!("0:{map}"),
-        "-f",
-        "framemd5",
-        "-",
-    ]));
-    parse_framemd5(&String::from_utf8_lossy(&out.stdout))
-}
-
-pub fn parse_framemd5(text: &str) -> Vec<Packet> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(',').map(str::trim).collect();
-            if f.len() < 6 {
-                return None;
-            }
-            Some(Packet {
-                stream: f[0].parse().ok()?,
-                dts: f[1].parse().ok()?,
-                pts: f[2].parse().ok()?,
-                size: f[4].parse().ok()?,
-                hash: f[5].to_string(),
-            })
-        })
-        .collect()
-}
-
-/// `ffmpeg -v error -i FILE -f null -` prints nothing for a clean file.
-pub fn decode_errors(path: &Path) -> String {
-    let out = Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(path).args(["-f", "null", "-"]).output().unwrap();
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Key frame flags of the video packets, in order (`ffprobe -show_packets`).
-pub fn video_key_flags(path: &Path) -> Vec<bool> {
-    let out = run(Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0", "-show_entries", "packet=flags", "-of", "csv=p=0"])
-        .arg(path));
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| l.contains('K')).collect()
-}
-
-pub fn ffprobe_json(path: &Path) -> serde_json::Value {
-    let out =
-        run(Command::new("ffprobe").args(["-v", "error", "-show_format", "-show_streams", "-of", "json"]).arg(path));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
+pub use crate::golden::{decode_errors, decoded, packets, video_key_flags, Packet};

@@ -1,5 +1,10 @@
 //! End-to-end tests: the real `reel` binary, real publishers, verified with ffprobe/ffmpeg.
 
+// The ffmpeg harness the muxers' golden tests use; it names these through `crate::`.
+use reel::{media, mux};
+#[path = "../../host/src/mux/golden.rs"]
+mod golden;
+
 mod bench;
 mod browser;
 mod common;

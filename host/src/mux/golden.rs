@@ -1,6 +1,9 @@
-//! The ffmpeg harness of the muxers' golden tests: media made by ffmpeg at test time, and
-//! ffmpeg/ffprobe as the judges. The golden tests run with `--features golden` (`tests/run`
-//! sets it), so `cargo test --lib` needs no ffmpeg.
+//! The one ffmpeg test harness: media made by ffmpeg at test time, and ffmpeg/ffprobe as the
+//! judges. The muxers' golden tests use it as `crate::mux::golden` (they run with `--features
+//! golden`, which `tests/run` sets, so `cargo test --lib` needs no ffmpeg); the end-to-end
+//! tests include this same file (`tests/e2e/main.rs`), with `media` and `mux` in scope.
+// Each of the two test crates uses part of it.
+#![allow(dead_code)]
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -18,8 +21,9 @@ pub const AV_ARGS: &str = "-f lavfi -i testsrc2=size=320x240:rate=25 -f lavfi -i
 /// Five seconds of 48 kHz mono AAC.
 pub const AUDIO_ARGS: &str = "-f lavfi -i sine=frequency=440:sample_rate=48000 -t 5 -c:a aac -ac 1";
 
-fn have(tool: &str) -> bool {
-    Command::new(tool).arg("-version").output().map(|o| o.status.success()).unwrap_or(false)
+/// Whether `tool` is installed (it can be started).
+pub fn have(tool: &str) -> bool {
+    Command::new(tool).arg("--version").output().is_ok()
 }
 
 /// A scratch directory unique to one test; removed unless the test failed or
@@ -119,21 +123,77 @@ pub fn mux_file(src: &Path, out: &Path, m: &mut dyn Muxer) {
     write(out, &chunks);
 }
 
-/// `ffmpeg -v error -i path -f null -` reports nothing.
-pub fn assert_decodes_cleanly(path: &Path) {
+/// What `ffmpeg -v error -i path -f null -` reports: nothing for a clean file.
+pub fn decode_errors(path: &Path) -> String {
     let o = output("ffmpeg", "-v error -i {} -f null -", &[path]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success() && err.trim().is_empty(), "decoding {} reported: {err}", path.display());
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    if o.status.success() {
+        err
+    } else {
+        format!("ffmpeg failed: {err}")
+    }
+}
+
+/// Fails the test unless `path` decodes without a word from ffmpeg.
+pub fn assert_decodes_cleanly(path: &Path) {
+    let err = decode_errors(path);
+    assert!(err.trim().is_empty(), "decoding {} reported: {err}", path.display());
+}
+
+/// One line of `ffmpeg -f framemd5`: stream, dts, pts, size, hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Packet {
+    pub stream: u32,
+    pub dts: i64,
+    pub pts: i64,
+    pub size: u64,
+    pub hash: String,
+}
+
+pub fn parse_framemd5(text: &str) -> Vec<Packet> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').map(str::trim).collect();
+            if f.len() < 6 {
+                return None;
+            }
+            Some(Packet {
+                stream: f[0].parse().ok()?,
+                dts: f[1].parse().ok()?,
+                pts: f[2].parse().ok()?,
+                size: f[4].parse().ok()?,
+                hash: f[5].to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Packets of stream type `map` (`v` or `a`) as ffmpeg demuxes them (`-c copy`, timestamps
+/// as in the file).
+pub fn packets(path: &Path, map: &str) -> Vec<Packet> {
+    parse_framemd5(&ffmpeg(&format!("-v error -copyts -i {{}} -map 0:{map} -c copy -f framemd5 -"), &[path]))
+}
+
+/// Decoded frames of stream type `map` (each picture or audio frame once, as decoded).
+pub fn decoded(path: &Path, map: &str) -> Vec<Packet> {
+    parse_framemd5(&ffmpeg(&format!("-v error -i {{}} -map 0:{map} -fps_mode passthrough -f framemd5 -"), &[path]))
 }
 
 /// Hashes of the decoded frames of stream `v` or `a`.
 pub fn frame_hashes(path: &Path, stream: &str) -> Vec<String> {
-    let args = format!("-v error -i {{}} -map 0:{stream} -fps_mode passthrough -f framemd5 -");
-    let out = ffmpeg(&args, &[path]);
-    out.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| l.rsplit(',').next().map(|h| h.trim().to_string()))
-        .collect()
+    decoded(path, stream).into_iter().map(|p| p.hash).collect()
+}
+
+/// Key frame flags of the video packets, in order.
+pub fn video_key_flags(path: &Path) -> Vec<bool> {
+    let out = ffprobe("-v error -select_streams v:0 -show_entries packet=flags -of csv=p=0 {}", &[path]);
+    out.lines().map(|l| l.contains('K')).collect()
+}
+
+/// `ffprobe -show_format -show_streams` as JSON.
+pub fn ffprobe_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&ffprobe("-v error -show_format -show_streams -of json {}", &[path])).expect("ffprobe JSON")
 }
 
 pub fn assert_same_frames(src: &Path, out: &Path, stream: &str) {
