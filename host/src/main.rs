@@ -192,7 +192,10 @@ fn serve(config_path: Option<PathBuf>, check: bool) -> Result<()> {
         return Ok(());
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(run(config, config_path))
+    let result = rt.block_on(run(config, config_path));
+    // Whatever outlived the shutdown deadline is not waited for.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
@@ -201,7 +204,18 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         .with_context(|| format!("creating data_dir {}", config.server.data_dir.display()))?;
     let rtmp_addr: SocketAddr = config.server.rtmp_listen.parse()?;
     let http_addr: SocketAddr = config.server.http_listen.parse()?;
-    let idle = config.server.idle_timeout.std();
+    let server = config.server.clone();
+    let limits = reel::ingest::conn::Limits {
+        idle_timeout: server.idle_timeout.std(),
+        handshake_timeout: server.handshake_timeout.std(),
+        write_timeout: server.write_timeout.std(),
+        max_connections: server.max_connections,
+    };
+    let http_limits = reel::api::HttpLimits {
+        header_timeout: server.http_header_timeout.std(),
+        max_connections: server.max_http_connections,
+    };
+    let deadline = server.shutdown_timeout.std();
     let recorder = Recorder::new(config).context("opening storage")?;
 
     let rtmp =
@@ -226,28 +240,36 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let rtmp_task = tokio::spawn(reel::ingest::conn::serve(
         rtmp,
         Arc::new(Publishes(recorder.clone())),
-        idle,
+        limits,
         shutdown.clone(),
         conns.clone(),
     ));
     let app = reel::api::router(reel::api::ApiState { recorder: recorder.clone(), metrics, reload: reload.clone() });
-    let http_shutdown = shutdown.clone();
-    let http_task = tokio::spawn(async move {
-        axum::serve(http, app).with_graceful_shutdown(async move { http_shutdown.cancelled().await }).await
-    });
+    let http_task = tokio::spawn(reel::api::serve(http, app, http_limits, shutdown.clone(), deadline));
 
     wait_for_signals(reload).await;
-    tracing::info!("shutting down: closing connections and finishing open files");
+    tracing::info!(deadline_s = deadline.as_secs_f64(), "shutting down: closing connections and finishing open files");
+    let end = tokio::time::Instant::now() + deadline;
     shutdown.cancel();
     let _ = rtmp_task.await;
     conns.close();
-    conns.wait().await;
-    recorder.drain().await;
-    if !recorder.drain_callbacks(std::time::Duration::from_secs(10)).await {
+    let clean = tokio::time::timeout_at(end, async {
+        conns.wait().await;
+        recorder.drain().await;
+    })
+    .await
+    .is_ok();
+    if !clean {
+        tracing::error!("connections or recordings still open at the shutdown deadline; exiting without them");
+    }
+    let left = end.saturating_duration_since(tokio::time::Instant::now()).max(std::time::Duration::from_secs(1));
+    if !recorder.drain_callbacks(left.min(std::time::Duration::from_secs(10))).await {
         tracing::warn!("some callbacks were not delivered before exit");
     }
-    let _ = http_task.await;
-    tracing::info!("all files closed; bye");
+    let _ = tokio::time::timeout_at(end + std::time::Duration::from_secs(1), http_task).await;
+    if clean {
+        tracing::info!("all files closed; bye");
+    }
     Ok(())
 }
 
@@ -266,9 +288,6 @@ impl FrameSink for Frames {
 impl PublishHandler for Publishes {
     type Sink = Frames;
     fn publish(&self, req: &PublishRequest) -> Result<Frames, (&'static str, String)> {
-        if req.stream.is_empty() || req.app.is_empty() {
-            return Err(("NetStream.Publish.BadName", "app and stream name must not be empty".into()));
-        }
         let info = reel::policy::StreamInfo {
             domain: req.domain.clone(),
             app: req.app.clone(),

@@ -12,6 +12,7 @@ mod config_errors;
 mod errors;
 mod flv_record;
 mod formats;
+mod limits;
 mod plugins;
 mod remux;
 mod slow_plugin;

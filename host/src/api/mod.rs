@@ -1,4 +1,6 @@
-//! HTTP API: `/healthz`, `/metrics` (Prometheus), `GET /v1/streams`, `POST /v1/reload`.
+//! HTTP API: `/healthz`, `/metrics` (Prometheus), `GET /v1/streams`, `POST /v1/reload`, and
+//! the HTTP/1.1 server that carries it, with a deadline for request headers and a bound on
+//! connections.
 
 use std::sync::Arc;
 
@@ -66,5 +68,61 @@ async fn reload(State(s): State<ApiState>) -> Response {
         Ok(Err(e)) => (StatusCode::BAD_REQUEST, Json(json!({"reloaded": false, "error": e}))).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"reloaded": false, "error": e.to_string()})))
             .into_response(),
+    }
+}
+
+/// Deadlines and bounds of the HTTP server (`[server]` in the configuration).
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    /// A request's headers must arrive within this long (slow clients are closed).
+    pub header_timeout: std::time::Duration,
+    /// Connections at once; more are closed as they arrive.
+    pub max_connections: usize,
+}
+
+/// Serves `app` on `listener` until `shutdown` fires, then lets requests in flight finish for at
+/// most `grace`. Idle keep-alive connections and half-sent requests end at the header deadline.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: HttpLimits,
+    shutdown: tokio_util::sync::CancellationToken,
+    grace: std::time::Duration,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    loop {
+        let (sock, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = &e as &dyn std::error::Error, "http accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics::counter!("reel_http_connections_refused_total").increment(1);
+            tracing::warn!(%peer, max = limits.max_connections, "http connection refused: server.max_http_connections reached");
+            continue;
+        };
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .serve_connection(TokioIo::new(sock), service.clone());
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = &e as &dyn std::error::Error, "http connection ended");
+            }
+            drop(slot);
+        });
+    }
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("http connections still open after the shutdown deadline; closing them");
     }
 }

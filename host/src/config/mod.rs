@@ -82,6 +82,24 @@ pub struct Server {
     /// Disconnect a publisher that sends nothing for this long.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Duration,
+    /// An RTMP client must complete the handshake within this long after connecting.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: Duration,
+    /// Longest a write to a peer may wait (a peer that stops reading is disconnected).
+    #[serde(default = "default_write_timeout")]
+    pub write_timeout: Duration,
+    /// RTMP connections at once; more are closed as they arrive.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// An HTTP client must send a request's headers within this long.
+    #[serde(default = "default_http_header_timeout")]
+    pub http_header_timeout: Duration,
+    /// HTTP connections at once; more are closed as they arrive.
+    #[serde(default = "default_max_http_connections")]
+    pub max_http_connections: usize,
+    /// On SIGTERM: longest wait for connections, files and callbacks to finish before exiting.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for Server {
@@ -94,6 +112,12 @@ impl Default for Server {
             flush_bytes: default_flush_bytes(),
             flush_interval: default_flush_interval(),
             idle_timeout: default_idle_timeout(),
+            handshake_timeout: default_handshake_timeout(),
+            write_timeout: default_write_timeout(),
+            max_connections: default_max_connections(),
+            http_header_timeout: default_http_header_timeout(),
+            max_http_connections: default_max_http_connections(),
+            shutdown_timeout: default_shutdown_timeout(),
         }
     }
 }
@@ -117,6 +141,24 @@ fn default_flush_interval() -> Duration {
     Duration::from_millis(1000)
 }
 fn default_idle_timeout() -> Duration {
+    Duration::from_millis(30_000)
+}
+fn default_handshake_timeout() -> Duration {
+    Duration::from_millis(5_000)
+}
+fn default_write_timeout() -> Duration {
+    Duration::from_millis(10_000)
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_http_header_timeout() -> Duration {
+    Duration::from_millis(5_000)
+}
+fn default_max_http_connections() -> usize {
+    256
+}
+fn default_shutdown_timeout() -> Duration {
     Duration::from_millis(30_000)
 }
 
@@ -251,6 +293,25 @@ impl Config {
         {
             if addr.parse::<std::net::SocketAddr>().is_err() {
                 p.push(format!("{field} = {addr:?} is not an address like \"127.0.0.1:1935\""));
+            }
+        }
+        for (key, d) in [
+            ("server.idle_timeout", self.server.idle_timeout),
+            ("server.handshake_timeout", self.server.handshake_timeout),
+            ("server.write_timeout", self.server.write_timeout),
+            ("server.http_header_timeout", self.server.http_header_timeout),
+            ("server.shutdown_timeout", self.server.shutdown_timeout),
+        ] {
+            if d.as_millis() == 0 {
+                p.push(format!("{key} must be more than 0"));
+            }
+        }
+        for (key, n) in [
+            ("server.max_connections", self.server.max_connections),
+            ("server.max_http_connections", self.server.max_http_connections),
+        ] {
+            if n == 0 {
+                p.push(format!("{key} must be at least 1"));
             }
         }
         if self.server.queue_frames < 16 {

@@ -38,14 +38,28 @@ pub trait PublishHandler: Send + Sync + 'static {
     fn publish(&self, req: &PublishRequest) -> Result<Self::Sink, (&'static str, String)>;
 }
 
+/// Deadlines and bounds of RTMP connections (`[server]` in the configuration).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// The handshake must be complete this long after the connection opened.
+    pub handshake_timeout: Duration,
+    /// Longest one write to the peer may wait.
+    pub write_timeout: Duration,
+    /// Connections at once.
+    pub max_connections: usize,
+}
+
 /// Accepts connections until `shutdown` fires. Connection tasks join `tracker`.
 pub async fn serve<H: PublishHandler>(
     listener: TcpListener,
     handler: Arc<H>,
-    idle_timeout: Duration,
+    limits: Limits,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
         let (sock, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -58,13 +72,21 @@ pub async fn serve<H: PublishHandler>(
             },
             _ = shutdown.cancelled() => return,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Full: the newcomer is closed at once, the connections in place keep going.
+            metrics::counter!("reel_rtmp_connections_refused_total").increment(1);
+            tracing::warn!(%peer, max = limits.max_connections, "rtmp connection refused: server.max_connections reached");
+            drop(sock);
+            continue;
+        };
         let _ = sock.set_nodelay(true);
         let handler = handler.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            if let Err(e) = connection(sock, handler, idle_timeout, shutdown).await {
+            if let Err(e) = connection(sock, handler, limits, shutdown).await {
                 tracing::info!(%peer, error = &e as &dyn std::error::Error, "rtmp connection ended");
             }
+            drop(slot);
         });
     }
 }
@@ -77,6 +99,10 @@ enum ConnError {
     Session(#[from] super::session::SessionError),
     #[error("no data for {0:?}")]
     Idle(Duration),
+    #[error("handshake not complete after {0:?}")]
+    HandshakeTimeout(Duration),
+    #[error("the peer took nothing for {0:?}: it stopped reading")]
+    WriteTimeout(Duration),
     #[error("publish refused: {0}")]
     Refused(String),
 }
@@ -84,9 +110,11 @@ enum ConnError {
 async fn connection<H: PublishHandler>(
     mut sock: TcpStream,
     handler: Arc<H>,
-    idle_timeout: Duration,
+    limits: Limits,
     shutdown: CancellationToken,
 ) -> Result<(), ConnError> {
+    let Limits { idle_timeout, handshake_timeout, write_timeout, .. } = limits;
+    let opened = tokio::time::Instant::now();
     let mut session = ServerSession::new();
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut events = Vec::with_capacity(64);
@@ -123,6 +151,9 @@ async fn connection<H: PublishHandler>(
                         if last_data.elapsed() > idle_timeout {
                             break Err(ConnError::Idle(idle_timeout));
                         }
+                        if !session.handshake_done() && opened.elapsed() > handshake_timeout {
+                            break Err(ConnError::HandshakeTimeout(handshake_timeout));
+                        }
                         continue;
                     }
                     Err(e) => break Err(e.into()),
@@ -134,6 +165,10 @@ async fn connection<H: PublishHandler>(
         }
         last_data = tokio::time::Instant::now();
         let fed = session.feed(&mut buf, &mut events);
+        // A handshake trickled in a byte at a time is held to the same deadline.
+        if !session.handshake_done() && opened.elapsed() > handshake_timeout {
+            break Err(ConnError::HandshakeTimeout(handshake_timeout));
+        }
         let mut refused = None;
         for ev in events.drain(..) {
             match ev {
@@ -146,7 +181,9 @@ async fn connection<H: PublishHandler>(
                         }
                     }
                     Err((code, why)) => {
-                        tracing::warn!(app = %req.app, stream = %req.stream, "publish refused: {why}");
+                        // A hostile name may be kilobytes long: the log keeps its start.
+                        let short = |n: &str| n.chars().take(64).collect::<String>();
+                        tracing::warn!(app = %short(&req.app), stream = %short(&req.stream), "publish refused: {why}");
                         session.reject_publish(code, &why);
                         refused = Some(why);
                     }
@@ -168,8 +205,13 @@ async fn connection<H: PublishHandler>(
             }
         }
         while let Some(out) = session.take_output() {
-            if let Err(e) = sock.write_all(&out).await {
-                return Err(e.into());
+            match tokio::time::timeout(write_timeout, sock.write_all(&out)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => {
+                    metrics::counter!("reel_rtmp_write_timeouts_total").increment(1);
+                    return Err(ConnError::WriteTimeout(write_timeout));
+                }
             }
         }
         if let Some(why) = refused {
@@ -180,7 +222,7 @@ async fn connection<H: PublishHandler>(
         }
     };
     drop(sink);
-    let _ = sock.shutdown().await;
+    let _ = tokio::time::timeout(write_timeout, sock.shutdown()).await;
     result
 }
 

@@ -148,6 +148,11 @@ impl ServerSession {
         result
     }
 
+    /// Whether the handshake is complete.
+    pub fn handshake_done(&self) -> bool {
+        self.handshake.is_none()
+    }
+
     /// Bytes to send to the peer (take and write them after every feed / accept / reject).
     pub fn take_output(&mut self) -> Option<Bytes> {
         self.link.take_output()

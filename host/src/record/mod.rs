@@ -37,6 +37,30 @@ pub enum RecordError {
 /// Callbacks waiting in memory at most (a full queue drops new ones, counted in metrics).
 const OUTBOX_CAPACITY: usize = 10_000;
 
+/// Longest app or stream name accepted, in bytes.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Checks an app or stream name at publish: 1 to [`MAX_NAME_LEN`] letters, digits, `-`, `_`
+/// or `.`, not starting with `.` (names become folders and file names).
+pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err(format!("the {what} name is empty"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!("the {what} name is {} bytes long; at most {MAX_NAME_LEN} are allowed", name.len()));
+    }
+    if name.starts_with('.') {
+        return Err(format!("the {what} name {name:?} starts with '.'"));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
+        return Err(format!(
+            "the {what} name {:?} contains {c:?}: use letters, digits, '-', '_' and '.'",
+            name.chars().take(64).collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
 /// Why a publish was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reject {
@@ -251,6 +275,12 @@ impl Recorder {
 
     /// A publisher starts `info`. Returns the handle frames go to, or why it is refused.
     pub fn publish(&self, info: StreamInfo) -> Result<StreamHandle, Reject> {
+        for (what, name) in [("app", &info.app), ("stream", &info.name)] {
+            if let Err(description) = check_name(what, name) {
+                metrics::counter!("reel_publishes_refused_total", "reason" => "name").increment(1);
+                return Err(Reject { code: "NetStream.Publish.BadName", description });
+            }
+        }
         let key = StreamKey { domain: info.domain.clone(), app: info.app.clone(), name: info.name.clone() };
         let rt = self.runtime();
         let session_id = format!(
@@ -321,6 +351,17 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_checked_at_publish() {
+        assert!(check_name("stream", "cam-1_a.b").is_ok());
+        assert!(check_name("stream", &"a".repeat(255)).is_ok());
+        let long = check_name("stream", &"a".repeat(10_000)).unwrap_err();
+        assert!(long.contains("10000 bytes") && long.contains("255"), "{long}");
+        for bad in ["", ".", "..", ".hidden", "a/b", "../../tmp/evil", "a\0b", "%2e%2e%2f", "名前", "a b"] {
+            assert!(check_name("stream", bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn wildcard_matching() {
