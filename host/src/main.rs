@@ -288,6 +288,12 @@ impl FrameSink for Frames {
 impl PublishHandler for Publishes {
     type Sink = Frames;
     fn publish(&self, req: &PublishRequest) -> Result<Frames, (&'static str, String)> {
+        let auth = self.0.runtime().config.auth.clone();
+        let now = reel::media::time::now_ms() / 1000;
+        if let Err(why) = reel::ingest::auth::check(&auth, &req.domain, &req.app, &req.stream, &req.params, now) {
+            metrics::counter!("reel_publishes_refused_total", "reason" => "auth").increment(1);
+            return Err(("NetStream.Publish.BadName", format!("publish not authorized: {why}")));
+        }
         let info = reel::policy::StreamInfo {
             domain: req.domain.clone(),
             app: req.app.clone(),

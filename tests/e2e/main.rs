@@ -5,6 +5,7 @@ use reel::{media, mux};
 #[path = "../../host/src/mux/golden.rs"]
 mod golden;
 
+mod auth;
 mod bench;
 mod browser;
 mod common;

@@ -27,10 +27,39 @@ pub struct ApiState {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/v1/streams", get(streams))
         .route("/v1/reload", post(reload))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
+}
+
+/// Paths that answer without the API token: probes and the metrics scraper.
+const OPEN_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
+
+/// With `[server] api_token` set (as of the running configuration), everything else needs
+/// `Authorization: Bearer <token>`.
+async fn require_token(
+    State(s): State<ApiState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(token) = s.recorder.runtime().config.server.api_token() {
+        let given = req
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let ok = given.is_some_and(|g| {
+            g.len() == token.len() && g.bytes().zip(token.bytes()).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
+        });
+        if !ok && !OPEN_PATHS.contains(&req.uri().path()) {
+            let body = json!({"error": {"code": "unauthorized", "message": "this API needs Authorization: Bearer <server.api_token>"}});
+            return (StatusCode::UNAUTHORIZED, [("www-authenticate", "Bearer")], Json(body)).into_response();
+        }
+    }
+    next.run(req).await
 }
 
 async fn metrics(State(s): State<ApiState>) -> Response {

@@ -1,10 +1,12 @@
 //! The TOML configuration: types (unknown keys are errors), defaults in one place, and
 //! `validate()` reporting every problem with the key it is about.
 
+mod auth;
 mod callback;
 mod duration;
 mod plugins;
 
+pub use auth::{Auth, AuthKind};
 pub use callback::{CallbackConfig, EVENTS, EVENT_RECORD_FILE};
 pub use duration::{parse_duration, Duration};
 pub use plugins::{
@@ -59,6 +61,9 @@ pub struct Config {
     /// `[[callback]]`: HTTP endpoints told about every finished file.
     #[serde(default)]
     pub callback: Vec<CallbackConfig>,
+    /// `[[auth]]`: signed publish URLs, per domain and app (off when none matches).
+    #[serde(default)]
+    pub auth: Vec<Auth>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -100,6 +105,10 @@ pub struct Server {
     /// On SIGTERM: longest wait for connections, files and callbacks to finish before exiting.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: Duration,
+    /// When set, every HTTP request but `/healthz`, `/readyz` and `/metrics` needs
+    /// `Authorization: Bearer <token>` (`env:VAR` reads it from the environment).
+    #[serde(default)]
+    pub api_token: Option<String>,
 }
 
 impl Default for Server {
@@ -118,6 +127,7 @@ impl Default for Server {
             http_header_timeout: default_http_header_timeout(),
             max_http_connections: default_max_http_connections(),
             shutdown_timeout: default_shutdown_timeout(),
+            api_token: None,
         }
     }
 }
@@ -247,7 +257,7 @@ pub struct Rule {
     pub priority: i32,
 }
 
-fn wildcard() -> String {
+pub(crate) fn wildcard() -> String {
     "*".into()
 }
 
@@ -312,6 +322,21 @@ impl Config {
         ] {
             if n == 0 {
                 p.push(format!("{key} must be at least 1"));
+            }
+        }
+        for (i, a) in self.auth.iter().enumerate() {
+            if let Err(e) = a.resolved_key() {
+                p.push(format!("auth[{i}].key: {e}"));
+            } else if a.resolved_key().is_ok_and(|k| k.is_empty()) {
+                p.push(format!("auth[{i}].key must not be empty"));
+            }
+        }
+        if let Some(t) = &self.server.api_token {
+            match t.strip_prefix("env:").map(std::env::var) {
+                Some(Err(_)) => p.push(format!("server.api_token: environment variable {} is not set", &t[4..])),
+                Some(Ok(v)) if v.is_empty() => p.push("server.api_token must not be empty".into()),
+                None if t.is_empty() => p.push("server.api_token must not be empty".into()),
+                _ => {}
             }
         }
         if self.server.queue_frames < 16 {
@@ -399,6 +424,16 @@ fn describe(text: &str, e: &toml::de::Error) -> String {
             format!("line {line}, column {col}: {}\n    {line} | {src}", e.message())
         }
         None => e.message().to_string(),
+    }
+}
+
+impl Server {
+    /// The API token, with `env:VAR` resolved (checked by `validate`).
+    pub fn api_token(&self) -> Option<String> {
+        self.api_token.as_ref().map(|t| match t.strip_prefix("env:") {
+            Some(var) => std::env::var(var).unwrap_or_default(),
+            None => t.clone(),
+        })
     }
 }
 

@@ -1,6 +1,7 @@
 //! RTMP ingest. The protocol is sans-IO: [`handshake`], [`chunk`] and [`session`] take bytes
 //! and return events and bytes to send; the tokio connection code drives a [`ServerSession`].
 
+pub mod auth;
 pub mod chunk;
 pub mod client;
 pub mod conn;
