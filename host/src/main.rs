@@ -210,6 +210,9 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         handshake_timeout: server.handshake_timeout.std(),
         write_timeout: server.write_timeout.std(),
         max_connections: server.max_connections,
+        reassembly: Some(reel::ingest::chunk::ReassemblyBudget::new(
+            usize::try_from(server.max_reassembly_bytes).unwrap_or(usize::MAX),
+        )),
     };
     let http_limits = reel::api::HttpLimits {
         header_timeout: server.http_header_timeout.std(),

@@ -219,3 +219,30 @@ fn a_stream_name_of_10_kb_is_refused_with_a_clear_status() {
     let (flv, _) = wait_files(&reel.recordings().join("live").join(&ok), "flv", 1, Duration::from_secs(10));
     assert_eq!(flv.len(), 1, "{}", reel.log_text());
 }
+
+#[test]
+fn messages_being_reassembled_have_a_global_budget() {
+    let reel = Reel::start("limits-reassembly", &config("max_reassembly_bytes = \"20MiB\"\n"));
+    let src = fixture("av", 6, true, true);
+    let healthy = {
+        let (src, url) = (src.clone(), reel.url("live", "beside"));
+        std::thread::spawn(move || ffmpeg_publish(&src, &url, true))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    // Six peers each announce an 8 MiB message and send its first chunk, then wait.
+    let mut parked = Vec::new();
+    for _ in 0..6 {
+        let mut s = connect(reel.rtmp_port);
+        handshake(&mut s);
+        let mut msg = vec![0x06, 0, 0, 0, 0x80, 0, 0, 9, 1, 0, 0, 0];
+        msg.extend([0u8; 128]);
+        s.write_all(&msg).unwrap();
+        parked.push(s);
+    }
+    let closed = parked.iter_mut().map(|s| closed_within(s, Duration::from_secs(2))).filter(Option::is_some).count();
+    assert_eq!(closed, 4, "two 8 MiB messages fit in 20 MiB, the other four peers are closed");
+    assert!(log_shows(&reel, "reassembly budget"), "{}", reel.log_text());
+    healthy.join().unwrap();
+    let (flv, _) = wait_files(&reel.recordings().join("live/beside"), "flv", 1, Duration::from_secs(10));
+    assert_eq!(packets(&flv[0], "v"), packets(&src, "v"), "the stream beside them is packet-identical");
+}

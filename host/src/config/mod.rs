@@ -96,6 +96,10 @@ pub struct Server {
     /// RTMP connections at once; more are closed as they arrive.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Bytes of RTMP messages being reassembled at once, over all connections (each message is
+    /// at most 8 MiB); a connection whose next message does not fit is closed.
+    #[serde(default = "default_max_reassembly_bytes", deserialize_with = "plugins::de_bytes")]
+    pub max_reassembly_bytes: u64,
     /// An HTTP client must send a request's headers within this long.
     #[serde(default = "default_http_header_timeout")]
     pub http_header_timeout: Duration,
@@ -124,6 +128,7 @@ impl Default for Server {
             handshake_timeout: default_handshake_timeout(),
             write_timeout: default_write_timeout(),
             max_connections: default_max_connections(),
+            max_reassembly_bytes: default_max_reassembly_bytes(),
             http_header_timeout: default_http_header_timeout(),
             max_http_connections: default_max_http_connections(),
             shutdown_timeout: default_shutdown_timeout(),
@@ -161,6 +166,9 @@ fn default_write_timeout() -> Duration {
 }
 fn default_max_connections() -> usize {
     10_000
+}
+fn default_max_reassembly_bytes() -> u64 {
+    256 << 20
 }
 fn default_http_header_timeout() -> Duration {
     Duration::from_millis(5_000)
@@ -338,6 +346,9 @@ impl Config {
                 None if t.is_empty() => p.push("server.api_token must not be empty".into()),
                 _ => {}
             }
+        }
+        if self.server.max_reassembly_bytes < 8 << 20 {
+            p.push("server.max_reassembly_bytes must be at least 8MiB (one RTMP message)".into());
         }
         if self.server.queue_frames < 16 {
             p.push("server.queue_frames must be at least 16".into());

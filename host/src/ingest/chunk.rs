@@ -67,6 +67,10 @@ pub enum ChunkError {
     TooManyChunkStreams { max: usize },
     #[error("messages being reassembled would hold {bytes} bytes, over the {max}-byte limit")]
     TooMuchPartialData { bytes: usize, max: usize },
+    #[error(
+        "a message of {length} bytes does not fit the server's reassembly budget ({max} bytes over all connections)"
+    )]
+    OverBudget { length: usize, max: usize },
     #[error("invalid chunk size {0} in Set Chunk Size (must be 1..=2147483647)")]
     InvalidChunkSize(u32),
     #[error("protocol control message type {type_id} has {len} payload bytes, needs {need}")]
@@ -110,12 +114,49 @@ fn be32(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
+/// Bytes declared by messages being reassembled, over every connection sharing it (DoS limit
+/// across connections: [`MAX_PARTIAL_BYTES`] bounds one connection, this bounds them all).
+#[derive(Debug)]
+pub struct ReassemblyBudget {
+    used: std::sync::atomic::AtomicUsize,
+    max: usize,
+}
+
+impl ReassemblyBudget {
+    pub fn new(max: usize) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self { used: std::sync::atomic::AtomicUsize::new(0), max })
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn reserve(&self, n: usize) -> bool {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        self.used.fetch_update(AcqRel, Acquire, |u| u.checked_add(n).filter(|t| *t <= self.max)).is_ok()
+    }
+
+    fn release(&self, n: usize) {
+        self.used.fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// Decodes chunks into messages.
 #[derive(Debug)]
 pub struct ChunkReader {
     chunk_size: usize,
     streams: Vec<ChunkStream>,
     partial_bytes: usize,
+    budget: Option<std::sync::Arc<ReassemblyBudget>>,
+}
+
+impl Drop for ChunkReader {
+    fn drop(&mut self) {
+        if let Some(b) = &self.budget {
+            b.release(self.partial_bytes);
+        }
+    }
 }
 
 impl Default for ChunkReader {
@@ -126,7 +167,12 @@ impl Default for ChunkReader {
 
 impl ChunkReader {
     pub fn new() -> Self {
-        Self { chunk_size: DEFAULT_CHUNK_SIZE, streams: Vec::new(), partial_bytes: 0 }
+        Self::with_budget(None)
+    }
+
+    /// A reader whose messages being reassembled also count against `budget`.
+    pub fn with_budget(budget: Option<std::sync::Arc<ReassemblyBudget>>) -> Self {
+        Self { chunk_size: DEFAULT_CHUNK_SIZE, streams: Vec::new(), partial_bytes: 0, budget }
     }
 
     /// The peer's current chunk size.
@@ -245,6 +291,11 @@ impl ChunkReader {
             if bytes > MAX_PARTIAL_BYTES {
                 return Err(ChunkError::TooMuchPartialData { bytes, max: MAX_PARTIAL_BYTES });
             }
+            if let Some(b) = &self.budget {
+                if !b.reserve(length) {
+                    return Err(ChunkError::OverBudget { length, max: b.max });
+                }
+            }
         }
         let s = &mut self.streams[i];
         if h.fmt <= 2 {
@@ -283,6 +334,9 @@ impl ChunkReader {
         }
         let payload = s.partial.take().map(BytesMut::freeze).unwrap_or_default();
         self.partial_bytes -= length;
+        if let Some(b) = &self.budget {
+            b.release(length);
+        }
         Ok(ChunkResult::Message(Self::message(s, payload)))
     }
 
@@ -776,6 +830,26 @@ mod tests {
         let mut buf = BytesMut::from(&[0x43, 0, 0, 1, 0, 0, 1, 20, 5][..]);
         let m = ChunkReader::new().read_message(&mut buf).unwrap().unwrap();
         assert_eq!((m.stream_id, m.type_id, m.timestamp), (0, 20, 1));
+    }
+
+    #[test]
+    fn a_shared_budget_bounds_reassembly_across_connections() {
+        let budget = ReassemblyBudget::new(MAX_MESSAGE_SIZE + MAX_MESSAGE_SIZE / 2);
+        let first_chunk = |r: &mut ChunkReader| {
+            let mut buf = BytesMut::from(&fmt0(6, 0, MAX_MESSAGE_SIZE, 9, 1)[..]);
+            buf.extend_from_slice(&[0u8; DEFAULT_CHUNK_SIZE]);
+            r.read_message(&mut buf)
+        };
+        let mut a = ChunkReader::with_budget(Some(budget.clone()));
+        assert_eq!(first_chunk(&mut a), Ok(None), "an 8 MiB message starts");
+        assert_eq!(budget.used(), MAX_MESSAGE_SIZE);
+        let mut b = ChunkReader::with_budget(Some(budget.clone()));
+        assert!(matches!(first_chunk(&mut b), Err(ChunkError::OverBudget { .. })), "a second does not fit");
+        // A connection that goes gives its share back.
+        drop(a);
+        assert_eq!(budget.used(), 0);
+        let mut c = ChunkReader::with_budget(Some(budget.clone()));
+        assert_eq!(first_chunk(&mut c), Ok(None));
     }
 
     #[test]

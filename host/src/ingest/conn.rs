@@ -39,7 +39,7 @@ pub trait PublishHandler: Send + Sync + 'static {
 }
 
 /// Deadlines and bounds of RTMP connections (`[server]` in the configuration).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Limits {
     /// A connection that sends nothing for this long is closed.
     pub idle_timeout: Duration,
@@ -49,6 +49,8 @@ pub struct Limits {
     pub write_timeout: Duration,
     /// Connections at once.
     pub max_connections: usize,
+    /// Bytes of messages being reassembled, over all connections.
+    pub reassembly: Option<Arc<super::chunk::ReassemblyBudget>>,
 }
 
 /// Accepts connections until `shutdown` fires. Connection tasks join `tracker`.
@@ -82,6 +84,7 @@ pub async fn serve<H: PublishHandler>(
         let _ = sock.set_nodelay(true);
         let handler = handler.clone();
         let shutdown = shutdown.clone();
+        let limits = limits.clone();
         tracker.spawn(async move {
             if let Err(e) = connection(sock, handler, limits, shutdown).await {
                 tracing::info!(%peer, error = &e as &dyn std::error::Error, "rtmp connection ended");
@@ -113,9 +116,9 @@ async fn connection<H: PublishHandler>(
     limits: Limits,
     shutdown: CancellationToken,
 ) -> Result<(), ConnError> {
-    let Limits { idle_timeout, handshake_timeout, write_timeout, .. } = limits;
+    let Limits { idle_timeout, handshake_timeout, write_timeout, reassembly, .. } = limits;
     let opened = tokio::time::Instant::now();
-    let mut session = ServerSession::new();
+    let mut session = ServerSession::with_budget(reassembly);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut events = Vec::with_capacity(64);
     let mut sink: Option<H::Sink> = None;

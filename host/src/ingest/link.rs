@@ -35,7 +35,12 @@ pub(crate) struct Link {
 impl Link {
     /// A link whose output starts with `out` (e.g. a handshake already written).
     pub fn new(out: BytesMut) -> Self {
-        Self { reader: ChunkReader::new(), writer: ChunkWriter::new(), out, bytes_received: 0, ack_window: 0, acked: 0 }
+        Self::with_reader(out, ChunkReader::new())
+    }
+
+    /// Like [`Link::new`], reading with `reader` (e.g. one sharing a reassembly budget).
+    pub fn with_reader(out: BytesMut, reader: ChunkReader) -> Self {
+        Self { reader, writer: ChunkWriter::new(), out, bytes_received: 0, ack_window: 0, acked: 0 }
     }
 
     /// The next message from `buf` other than protocol control, which is handled here; `None`

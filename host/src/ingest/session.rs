@@ -125,9 +125,15 @@ impl Default for ServerSession {
 
 impl ServerSession {
     pub fn new() -> Self {
+        Self::with_budget(None)
+    }
+
+    /// A session whose messages being reassembled count against `budget` (shared by the
+    /// connections of a server).
+    pub fn with_budget(budget: Option<std::sync::Arc<crate::ingest::chunk::ReassemblyBudget>>) -> Self {
         Self {
             handshake: Some(ServerHandshake::new()),
-            link: Link::new(BytesMut::new()),
+            link: Link::with_reader(BytesMut::new(), crate::ingest::chunk::ChunkReader::with_budget(budget)),
             connection: None,
             publish: Publish::Idle,
             media: MediaIn::published(),
