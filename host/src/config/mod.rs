@@ -265,6 +265,21 @@ pub struct Rule {
     pub priority: i32,
 }
 
+/// Whether `value` matches a `[[rule]]`/`[[auth]]` pattern: `*` matches anything; a pattern may
+/// also end in `*` (prefix) or start with `*` (suffix); otherwise it is the value itself.
+pub fn matches(pattern: &str, value: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    if let Some(p) = pattern.strip_suffix('*') {
+        return value.starts_with(p);
+    }
+    if let Some(p) = pattern.strip_prefix('*') {
+        return value.ends_with(p);
+    }
+    pattern == value
+}
+
 pub(crate) fn wildcard() -> String {
     "*".into()
 }

@@ -5,23 +5,10 @@ use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 use sha2::Sha256;
 
-use crate::config::{Auth, AuthKind};
+use crate::config::{matches, Auth, AuthKind};
 
 /// Why a publish is not authorized (said to the publisher in its RTMP status).
 pub type Denied = String;
-
-fn matches(pattern: &str, value: &str) -> bool {
-    if pattern == "*" {
-        return true;
-    }
-    if let Some(p) = pattern.strip_suffix('*') {
-        return value.starts_with(p);
-    }
-    if let Some(p) = pattern.strip_prefix('*') {
-        return value.ends_with(p);
-    }
-    pattern.eq_ignore_ascii_case(value)
-}
 
 fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
     params.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())

@@ -145,19 +145,7 @@ impl Runtime {
     }
 }
 
-/// `*` matches anything; a pattern may also end in `*` (prefix) or start with `*` (suffix).
-pub fn matches(pattern: &str, value: &str) -> bool {
-    if pattern == "*" {
-        return true;
-    }
-    if let Some(p) = pattern.strip_suffix('*') {
-        return value.starts_with(p);
-    }
-    if let Some(p) = pattern.strip_prefix('*') {
-        return value.ends_with(p);
-    }
-    pattern == value
-}
+pub use crate::config::matches;
 
 /// Live state of one publish, for the API and duplicate detection.
 #[derive(Clone, Debug)]

@@ -1049,13 +1049,21 @@ fn frames_from_fmp4(path: &Path, fourcc: &[u8; 4], config_box: &[u8; 4]) -> Vec<
     frames
 }
 
-fn golden_enhanced(name: &str, encoder: &[&str], fourcc: &[u8; 4], config_box: &[u8; 4]) {
-    let dir = golden::Dir::new(name);
+/// Frames of `seconds` of testsrc2 encoded by `encoder`, as Enhanced RTMP carries them, and
+/// the fragmented MP4 they came from.
+fn enhanced_frames(
+    dir: &golden::Dir,
+    seconds: u32,
+    encoder: &[&str],
+    fourcc: &[u8; 4],
+    config_box: &[u8; 4],
+) -> (Vec<Frame>, PathBuf) {
     // Encode, then fragment in a second pass: with `empty_moov` an encoder's configuration
     // record is not known yet when ffmpeg writes the init segment (libaom: an empty av1C).
     let plain = dir.path("plain.mp4");
     let src = dir.path("src.mp4");
-    let mut args = vec!["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-t", "3"];
+    let t = seconds.to_string();
+    let mut args = vec!["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-t", &t];
     args.extend_from_slice(encoder);
     args.push(p(&plain));
     golden::ffmpeg_argv(&args);
@@ -1070,7 +1078,12 @@ fn golden_enhanced(name: &str, encoder: &[&str], fourcc: &[u8; 4], config_box: &
         "mp4",
         p(&src),
     ]);
-    let frames = frames_from_fmp4(&src, fourcc, config_box);
+    (frames_from_fmp4(&src, fourcc, config_box), src)
+}
+
+fn golden_enhanced(name: &str, encoder: &[&str], fourcc: &[u8; 4], config_box: &[u8; 4]) {
+    let dir = golden::Dir::new(name);
+    let (frames, src) = enhanced_frames(&dir, 3, encoder, fourcc, config_box);
     let m = mux(&frames);
     let file = apply(&m.temp, m.rewrite.as_ref().unwrap());
     let out = dir.path("out.mp4");
@@ -1163,35 +1176,8 @@ fn golden_hevc_with_b_frames_in_ts_passes_tsreport() {
     // two HLS-style segments of one stream; each decodes and keeps the T-STD timing rules.
     golden::need_encoder("libx265");
     let dir = golden::Dir::new("hevc-ts");
-    let plain = dir.path("plain.mp4");
-    let src = dir.path("src.mp4");
-    golden::ffmpeg_argv(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=320x240:rate=25",
-        "-t",
-        "4",
-        "-c:v",
-        "libx265",
-        "-x265-params",
-        "log-level=error:keyint=25:bframes=2",
-        "-tag:v",
-        "hvc1",
-        p(&plain),
-    ]);
-    golden::ffmpeg_argv(&[
-        "-i",
-        p(&plain),
-        "-c",
-        "copy",
-        "-movflags",
-        "frag_keyframe+empty_moov+default_base_moof",
-        "-f",
-        "mp4",
-        p(&src),
-    ]);
-    let frames = frames_from_fmp4(&src, b"hvc1", b"hvcC");
+    let hevc = ["-c:v", "libx265", "-x265-params", "log-level=error:keyint=25:bframes=2", "-tag:v", "hvc1"];
+    let (frames, _) = enhanced_frames(&dir, 4, &hevc, b"hvc1", b"hvcC");
     assert!(frames.iter().any(|f| f.cts > 0), "B-frames");
     let mut m = crate::mux::ts::TsMuxer::new();
     let (a, b) = frames.split_at(frames.iter().rposition(|f| f.keyframe && f.is_sample()).unwrap());
