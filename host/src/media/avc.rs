@@ -144,7 +144,8 @@ pub fn sps_dimensions(sps: &[u8]) -> Option<(u32, u32)> {
                     let (mut last, mut next) = (8i32, 8i32);
                     for _ in 0..size {
                         if next != 0 {
-                            next = (last + r.se()? + 256) % 256;
+                            // delta_scale is -128..=127 in a valid SPS; any value must not overflow.
+                            next = (i64::from(last) + i64::from(r.se()?)).rem_euclid(256) as i32;
                         }
                         if next != 0 {
                             last = next;
@@ -169,8 +170,8 @@ pub fn sps_dimensions(sps: &[u8]) -> Option<(u32, u32)> {
     }
     r.ue()?; // max_num_ref_frames
     r.bit()?;
-    let w_mbs = r.ue()? + 1;
-    let h_map = r.ue()? + 1;
+    let w_mbs = r.ue()?.checked_add(1)?;
+    let h_map = r.ue()?.checked_add(1)?;
     let frame_mbs_only = r.bit()?;
     if frame_mbs_only == 0 {
         r.bit()?;
@@ -183,16 +184,18 @@ pub fn sps_dimensions(sps: &[u8]) -> Option<(u32, u32)> {
         ct = r.ue()?;
         cb = r.ue()?;
     }
-    let (sub_w, sub_h) = match chroma_format_idc {
+    let (sub_w, sub_h): (u64, u64) = match chroma_format_idc {
         0 | 3 => (1, 1),
         2 => (2, 1),
         _ => (2, 2),
     };
+    // In 64 bits: a hostile SPS may send any Exp-Golomb values, and they must not overflow.
     let crop_x = sub_w;
-    let crop_y = sub_h * (2 - frame_mbs_only);
-    let w = (w_mbs * 16).checked_sub((cl + cr) * crop_x)?;
-    let h = ((2 - frame_mbs_only) * h_map * 16).checked_sub((ct + cb) * crop_y)?;
-    Some((w, h))
+    let crop_y = sub_h * u64::from(2 - frame_mbs_only);
+    let w = (u64::from(w_mbs) * 16).checked_sub((u64::from(cl) + u64::from(cr)) * crop_x)?;
+    let h = (u64::from(2 - frame_mbs_only) * u64::from(h_map) * 16)
+        .checked_sub((u64::from(ct) + u64::from(cb)) * crop_y)?;
+    Some((u32::try_from(w).ok()?, u32::try_from(h).ok()?))
 }
 
 /// Picture size from an H.265 SPS NAL unit (with its 2-byte header).
@@ -234,8 +237,8 @@ pub fn hevc_sps_dimensions(sps: &[u8]) -> Option<(u32, u32)> {
     let (mut w, mut h) = (width, height);
     if r.bit()? == 1 {
         let (left, right, top, bottom) = (r.ue()?, r.ue()?, r.ue()?, r.ue()?);
-        w = w.checked_sub(sub_w * left.checked_add(right)?)?;
-        h = h.checked_sub(sub_h * top.checked_add(bottom)?)?;
+        w = w.checked_sub(left.checked_add(right)?.checked_mul(sub_w)?)?;
+        h = h.checked_sub(top.checked_add(bottom)?.checked_mul(sub_h)?)?;
     }
     Some((w, h))
 }
@@ -265,6 +268,54 @@ mod tests {
         let s = [0, 0, 0, 2, 0x65, 1, 0, 0, 0, 1, 0x06, 0, 0, 0, 9];
         let v: Vec<_> = nal_units(&s, 4).collect();
         assert_eq!(v, vec![&[0x65, 1][..], &[0x06][..]]);
+    }
+
+    /// Bits, most significant first, for hand-made parameter sets.
+    #[derive(Default)]
+    struct Bits(Vec<bool>);
+
+    impl Bits {
+        fn put(&mut self, v: u64, n: u32) -> &mut Self {
+            self.0.extend((0..n).rev().map(|i| (v >> i) & 1 == 1));
+            self
+        }
+        fn ue(&mut self, v: u64) -> &mut Self {
+            let n = 64 - (v + 1).leading_zeros();
+            self.put(0, n - 1).put(v + 1, n)
+        }
+        fn bytes(&self) -> Vec<u8> {
+            let mut b: Vec<u8> =
+                self.0.chunks(8).map(|c| c.iter().fold(0, |a, &x| (a << 1) | u8::from(x)) << (8 - c.len())).collect();
+            b.push(0x80);
+            b
+        }
+    }
+
+    /// A baseline SPS of `w_mbs` x `h_mbs` macroblocks with the given cropping.
+    fn sps(w_mbs: u64, h_mbs: u64, crop: [u64; 4]) -> Vec<u8> {
+        let mut b = Bits::default();
+        b.put(0x67, 8).put(66, 8).put(0, 16); // NAL header, profile, constraints + level
+        b.ue(0).ue(0).ue(2).ue(1).put(0, 1); // sps id, log2_max_frame_num, poc type 2, refs, gaps
+        b.ue(w_mbs - 1).ue(h_mbs - 1).put(1, 1).put(1, 1).put(1, 1); // size, frame_mbs_only, 8x8, cropping
+        for c in crop {
+            b.ue(c);
+        }
+        b.bytes()
+    }
+
+    #[test]
+    fn sps_cropping_is_applied() {
+        // 1920x1088 in macroblocks, cropped by 4 lines (2 units of 2) to 1080.
+        assert_eq!(sps_dimensions(&sps(120, 68, [0, 0, 0, 4])), Some((1920, 1080)));
+    }
+
+    #[test]
+    fn sps_with_huge_values_is_refused_without_overflow() {
+        // Found by fuzzing (`reel remux` on arbitrary bytes): crop offsets near 2^31 overflowed
+        // the width arithmetic.
+        assert_eq!(sps_dimensions(&sps(20, 15, [1 << 31, 1 << 31, 0, 0])), None);
+        assert_eq!(sps_dimensions(&sps(u64::from(u32::MAX), 15, [0, 0, 0, 0])), None);
+        assert_eq!(sps_dimensions(&sps(20, 15, [0, 0, u64::from(u32::MAX) - 1, 0])), None);
     }
 
     #[test]

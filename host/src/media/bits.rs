@@ -68,8 +68,9 @@ impl<'a> BitReader<'a> {
 
     /// Signed Exp-Golomb `se(v)`.
     pub fn se(&mut self) -> Option<i32> {
-        let k = self.ue()?;
-        Some(if k & 1 == 1 { (k as i32 + 1) / 2 } else { -((k / 2) as i32) })
+        let k = i64::from(self.ue()?);
+        // Out of i32 range only in a corrupt stream: refused rather than wrapped.
+        i32::try_from(if k & 1 == 1 { (k + 1) / 2 } else { -(k / 2) }).ok()
     }
 
     /// AV1 `uvlc()`: like `ue(v)`, but 32 or more leading zeros mean `u32::MAX`.
