@@ -232,7 +232,7 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         let path = config_path.clone();
         Arc::new(move || {
             let cfg = load_config(&path).map_err(|e| format!("{e:#}"))?;
-            recorder.reload(cfg).map_err(|e| e.to_string())?;
+            recorder.reload(cfg).map_err(|e| format!("{:#}", anyhow::Error::new(e)))?;
             tracing::info!("configuration reloaded");
             Ok(())
         })

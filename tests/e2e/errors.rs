@@ -36,4 +36,12 @@ fn a_file_that_is_no_plugin_is_refused_with_the_reason_once() {
     assert!(err.contains("bogus.wasm"), "{err}");
     let err = fails(&["plugin", "check", "/nonexistent/p.wasm"]);
     assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+    assert!(err.contains("/nonexistent/p.wasm"), "{err}");
+    // A component header with garbage after it: our reason once, then the compiler's.
+    let broken = dir.join("broken.wasm");
+    std::fs::write(&broken, b"\0asm\x0d\0\x01\0garbage").unwrap();
+    let err = fails(&["plugin", "check", broken.to_str().unwrap()]);
+    assert_eq!(err.matches("cannot compile it").count(), 1, "{err}");
+    let cause = err.split_once("cannot compile it: ").map(|(_, c)| c.trim()).unwrap_or("");
+    assert!(!cause.is_empty(), "the compiler's reason follows: {err}");
 }

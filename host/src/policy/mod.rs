@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 
 pub use builtin::{expand, sanitize, Builtin, FileVars, DEFAULT_NAME_TEMPLATE};
 pub use registry::Registry;
-pub use wasm::LoadError;
+pub use wasm::{LoadError, RuntimeError};
 
 /// The WIT package versions this host can load (`reel:policy@…`).
 pub const SUPPORTED_WIT_VERSIONS: &[&str] = &["0.1.0"];
@@ -224,8 +224,9 @@ impl Failure {
 /// Errors from loading plugins and from the `reel plugin` tools.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    /// A plugin could not be used; `reason` says why and what to do.
-    #[error("plugin \"{name}\" at {path}: {reason}")]
+    /// A plugin could not be used; `reason` says why and what to do. The message carries the
+    /// reason and its causes (once each), so the reason is not also a `source`.
+    #[error("plugin \"{name}\" at {path}: {}", Causes(reason))]
     Load { name: String, path: PathBuf, reason: wasm::LoadError },
     /// `[policy] plugins` (or a template) names a plugin that has no `[plugins.NAME]` section.
     #[error("plugin \"{0}\" is not configured: add a [plugins.{0}] section with its path")]
@@ -237,11 +238,26 @@ pub enum PolicyError {
     #[error("{}", .0.join("\n"))]
     Config(Vec<String>),
     /// The WebAssembly engine could not start.
-    #[error("plugin runtime: {0}")]
-    Runtime(String),
+    #[error(transparent)]
+    Runtime(#[from] wasm::RuntimeError),
     /// Bad input to `reel plugin run`.
     #[error("{0}")]
     Input(String),
+}
+
+/// An error followed by each of its causes: `error: cause: cause's cause`.
+struct Causes<'a>(&'a dyn std::error::Error);
+
+impl std::fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
+        }
+        Ok(())
+    }
 }
 
 pub use crate::config::{

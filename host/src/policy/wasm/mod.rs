@@ -83,7 +83,7 @@ struct Inner {
 
 impl Runtime {
     /// A runtime whose calls get `deadline` of wall time and `memory` bytes of linear memory.
-    pub fn new(deadline: Duration, memory: u64) -> Result<Runtime, String> {
+    pub fn new(deadline: Duration, memory: u64) -> Result<Runtime, RuntimeError> {
         let mut config = Config::new();
         config
             .wasm_component_model(true)
@@ -97,16 +97,16 @@ impl Runtime {
         // page faults: about 20 µs a decision instead of 28 µs (45 µs without the pool).
         let engine = match engine(&config, memory, true) {
             Ok(engine) => engine,
-            Err(_) => {
-                engine(&config, memory, false).map_err(|e| format!("cannot start the WebAssembly engine: {e}"))?
-            }
+            Err(_) => engine(&config, memory, false).map_err(RuntimeError::Engine)?,
         };
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| format!("cannot link WASI: {e}"))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(RuntimeError::Wasi)?;
         for version in SUPPORTED_WIT_VERSIONS {
             // `types` holds only types; the instance just has to exist.
-            linker.instance(&format!("reel:policy/types@{version}")).map_err(|e| e.to_string())?;
+            linker
+                .instance(&format!("reel:policy/types@{version}"))
+                .map_err(|source| RuntimeError::Types { version, source })?;
         }
 
         // The epoch ticker stops when the engine is gone.
@@ -120,7 +120,7 @@ impl Runtime {
                     None => break,
                 }
             })
-            .map_err(|e| format!("cannot start the epoch ticker: {e}"))?;
+            .map_err(RuntimeError::Ticker)?;
 
         let deadline_ticks = deadline.as_micros().div_ceil(EPOCH_TICK.as_micros()).max(1) as u64;
         let memory = usize::try_from(memory).unwrap_or(usize::MAX);
@@ -153,11 +153,11 @@ impl Runtime {
     ) -> Result<Plugin, LoadError> {
         check_header(bytes)?;
         let (component, cache_file) = self.compile(bytes, cache_dir)?;
-        let shape = inspect(&self.inner.engine, &component).map_err(LoadError::Interface)?;
-        let pre = self.inner.linker.instantiate_pre(&component).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let shape = inspect(&self.inner.engine, &component)?;
+        let pre = self.inner.linker.instantiate_pre(&component).map_err(LoadError::Link)?;
         let adapter = match shape.version.as_str() {
-            "0.1.0" => v0_1_0::Adapter::new(&pre, &shape.exports, config).map_err(LoadError::Interface)?,
-            v => return Err(LoadError::Version(unsupported_version(v))),
+            "0.1.0" => v0_1_0::Adapter::new(&pre, &shape.exports, config)?,
+            v => return Err(LoadError::UnsupportedVersion { version: v.to_owned() }),
         };
         let plugin = Plugin {
             name: name.to_owned(),
@@ -175,11 +175,8 @@ impl Runtime {
         // than at the first recording.
         plugin
             .call()
-            .run(|store, instance| Ok(plugin.adapter.typecheck(store, instance).map_err(|e| format!("{e:#}"))))
-            .map_err(|f| match f.reason {
-                FailureReason::Error => LoadError::Interface(f.message),
-                _ => LoadError::Start { reason: f.reason.as_str(), message: f.message },
-            })?;
+            .run(|store, instance| Ok(Ok(plugin.adapter.typecheck(store, instance))))
+            .map_err(|f| LoadError::Start { reason: f.reason.as_str(), message: f.message })??;
         if plugin.exports(Interface::Setup) {
             plugin.adapter.validate(&plugin.call()).map_err(|f| match f.reason {
                 FailureReason::Error => LoadError::Rejected(f.message),
@@ -194,11 +191,10 @@ impl Runtime {
         let engine = &self.inner.engine;
         let compile = || {
             Component::new(engine, bytes).map_err(|e| {
-                let detail = format!("{e:#}");
-                if detail.contains("exceeds the limit") {
-                    LoadError::Memory { memory: self.inner.memory, detail }
+                if format!("{e:#}").contains("exceeds the limit") {
+                    LoadError::Memory { memory: self.inner.memory, source: e }
                 } else {
-                    LoadError::Compile(detail)
+                    LoadError::Compile(e)
                 }
             })
         };
@@ -212,13 +208,24 @@ impl Runtime {
             // by `Component::serialize` below; wasmtime checks the version and engine settings.
             match unsafe { Component::deserialize(engine, &compiled) } {
                 Ok(c) => return Ok((c, Some(name))),
-                Err(e) => tracing::warn!(file = %file.display(), "ignoring unusable compiled plugin: {e:#}"),
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), error = &*e as &dyn std::error::Error, "ignoring unusable compiled plugin")
+                }
             }
         }
         let component = compile()?;
-        if let Err(e) = component.serialize().map_err(|e| e.to_string()).and_then(|b| write_atomically(dir, &file, &b))
-        {
-            tracing::warn!(dir = %dir.display(), "cannot cache the compiled plugin: {e}");
+        match component.serialize() {
+            Ok(b) => {
+                if let Err(e) = write_atomically(dir, &file, &b) {
+                    tracing::warn!(dir = %dir.display(), error = &e as &dyn std::error::Error, "cannot cache the compiled plugin");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = &*e as &dyn std::error::Error,
+                    "cannot serialize the compiled plugin for the cache"
+                )
+            }
         }
         Ok((component, Some(name)))
     }
@@ -264,23 +271,23 @@ fn cache_key(engine: &Engine, bytes: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn write_atomically(dir: &Path, file: &Path, bytes: &[u8]) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+fn write_atomically(dir: &Path, file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
     let mut h = DefaultHasher::new();
     (std::process::id(), std::thread::current().id()).hash(&mut h);
     let tmp = file.with_extension(format!("{:x}.part", h.finish()));
-    std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, file)).map_err(|e| {
+    std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, file)).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
-        e.to_string()
     })
 }
 
-/// Why a plugin cannot be loaded. Each message names what is wrong with the component; the
-/// caller ([`super::PolicyError::Load`]) names the plugin and its file.
+/// Why a plugin cannot be loaded. Each message names what is wrong with the component (the
+/// caller, [`super::PolicyError::Load`], names the plugin and its file); an underlying error
+/// is the [`source`](std::error::Error::source), not part of the message.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read it: {0}")]
-    Read(std::io::Error),
+    #[error("cannot read it")]
+    Read(#[source] std::io::Error),
     #[error("not a WebAssembly file")]
     NotWasm,
     #[error(
@@ -289,23 +296,71 @@ pub enum LoadError {
     CoreModule,
     #[error("not a component: unknown WebAssembly binary version")]
     UnknownBinary,
-    #[error("does not fit the memory cap ([policy] memory = {memory} bytes): {detail}")]
-    Memory { memory: usize, detail: String },
-    #[error("cannot compile it: {0}")]
-    Compile(String),
-    #[error("cannot link it: {0}")]
-    Link(String),
-    /// What it imports or exports is not what the host can use.
-    #[error("{0}")]
-    Interface(String),
-    #[error("{0}")]
-    Version(String),
+    #[error("does not fit the memory cap ([policy] memory = {memory} bytes)")]
+    Memory {
+        memory: usize,
+        #[source]
+        source: wasmtime::Error,
+    },
+    #[error("cannot compile it")]
+    Compile(#[source] wasmtime::Error),
+    #[error("cannot link it")]
+    Link(#[source] wasmtime::Error),
+    /// It imports a WASI interface the host withholds (filesystem, network).
+    #[error("imports {import}, which is not granted: {hint}")]
+    ImportNotGranted { import: String, hint: &'static str },
+    #[error("imports {import}, which the host does not provide")]
+    ImportUnknown { import: String },
+    #[error("exports no reel:policy interface: export one with `reel_plugin::export!`")]
+    NoPolicyExports,
+    #[error("exports several WIT versions ({})", .versions.join(", "))]
+    SeveralVersions { versions: Vec<String> },
+    #[error("exports WIT version {version}, host supports {}", SUPPORTED_WIT_VERSIONS.join(", "))]
+    UnsupportedVersion { version: String },
+    #[error("imports {import} but exports WIT version {version}")]
+    VersionMismatch { import: String, version: String },
+    #[error("exports none of the reel:policy@{version} interfaces (rules, segmentation, naming, callbacks, setup)")]
+    NoInterfaces { version: String },
+    /// An interface is exported, but not with the functions its WIT version has.
+    #[error("exports `{interface}` with the wrong shape")]
+    WrongShape {
+        interface: Interface,
+        #[source]
+        source: wasmtime::Error,
+    },
+    /// An interface's functions are there, with other types than its WIT version's.
+    #[error("exports `{interface}` with types that do not match reel:policy@{version}")]
+    TypeMismatch {
+        interface: Interface,
+        version: &'static str,
+        #[source]
+        source: wasmtime::Error,
+    },
+    /// Instantiating it under the limits failed (trap, timeout, memory).
     #[error("cannot start ({reason}): {message}")]
     Start { reason: &'static str, message: String },
+    /// Its `setup` export returned an error: the plugin's own message.
     #[error("rejects its configuration: {0}")]
     Rejected(String),
     #[error("setup failed ({reason}): {message}")]
     Setup { reason: &'static str, message: String },
+}
+
+/// Why the plugin runtime (engine, linker, epoch ticker) cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot start the WebAssembly engine for plugins")]
+    Engine(#[source] wasmtime::Error),
+    #[error("cannot link WASI for plugins")]
+    Wasi(#[source] wasmtime::Error),
+    #[error("cannot define reel:policy/types@{version} for plugins")]
+    Types {
+        version: &'static str,
+        #[source]
+        source: wasmtime::Error,
+    },
+    #[error("cannot start the plugins' epoch ticker thread")]
+    Ticker(#[source] std::io::Error),
 }
 
 fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
@@ -319,10 +374,6 @@ fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
     }
 }
 
-fn unsupported_version(v: &str) -> String {
-    format!("exports WIT version {v}, host supports {}", SUPPORTED_WIT_VERSIONS.join(", "))
-}
-
 /// What a component imports and exports, as far as the host cares.
 #[derive(Clone, Debug)]
 pub(crate) struct Shape {
@@ -334,7 +385,7 @@ pub(crate) struct Shape {
     pub imports: Vec<String>,
 }
 
-fn inspect(engine: &Engine, component: &Component) -> Result<Shape, String> {
+fn inspect(engine: &Engine, component: &Component) -> Result<Shape, LoadError> {
     let ty = component.component_type();
     let mut imports = Vec::new();
     for (name, _) in ty.imports(engine) {
@@ -354,42 +405,37 @@ fn inspect(engine: &Engine, component: &Component) -> Result<Shape, String> {
         }
     }
     let version = match versions.as_slice() {
-        [] => return Err("exports no reel:policy interface: export one with `reel_plugin::export!`".into()),
+        [] => return Err(LoadError::NoPolicyExports),
         [v] => v.to_string(),
-        _ => return Err(format!("exports several WIT versions ({})", versions.join(", "))),
+        _ => return Err(LoadError::SeveralVersions { versions: versions.iter().map(|v| v.to_string()).collect() }),
     };
     if !SUPPORTED_WIT_VERSIONS.contains(&version.as_str()) {
-        return Err(unsupported_version(&version));
+        return Err(LoadError::UnsupportedVersion { version });
     }
     for name in &imports {
         if let Some(v) = name.strip_prefix("reel:policy/").and_then(|r| r.split_once('@')).map(|(_, v)| v) {
             if v != version {
-                return Err(format!("imports {name} but exports WIT version {version}"));
+                return Err(LoadError::VersionMismatch { import: name.clone(), version });
             }
         }
     }
     exports.sort();
     if exports.is_empty() {
-        return Err(format!(
-            "exports none of the reel:policy@{version} interfaces (rules, segmentation, naming, callbacks, setup)"
-        ));
+        return Err(LoadError::NoInterfaces { version });
     }
     Ok(Shape { version, exports, imports })
 }
 
 /// Imports the host provides: what Rust's `std` needs, with nothing behind it.
-fn check_import(name: &str) -> Result<(), String> {
+fn check_import(name: &str) -> Result<(), LoadError> {
     let package = name.split('/').next().unwrap_or(name);
+    let not_granted = |hint| Err(LoadError::ImportNotGranted { import: name.to_owned(), hint });
     match package {
         "wasi:cli" | "wasi:io" | "wasi:random" | "wasi:clocks" => Ok(()),
         "reel:policy" if name.starts_with("reel:policy/types@") => Ok(()),
-        "wasi:filesystem" => Err(format!(
-            "imports {name}, which is not granted: plugins get no filesystem; pass what it needs in its config"
-        )),
-        "wasi:sockets" | "wasi:http" => Err(format!(
-            "imports {name}, which is not granted: plugins get no network; return a callback request instead"
-        )),
-        _ => Err(format!("imports {name}, which the host does not provide")),
+        "wasi:filesystem" => not_granted("plugins get no filesystem; pass what it needs in its config"),
+        "wasi:sockets" | "wasi:http" => not_granted("plugins get no network; return a callback request instead"),
+        _ => Err(LoadError::ImportUnknown { import: name.to_owned() }),
     }
 }
 
@@ -613,14 +659,27 @@ mod tests {
     }
 
     #[test]
+    fn a_compile_error_keeps_the_compilers_reason_as_its_source() {
+        let rt = Runtime::new(Duration::from_millis(100), 16 << 20).unwrap();
+        let Err(err) = rt.load_bytes("x", b"\0asm\x0d\0\x01\0garbage", &[], &Grants::default(), None) else {
+            panic!("a truncated component loaded");
+        };
+        assert!(matches!(err, LoadError::Compile(_)), "{err:?}");
+        assert_eq!(err.to_string(), "cannot compile it");
+        let source = std::error::Error::source(&err).expect("the compiler's reason");
+        assert!(!source.to_string().is_empty());
+    }
+
+    #[test]
     fn grants_only_what_std_needs() {
         assert!(check_import("wasi:cli/environment@0.2.6").is_ok());
         assert!(check_import("wasi:io/streams@0.2.0").is_ok());
         assert!(check_import("reel:policy/types@0.1.0").is_ok());
         assert!(check_import("wasi:filesystem/types@0.2.6")
             .unwrap_err()
+            .to_string()
             .contains("imports wasi:filesystem/types@0.2.6, which is not granted"));
-        assert!(check_import("wasi:sockets/tcp@0.2.6").unwrap_err().contains("not granted"));
-        assert!(check_import("acme:thing/x").unwrap_err().contains("does not provide"));
+        assert!(matches!(check_import("wasi:sockets/tcp@0.2.6"), Err(LoadError::ImportNotGranted { .. })));
+        assert!(matches!(check_import("acme:thing/x"), Err(LoadError::ImportUnknown { .. })));
     }
 }

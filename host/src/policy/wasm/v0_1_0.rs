@@ -5,7 +5,7 @@
 use wasmtime::component::{Instance, InstancePre};
 use wasmtime::Store;
 
-use super::{Call, CallEnv, CallState};
+use super::{Call, CallEnv, CallState, LoadError};
 use crate::policy::{CallbackRequest, Candidate, ConfigValue, Failure, FileInfo, Format, Interface, Plan, StreamInfo};
 
 wasmtime::component::bindgen!({
@@ -31,16 +31,16 @@ impl Adapter {
         pre: &InstancePre<CallState>,
         exports: &[Interface],
         config: &[(String, ConfigValue)],
-    ) -> Result<Adapter, String> {
+    ) -> Result<Adapter, LoadError> {
         fn indices<I>(
             exports: &[Interface],
-            i: Interface,
+            interface: Interface,
             new: impl FnOnce() -> wasmtime::Result<I>,
-        ) -> Result<Option<I>, String> {
-            if !exports.contains(&i) {
+        ) -> Result<Option<I>, LoadError> {
+            if !exports.contains(&interface) {
                 return Ok(None);
             }
-            new().map(Some).map_err(|e| format!("exports `{i}` with the wrong shape: {e:#}"))
+            new().map(Some).map_err(|source| LoadError::WrongShape { interface, source })
         }
         Ok(Adapter {
             rules: indices(exports, Interface::Rules, || rules::GuestIndices::new(pre))?,
@@ -53,9 +53,9 @@ impl Adapter {
     }
 
     /// Loads every exported interface, which checks each function's type.
-    pub fn typecheck(&self, store: &mut Store<CallState>, instance: &Instance) -> wasmtime::Result<()> {
-        let shape = |i: Interface| {
-            move |e: wasmtime::Error| e.context(format!("exports `{i}` with types that do not match reel:policy@0.1.0"))
+    pub fn typecheck(&self, store: &mut Store<CallState>, instance: &Instance) -> Result<(), LoadError> {
+        let shape = |interface: Interface| {
+            move |source: wasmtime::Error| LoadError::TypeMismatch { interface, version: "0.1.0", source }
         };
         if let Some(idx) = &self.rules {
             idx.load(&mut *store, instance).map_err(shape(Interface::Rules))?;
