@@ -10,8 +10,12 @@ use reel::record::segmenter::{Layout, Segmenter};
 fuzz_target!(|data: &[u8]| {
     let Ok(mut r) = FileReader::new(Bytes::copy_from_slice(data)) else { return };
     let mut seg = Segmenter::new(Layout { file_ms: 2000, segment_ms: Some(1000), split_on_config_change: true });
-    let mut muxers: Vec<Box<dyn Muxer>> =
-        vec![Box::new(FlvMuxer::new()), Box::new(TsMuxer::new()), Box::new(Mp4Muxer::new()), Box::new(AdtsMuxer::new())];
+    let mut muxers: Vec<Box<dyn Muxer>> = vec![
+        Box::new(FlvMuxer::new()),
+        Box::new(TsMuxer::new()),
+        Box::new(Mp4Muxer::new()),
+        Box::new(AdtsMuxer::new()),
+    ];
     let mut actions = Vec::new();
     let mut out = Vec::new();
     while let Ok(Some(f)) = r.next_frame() {
