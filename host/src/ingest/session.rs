@@ -431,7 +431,13 @@ fn percent_decode(s: &str) -> String {
 }
 
 fn find_domain(params: &[(String, String)]) -> Option<String> {
-    params.iter().find(|(k, v)| (k == "domain" || k == "vhost") && !v.is_empty()).map(|(_, v)| v.to_ascii_lowercase())
+    params.iter().find(|(k, v)| (k == "domain" || k == "vhost") && !v.is_empty()).map(|(_, v)| normal_host(v))
+}
+
+/// A host name as one spelling: lowercase, without the root's trailing dot (`LOCALHOST.` is
+/// `localhost`).
+fn normal_host(h: &str) -> String {
+    h.trim_end_matches('.').to_ascii_lowercase()
 }
 
 /// Host of a URL such as `rtmp://user@Example.com:1935/live?x=1`: `example.com`.
@@ -443,7 +449,7 @@ fn host_of(url: &str) -> String {
         Some(v6) => v6.split(']').next().unwrap_or(""),
         None => authority.split(':').next().unwrap_or(""),
     };
-    host.to_ascii_lowercase()
+    normal_host(host)
 }
 
 #[cfg(test)]
@@ -833,6 +839,8 @@ mod tests {
         assert_eq!(host_of("rtmp://[::1]:1935/live"), "::1");
         assert_eq!(host_of("rtmp://u:p@10.0.0.1/live"), "10.0.0.1");
         assert_eq!(host_of(""), "");
+        assert_eq!(host_of("rtmp://LOCALHOST.:1935/live"), "localhost", "one spelling per host");
+        assert_eq!(find_domain(&[("domain".into(), "Example.COM.".into())]).as_deref(), Some("example.com"));
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
         assert_eq!(percent_decode("%e4%bd%a0"), "你");
     }
