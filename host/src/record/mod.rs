@@ -145,7 +145,7 @@ impl Runtime {
     }
 }
 
-pub use crate::config::matches;
+use crate::config::matches;
 
 /// Live state of one publish, for the API and duplicate detection.
 #[derive(Clone, Debug)]

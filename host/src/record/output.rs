@@ -83,8 +83,9 @@ pub enum Event {
     /// A file closed: name it, finalise it with `rewrite`, store and announce it. For HLS
     /// (`body` empty), the playlist is complete.
     File { piece: Piece, body: Body, rewrite: Option<Rewrite>, failed: bool },
-    /// The format cannot carry this stream's codec: the output is off for this stream.
-    Disabled(MuxError),
+    /// The format cannot carry this stream's codec: the output is off for this stream; what it
+    /// had written (if anything) is given up by the caller.
+    Disabled(MuxError, Option<Box<dyn FileWriter>>),
     /// A frame was not written (the file goes on).
     Skipped(MuxError),
 }
@@ -148,7 +149,7 @@ impl Output {
         self.apply(&mut actions, now_ms, events);
         if self.failed && self.segmenter.is_open() {
             // The file ends at a muxer error; the next sample opens a new one.
-            self.segmenter.cut_now(&mut actions);
+            self.segmenter.fail_file(&mut actions);
             self.apply(&mut actions, now_ms, events);
         }
         self.actions = actions;
@@ -228,13 +229,9 @@ impl Output {
             Ok(()) => body.pending_bytes += body.pending[before..].iter().map(|b| b.len()).sum::<usize>(),
             Err(e @ MuxError::UnsupportedCodec { .. }) => {
                 self.disabled = true;
-                if let Some(b) = self.body.take() {
-                    if let Some(w) = b.writer {
-                        w.abort();
-                    }
-                }
+                let writer = self.body.take().and_then(|b| b.writer);
                 self.muxer = None;
-                events.push(Event::Disabled(e));
+                events.push(Event::Disabled(e, writer));
             }
             Err(e) => {
                 // A file container cannot skip a frame of its index: the file ends here and

@@ -283,7 +283,12 @@ fn remux_hls(
                         discontinuity,
                     });
                 }
-                Event::Disabled(e) => return Err(e.into()),
+                Event::Disabled(e, writer) => {
+                    if let Some(w) = writer {
+                        w.abort();
+                    }
+                    return Err(e.into());
+                }
                 Event::Skipped(e) => tracing::warn!(error = &e as &dyn std::error::Error, "frame skipped"),
                 Event::Opened { .. } | Event::File { .. } => {}
             }

@@ -55,6 +55,8 @@ pub enum Cut {
     ConfigChange,
     /// The stream ended ([`Segmenter::finish`]).
     End,
+    /// The output could not write the file on ([`Segmenter::fail_file`]).
+    Failed,
 }
 
 /// A closed file or segment, in the stream's own timestamps.
@@ -230,10 +232,10 @@ impl Segmenter {
         self.close(Cut::End, None, out);
     }
 
-    /// Closes the open file now (a reload, a stop), as if the stream ended; the next sample
-    /// opens file `seq + 1` with the headers replayed.
-    pub fn cut_now(&mut self, out: &mut Vec<Action>) {
-        self.close(Cut::End, None, out);
+    /// Closes the open file now because its output failed; the next sample opens file
+    /// `seq + 1` with the headers replayed.
+    pub fn fail_file(&mut self, out: &mut Vec<Action>) {
+        self.close(Cut::Failed, None, out);
     }
 
     fn push_config(&mut self, f: &Frame, out: &mut Vec<Action>) {
@@ -408,6 +410,7 @@ mod tests {
             Cut::Discontinuity => 'd',
             Cut::ConfigChange => 'c',
             Cut::End => 'e',
+            Cut::Failed => 'f',
         };
         actions
             .iter()
@@ -656,14 +659,14 @@ mod tests {
     }
 
     #[test]
-    fn cut_now_closes_and_the_next_file_follows() {
+    fn a_failed_file_closes_and_the_next_one_follows() {
         let mut s = Segmenter::new(FILES);
         let mut out = Vec::new();
         s.push(&vconf(b"v1"), &mut out);
         s.push(&key(0, 0), &mut out);
-        s.cut_now(&mut out);
+        s.fail_file(&mut out);
         s.push(&inter(40, 0), &mut out);
         s.finish(&mut out);
-        assert_eq!(render(&out), "F0 h w /F0 20e F1 h w /F1 40e");
+        assert_eq!(render(&out), "F0 h w /F0 20f F1 h w /F1 40e");
     }
 }

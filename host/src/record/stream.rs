@@ -292,7 +292,10 @@ impl StreamTask {
                         self.close_file(i, piece, body, rewrite, failed || mux_failed, hint);
                     }
                 }
-                Event::Disabled(e) => {
+                Event::Disabled(e, writer) => {
+                    if let Some(w) = writer {
+                        self.tracker.spawn_blocking(move || w.abort());
+                    }
                     tracing::warn!(format = format.name(), stream = %self.ctx.info.name, "skipping format for this stream: {e}");
                 }
                 Event::Skipped(e) => {
@@ -447,7 +450,6 @@ impl StreamTask {
         .await;
         match res {
             Ok(Ok(stored)) => {
-                fi.size = hls.bytes;
                 tracing::debug!(segments = hls.playlist.segments.len(), "playlist closed");
                 ctx.announce(fi, &Stored { size: hls.bytes, ..stored }, false);
             }
