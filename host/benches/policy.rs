@@ -1,8 +1,9 @@
 //! What a policy decision costs: the built-in policy against a WebAssembly plugin.
 //!
-//! `cargo bench -p reel --bench policy` (the plugins are built for wasm32-wasip2 by `reel-test-plugins`). Prints
-//! ns per decision for the builtin and for plugins (each decision a fresh instance, as Reel
-//! runs them), µs per instantiation, and ns per call into an already instantiated plugin.
+//! `cargo bench -p reel --bench policy` (it builds the plugins for wasm32-wasip2 through
+//! `reel-test-support`). Prints ns per decision for the builtin and for plugins (each decision a
+//! fresh instance, as Reel runs them), µs per instantiation, and ns per call into an already
+//! instantiated plugin.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -31,7 +32,7 @@ fn per_iter(budget: Duration, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    let dir = reel_test_plugins::dir();
+    let dir = reel_test_support::plugins::dir();
     let plugins = BTreeMap::from([
         (
             "defaults".to_string(),

@@ -1,78 +1,17 @@
-//! Test harness: media fixtures made by ffmpeg, a running `reel serve`, and readers of
-//! ffmpeg/ffprobe output.
+//! Test harness: a running `reel serve`, publishing to it, and finding what it recorded. Media
+//! fixtures, ffmpeg and ffprobe come from `reel_test_support::ffmpeg`, shared with the muxers'
+//! golden tests.
 
 #![allow(dead_code)]
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const REEL: &str = env!("CARGO_BIN_EXE_reel");
 
-/// A fresh directory for one test.
-pub fn test_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("reel-e2e-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    out
-}
-
-pub use crate::golden::have;
-
-/// Generates (once per test process) an FLV with H.264 (2 s GOP, B-frames) + AAC.
-pub fn fixture(name: &str, seconds: u32, audio: bool, video: bool) -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    let dir = DIR.get_or_init(|| test_dir("fixtures"));
-    let path = dir.join(format!("{name}-{seconds}s-a{}-v{}.flv", u8::from(audio), u8::from(video)));
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    if path.exists() {
-        return path;
-    }
-    let tmp = path.with_extension("tmp.flv");
-    let mut c = Command::new("ffmpeg");
-    c.args(["-v", "error", "-y"]);
-    if video {
-        c.args(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25"]);
-    }
-    if audio {
-        c.args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"]);
-    }
-    c.args(["-t", &seconds.to_string()]);
-    if video {
-        c.args([
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-g",
-            "50",
-            "-keyint_min",
-            "50",
-            "-sc_threshold",
-            "0",
-            "-bf",
-            "2",
-            "-pix_fmt",
-            "yuv420p",
-        ]);
-    }
-    if audio {
-        c.args(["-c:a", "aac", "-b:a", "64k"]);
-    }
-    c.args(["-f", "flv"]).arg(&tmp);
-    run(&mut c);
-    std::fs::rename(&tmp, &path).unwrap();
-    path
-}
+pub use reel_test_support::ffmpeg::{fixture, have, run, scratch_dir as test_dir};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -217,4 +156,4 @@ pub fn wait_files(dir: &Path, ext: &str, n: usize, limit: Duration) -> (Vec<Path
     }
 }
 
-pub use crate::golden::{decode_errors, decoded, packets, video_key_flags, Packet};
+pub use reel_test_support::ffmpeg::{decode_errors, decoded, packets, video_key_flags, Packet};

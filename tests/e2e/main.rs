@@ -1,10 +1,5 @@
 //! End-to-end tests: the real `reel` binary, real publishers, verified with ffprobe/ffmpeg.
 
-// The ffmpeg harness the muxers' golden tests use; it names these through `crate::`.
-use reel::{media, mux};
-#[path = "../../host/src/mux/golden.rs"]
-mod golden;
-
 mod auth;
 mod bench;
 mod browser;

@@ -13,7 +13,7 @@ use crate::common::*;
 
 /// The built example plugins (`plugins/target/wasm32-wasip2/release`).
 pub(crate) fn plugins_dir() -> &'static Path {
-    reel_test_plugins::dir()
+    reel_test_support::plugins::dir()
 }
 
 /// A real HTTP listener on 127.0.0.1: answers 200 and hands over (request head, body).

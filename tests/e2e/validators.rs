@@ -7,72 +7,28 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use reel_test_support::ffmpeg::{flv_fixture, tsreport};
+use reel_test_support::mp4::{be32, be64, children};
+
 use crate::common::*;
 
 const ALL_FORMATS: &str = "[storage.local]\nkind = \"fs\"\nroot = \"recordings\"\n[template.default]\nformats = [\"flv\", \"hls\", \"mp4\"]\nhls_segment = \"2s\"\nstorage = \"local\"\n[[rule]]\ntemplate = \"default\"\n";
 
-/// What `tsreport -buffering` finds wrong with a TS file: (bad PCR gaps, PES complete after
-/// their DTS, repeated PCRs), with its report for messages.
-fn tsreport(path: &Path) -> ((usize, usize, usize), String) {
-    assert!(have_tool("tsreport"), "tstools' tsreport is needed: tests/run installs it");
-    let out = Command::new("tsreport").arg("-buffering").arg(path).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let bad = text
-        .lines()
-        .find_map(|l| l.split("Bad (>.1s) gaps:").nth(1))
-        .and_then(|r| r.split(',').next())
-        .map(|n| n.trim().parse().unwrap())
-        .unwrap_or_else(|| panic!("no PCR summary for {}:\n{text}", path.display()));
-    let late = text.lines().filter(|l| l.contains("< PCR")).count();
-    let repeats = text.lines().filter(|l| l.contains("repeats the previous PCR")).count();
-    ((bad, late, repeats), text)
-}
-
-fn have_tool(t: &str) -> bool {
-    Command::new("which").arg(t).output().is_ok_and(|o| o.status.success())
-}
-
 fn assert_ts_valid(segments: &[PathBuf]) {
     assert!(!segments.is_empty(), "TS segments");
     for s in segments {
-        let (found, text) = tsreport(s);
-        assert_eq!(found, (0, 0, 0), "{}: (bad PCR gaps, DTS < PCR, repeated PCRs):\n{text}", s.display());
+        let r = tsreport(s);
+        let found = (r.bad_pcr_gaps, r.late, r.repeated_pcrs);
+        assert_eq!(found, (0, 0, 0), "{}: (bad PCR gaps, DTS < PCR, repeated PCRs):\n{}", s.display(), r.text);
     }
 }
 
 // --- ISO BMFF ------------------------------------------------------------------------------
 
-fn be32(b: &[u8]) -> u64 {
-    u64::from(u32::from_be_bytes(b[..4].try_into().unwrap()))
-}
-
-fn be64(b: &[u8]) -> u64 {
-    u64::from_be_bytes(b[..8].try_into().unwrap())
-}
-
-/// The boxes directly inside `data`: (type, body).
-fn boxes(data: &[u8]) -> Vec<([u8; 4], &[u8])> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at + 8 <= data.len() {
-        let mut size = be32(&data[at..]) as usize;
-        let kind: [u8; 4] = data[at + 4..at + 8].try_into().unwrap();
-        let mut head = 8;
-        if size == 1 {
-            size = be64(&data[at + 8..]) as usize;
-            head = 16;
-        } else if size == 0 {
-            size = data.len() - at;
-        }
-        assert!(size >= head && at + size <= data.len(), "box {:?} overruns its parent", kind);
-        out.push((kind, &data[at + head..at + size]));
-        at += size;
-    }
-    out
-}
-
+/// The first box `kind` directly inside `data`; every box there must fit inside `data`.
 fn child<'a>(data: &'a [u8], kind: &[u8; 4]) -> Option<&'a [u8]> {
-    boxes(data).into_iter().find(|(k, _)| k == kind).map(|(_, b)| b)
+    let all: Vec<([u8; 4], &[u8])> = children(data).collect();
+    all.into_iter().find(|(k, _)| k == kind).map(|(_, b)| b)
 }
 
 /// (version, duration) of an mvhd/tkhd/mdhd body, and its timescale where it has one.
@@ -84,8 +40,8 @@ fn timed(body: &[u8], tkhd: bool) -> (u64, u32) {
         (true, false) => (20, 24),
         (false, false) => (12, 16),
     };
-    let duration = if v1 { be64(&body[dur_at..]) } else { be32(&body[dur_at..]) };
-    let timescale = if tkhd { 0 } else { be32(&body[ts_at..]) as u32 };
+    let duration = if v1 { be64(&body[dur_at..]) } else { u64::from(be32(&body[dur_at..])) };
+    let timescale = if tkhd { 0 } else { be32(&body[ts_at..]) };
     (duration, timescale)
 }
 
@@ -97,7 +53,7 @@ fn assert_mp4_durations_cover_samples(path: &Path) -> Vec<f64> {
     let moov = child(&data, b"moov").expect("moov");
     let (movie, movie_ts) = timed(child(moov, b"mvhd").unwrap(), false);
     let mut out = Vec::new();
-    for (_, trak) in boxes(moov).into_iter().filter(|(k, _)| k == b"trak") {
+    for (_, trak) in children(moov).filter(|(k, _)| k == b"trak") {
         let (track_dur, _) = timed(child(trak, b"tkhd").unwrap(), true);
         let mdia = child(trak, b"mdia").unwrap();
         let (media_dur, ts) = timed(child(mdia, b"mdhd").unwrap(), false);
@@ -113,7 +69,7 @@ fn assert_mp4_durations_cover_samples(path: &Path) -> Vec<f64> {
             let mut k = 0;
             for i in 0..be32(&ctts[4..]) as usize {
                 let n = be32(&ctts[8 + 8 * i..]) as usize;
-                let raw = be32(&ctts[12 + 8 * i..]) as u32;
+                let raw = be32(&ctts[12 + 8 * i..]);
                 let c = if ctts[0] == 1 { i64::from(raw as i32) } else { i64::from(raw) };
                 offsets[k..k + n].fill(c);
                 k += n;
@@ -135,7 +91,7 @@ fn assert_mp4_durations_cover_samples(path: &Path) -> Vec<f64> {
                 let (seg, mt) = if v1 {
                     (be64(e), be64(&e[8..]) as i64)
                 } else {
-                    (be32(e), i64::from(be32(&e[4..]) as u32 as i32))
+                    (u64::from(be32(e)), i64::from(be32(&e[4..]) as i32))
                 };
                 (mt, seg as f64 / f64::from(movie_ts))
             }
@@ -154,23 +110,9 @@ fn assert_mp4_durations_cover_samples(path: &Path) -> Vec<f64> {
 
 // --- publishes -----------------------------------------------------------------------------
 
-/// An FLV made by ffmpeg: H.264 with `bframes` B-frames (none: `None` for audio only) and AAC.
+/// An FLV made by ffmpeg: 8 s of H.264 with `bframes` B-frames (`None`: audio only) and AAC.
 fn source(name: &str, bframes: Option<u32>) -> PathBuf {
-    let dir = test_dir(&format!("validators-src-{name}"));
-    let out = dir.join("src.flv");
-    let mut c = Command::new("ffmpeg");
-    c.args(["-v", "error", "-y"]);
-    if bframes.is_some() {
-        c.args(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25"]);
-    }
-    c.args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", "8"]);
-    if let Some(bf) = bframes {
-        let bf = bf.to_string();
-        c.args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "50", "-bf", &bf, "-pix_fmt", "yuv420p"]);
-    }
-    c.args(["-c:a", "aac", "-b:a", "64k", "-f", "flv"]).arg(&out);
-    run(&mut c);
-    out
+    flv_fixture(&format!("validators-{name}"), 8, true, bframes)
 }
 
 fn recorded(reel: &Reel, stream: &str) -> (Vec<PathBuf>, Vec<PathBuf>, Vec<PathBuf>) {

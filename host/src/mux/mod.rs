@@ -4,8 +4,6 @@
 
 pub mod aac;
 pub mod flv;
-#[cfg(test)]
-pub(crate) mod golden;
 pub mod hls;
 pub mod mp4;
 pub mod ts;

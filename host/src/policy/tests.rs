@@ -15,7 +15,7 @@ use super::*;
 
 /// The built example plugins (`plugins/target/wasm32-wasip2/release`).
 fn plugins_dir() -> &'static Path {
-    reel_test_plugins::dir()
+    reel_test_support::plugins::dir()
 }
 
 macro_rules! fixtures {

@@ -1,6 +1,7 @@
 //! The sample table model shared by the live writer and crash recovery: what each track is
 //! ([`TrackInfo`]) and what its fragments carried ([`TrackTable`], kept in `stbl` form so it
-//! stays compact), and [`finalize`], which turns them into the faststart [`Rewrite`].
+//! stays compact). A leaf of `mp4/`: `boxes` writes these, `faststart` turns them into the
+//! final `moov`.
 
 use bytes::Bytes;
 
