@@ -5,6 +5,7 @@
 //! `policy` decides naming, rule priority and segmentation; `api` serves HTTP.
 
 pub mod api;
+pub mod catalog;
 pub mod config;
 pub mod ingest;
 pub mod media;

@@ -8,6 +8,7 @@
 //!   muxers they judge. The muxers' unit tests use them too.
 //! - [`plugins`]: the example plugins of `plugins/`, built for `wasm32-wasip2` once per
 //!   process; the policy tests, the end-to-end tests and the policy bench load them.
+//! - [`postgres`]: a real, throw-away PostgreSQL server on 127.0.0.1, in a temporary directory.
 //!
 //! This crate does not depend on `reel`, so `reel` can take it as a dev-dependency. Helpers
 //! that need Reel's types (frames, muxers) live in the test targets.
@@ -15,4 +16,5 @@
 pub mod ffmpeg;
 pub mod mp4;
 pub mod plugins;
+pub mod postgres;
 pub mod ts;

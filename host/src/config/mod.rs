@@ -3,11 +3,13 @@
 
 mod auth;
 mod callback;
+mod catalog;
 mod duration;
 mod plugins;
 
 pub use auth::{Auth, AuthKind};
 pub use callback::{CallbackConfig, EVENTS, EVENT_RECORD_FILE};
+pub use catalog::CatalogConfig;
 pub use duration::{parse_duration, Duration};
 pub use plugins::{
     de_bytes, de_duration, parse_bytes, Grants, PluginConfig, PolicyConfig, DEADLINE_RANGE, MEMORY_RANGE,
@@ -64,6 +66,9 @@ pub struct Config {
     /// `[[auth]]`: signed publish URLs, per domain and app (off when none matches).
     #[serde(default)]
     pub auth: Vec<Auth>,
+    /// `[catalog]`: where recordings and record tasks are kept.
+    #[serde(default)]
+    pub catalog: CatalogConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -236,7 +241,8 @@ pub struct Template {
     /// HLS segment length, cut at the first keyframe at or after it.
     #[serde(default = "default_hls_segment")]
     pub hls_segment: Duration,
-    /// Storage target name (a `[storage.NAME]` table).
+    /// Storage target name (a `[storage.NAME]` table); not needed when `formats` is empty.
+    #[serde(default)]
     pub storage: String,
     /// Plugin chain for streams of this template, instead of `[policy] plugins`.
     #[serde(default)]
@@ -369,7 +375,11 @@ impl Config {
             p.push("server.queue_frames must be at least 16".into());
         }
         for (name, t) in &self.template {
-            if !self.storage.contains_key(&t.storage) {
+            if !t.formats.is_empty() && t.storage.is_empty() {
+                p.push(format!(
+                    "template.{name}.storage is missing: a template with formats needs a [storage.NAME] to write to"
+                ));
+            } else if !t.formats.is_empty() && !self.storage.contains_key(&t.storage) {
                 p.push(format!(
                     "template.{name}.storage = {:?} names no [storage.{}] table (defined: {})",
                     t.storage,
@@ -391,6 +401,7 @@ impl Config {
             }
         }
         p.extend(self.policy.validate());
+        p.extend(self.catalog.validate());
         for name in &self.policy.plugins {
             if !self.plugins.contains_key(name) {
                 p.push(format!(

@@ -1,0 +1,172 @@
+use super::*;
+
+fn dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("reel-catalog-{name}-{}-{}", std::process::id(), fastrand::u32(..)));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+async fn sqlite(name: &str) -> Catalog {
+    Catalog::open(&CatalogConfig::default(), &dir(name), "node-a".into()).await.unwrap()
+}
+
+fn rec(stream: &str, start_ms: i64, id: &str) -> Recording {
+    Recording {
+        id: id.into(),
+        domain: "example.com".into(),
+        app: "live".into(),
+        stream: stream.into(),
+        format: "flv".into(),
+        storage: "local".into(),
+        key: format!("live/{stream}/{start_ms}.flv"),
+        size: 1000,
+        duration_ms: 10_000,
+        first_ts_ms: 0,
+        last_ts_ms: 9_960,
+        start_ms,
+        end_ms: start_ms + 10_000,
+        session_id: "s1".into(),
+        task_id: None,
+        template: "default".into(),
+        node_id: "node-a".into(),
+        video_codec: Some("h264".into()),
+        audio_codec: Some("aac".into()),
+        failed: false,
+    }
+}
+
+fn task(id: &str, created_ms: i64) -> Task {
+    Task {
+        id: id.into(),
+        domain: "*".into(),
+        app: "live".into(),
+        stream: "cam".into(),
+        start_ms: 1_000,
+        end_ms: 2_000,
+        template: "t".into(),
+        note: Some("highlight".into()),
+        status: TaskStatus::Scheduled,
+        reason: None,
+        node_id: None,
+        created_ms,
+        updated_ms: created_ms,
+    }
+}
+
+#[tokio::test]
+async fn migrations_apply_once_and_a_reopen_keeps_rows() {
+    let d = dir("reopen");
+    let c = Catalog::open(&CatalogConfig::default(), &d, "n".into()).await.unwrap();
+    c.insert_recording(&rec("cam", 1, "0a")).await.unwrap();
+    c.close().await;
+    let c = Catalog::open(&CatalogConfig::default(), &d, "n".into()).await.unwrap();
+    assert_eq!(c.recording("0a").await.unwrap().unwrap(), rec("cam", 1, "0a"));
+    assert!(c.ping().await);
+}
+
+#[tokio::test]
+async fn recordings_list_newest_first_in_pages_by_stream_and_time() {
+    listing(&sqlite("list").await).await;
+}
+
+async fn listing(c: &Catalog) {
+    let mut rows = Vec::new();
+    for i in 0..25i64 {
+        rows.push(rec("cam", i * 10_000, &format!("{i:04x}")));
+        rows.push(rec("other", i * 10_000, &format!("f{i:03x}")));
+    }
+    c.insert_recordings(&rows).await.unwrap();
+    let mut q = RecordingQuery { stream: Some("cam".into()), limit: 10, ..Default::default() };
+    let mut seen = Vec::new();
+    loop {
+        let page = c.recordings(&q).await.unwrap();
+        assert!(page.items.iter().all(|r| r.stream == "cam"));
+        seen.extend(page.items.iter().map(|r| r.start_ms));
+        match page.next {
+            Some(n) => q.cursor = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (0..25).rev().map(|i| i * 10_000).collect::<Vec<_>>());
+
+    // Overlap with [from, to]: a file from 40 s to 50 s overlaps [45 s, 65 s].
+    let q = RecordingQuery {
+        stream: Some("cam".into()),
+        from_ms: Some(45_000),
+        to_ms: Some(65_000),
+        limit: 100,
+        ..Default::default()
+    };
+    let got: Vec<i64> = c.recordings(&q).await.unwrap().items.iter().map(|r| r.start_ms).collect();
+    assert_eq!(got, vec![60_000, 50_000, 40_000]);
+
+    let bad = RecordingQuery { cursor: Some("x' OR 1=1 --".into()), limit: 1, ..Default::default() };
+    assert!(matches!(c.recordings(&bad).await, Err(CatalogError::Cursor(_))));
+}
+
+#[tokio::test]
+async fn a_deleted_recording_is_gone() {
+    let c = sqlite("delete").await;
+    c.insert_recording(&rec("cam", 1, "01")).await.unwrap();
+    assert!(c.delete_recording("01").await.unwrap());
+    assert!(!c.delete_recording("01").await.unwrap());
+    assert_eq!(c.recording("01").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_task_that_ended_stays_ended() {
+    task_states(&sqlite("tasks").await).await;
+}
+
+async fn task_states(c: &Catalog) {
+    c.insert_task(&task("0001", 1)).await.unwrap();
+    c.insert_task(&task("0002", 2)).await.unwrap();
+    assert_eq!(c.count_active_tasks("live", "cam").await.unwrap(), 2);
+    assert!(c.set_task_status("0001", TaskStatus::Recording, None, 5).await.unwrap());
+    let t = c.task("0001").await.unwrap().unwrap();
+    assert_eq!((t.status, t.node_id.as_deref(), t.updated_ms), (TaskStatus::Recording, Some("node-a"), 5));
+    assert!(c.set_task_status("0001", TaskStatus::Stopped, None, 6).await.unwrap());
+    // Stopped is final: a node that still believes it records cannot revive it.
+    assert!(!c.set_task_status("0001", TaskStatus::Recording, None, 7).await.unwrap());
+    assert!(!c.set_task_status("0001", TaskStatus::Completed, None, 7).await.unwrap());
+    assert_eq!(c.task("0001").await.unwrap().unwrap().status, TaskStatus::Stopped);
+    assert_eq!(c.active_tasks().await.unwrap().iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["0002"]);
+    assert!(c.set_task_status("0002", TaskStatus::Failed, Some("no such template"), 8).await.unwrap());
+    let t = c.task("0002").await.unwrap().unwrap();
+    assert_eq!(t.reason.as_deref(), Some("no such template"));
+
+    let q = TaskQuery { status: Some(TaskStatus::Stopped), limit: 10, ..Default::default() };
+    assert_eq!(c.tasks(&q).await.unwrap().items.len(), 1);
+    let all = c.tasks(&TaskQuery { limit: 1, ..Default::default() }).await.unwrap();
+    assert_eq!(all.items[0].id, "0002");
+    let rest = c.tasks(&TaskQuery { limit: 1, cursor: all.next, ..Default::default() }).await.unwrap();
+    assert_eq!((rest.items[0].id.as_str(), rest.next), ("0001", None));
+    assert!(c.delete_task("0001").await.unwrap());
+    assert_eq!(c.task("0001").await.unwrap(), None);
+}
+
+#[test]
+fn passwords_stay_out_of_logs() {
+    assert_eq!(redact("postgres://reel:secret@db:5432/reel"), "postgres://reel:***@db:5432/reel");
+    assert_eq!(redact("sqlite:///var/reel.db"), "sqlite:///var/reel.db");
+}
+
+#[tokio::test]
+async fn postgres_speaks_the_same_sql() {
+    let Some(pg) = reel_test_support::postgres::Postgres::start() else {
+        panic!("PostgreSQL is not installed: run tests/run, which installs it");
+    };
+    let config = CatalogConfig { url: Some(pg.url.clone()), ..Default::default() };
+    // Two nodes starting together apply the migrations once.
+    let (a, b) = tokio::join!(
+        Catalog::open(&config, Path::new("unused"), "node-a".into()),
+        Catalog::open(&config, Path::new("unused"), "node-b".into())
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.backend(), Backend::Postgres);
+    listing(&a).await;
+    task_states(&a).await;
+    assert_eq!(b.recording("0001").await.unwrap().unwrap().stream, "cam");
+    a.close().await;
+    b.close().await;
+}
