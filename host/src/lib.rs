@@ -14,3 +14,4 @@ pub mod notify;
 pub mod policy;
 pub mod record;
 pub mod storage;
+pub mod tasks;

@@ -219,7 +219,12 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         max_connections: server.max_http_connections,
     };
     let deadline = server.shutdown_timeout.std();
-    let recorder = Recorder::new(config).context("opening storage")?;
+    let node_id = config.catalog.node_id.clone().unwrap_or_else(host_name);
+    let catalog = reel::catalog::Catalog::open(&config.catalog, &config.server.data_dir, node_id)
+        .await
+        .context("opening the catalog")?;
+    let recorder = Recorder::new(config, Some(catalog.clone())).context("opening storage")?;
+    let tasks = reel::tasks::Tasks::start(catalog.clone(), recorder.clone()).await.context("reading record tasks")?;
 
     let rtmp =
         tokio::net::TcpListener::bind(rtmp_addr).await.with_context(|| format!("binding RTMP on {rtmp_addr}"))?;
@@ -247,7 +252,13 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         shutdown.clone(),
         conns.clone(),
     ));
-    let app = reel::api::router(reel::api::ApiState { recorder: recorder.clone(), metrics, reload: reload.clone() });
+    let scheduler = tokio::spawn(tasks.clone().run(shutdown.clone()));
+    let app = reel::api::router(reel::api::ApiState {
+        recorder: recorder.clone(),
+        tasks,
+        metrics,
+        reload: reload.clone(),
+    });
     let http_task = tokio::spawn(reel::api::serve(http, app, http_limits, shutdown.clone(), deadline));
 
     wait_for_signals(reload).await;
@@ -255,6 +266,7 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let end = tokio::time::Instant::now() + deadline;
     shutdown.cancel();
     let _ = rtmp_task.await;
+    let _ = scheduler.await;
     conns.close();
     let clean = tokio::time::timeout_at(end, async {
         conns.wait().await;
@@ -270,10 +282,21 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         tracing::warn!("some callbacks were not delivered before exit");
     }
     let _ = tokio::time::timeout_at(end + std::time::Duration::from_secs(1), http_task).await;
+    catalog.close().await;
     if clean {
         tracing::info!("all files closed; bye");
     }
     Ok(())
+}
+
+/// This machine's name (the default `catalog.node_id`).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "reel".into())
 }
 
 /// Ingest hands publishes to the recorder: wired here, so neither imports the other.

@@ -2,35 +2,41 @@
 //! the HTTP/1.1 server that carries it, with a deadline for request headers and a bound on
 //! connections.
 
+mod common;
+mod recordings;
+mod tasks;
+
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
 use serde_json::json;
 
-use crate::record::Recorder;
-
-/// Re-reads the configuration and swaps it in; returns a user-facing error.
-pub type ReloadFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
-
-#[derive(Clone)]
-pub struct ApiState {
-    pub recorder: Recorder,
-    pub metrics: Option<PrometheusHandle>,
-    pub reload: ReloadFn,
-}
+pub use common::{ApiState, ReloadFn, MAX_BODY_BYTES};
+use common::ApiError;
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/streams", get(streams))
+        .route("/v1/templates", get(templates))
+        .route("/v1/rules", get(rules))
+        .route("/v1/rules/match", get(rules_match))
         .route("/v1/reload", post(reload))
+        .route("/v1/recordings", get(recordings::list))
+        .route("/v1/recordings/{id}", get(recordings::get).delete(recordings::delete))
+        .route("/v1/record-tasks", get(tasks::list).post(tasks::create))
+        .route("/v1/record-tasks/{id}", get(tasks::get).delete(tasks::delete))
+        .route("/v1/record-tasks/{id}/stop", post(tasks::stop))
+        .fallback(|| async { ApiError::not_found("no such API path") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }
@@ -72,22 +78,125 @@ async fn metrics(State(s): State<ApiState>) -> Response {
     }
 }
 
+async fn readyz(State(s): State<ApiState>) -> Response {
+    if s.tasks.catalog().ping().await {
+        "ok\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "catalog unreachable\n").into_response()
+    }
+}
+
+/// `GET /v1/streams`: every live stream, its codecs, rates, and what records it.
 async fn streams(State(s): State<ApiState>) -> Json<serde_json::Value> {
     use std::sync::atomic::Ordering::Relaxed;
+    let now = crate::tasks::now_ms();
     let list: Vec<_> = s
         .recorder
         .active()
         .into_iter()
         .map(|(k, a)| {
+            let uptime_ms = (now - a.started_at_ms as i64).max(0);
+            let bytes = a.stats.bytes.load(Relaxed);
+            let bitrate = if uptime_ms > 0 { bytes * 8 * 1000 / uptime_ms as u64 } else { 0 };
             json!({
                 "domain": k.domain, "app": k.app, "stream": k.name, "session_id": a.session_id,
-                "template": a.template, "started_at_ms": a.started_at_ms,
-                "frames": a.stats.frames.load(Relaxed), "bytes": a.stats.bytes.load(Relaxed),
+                "template": a.template, "started_at_ms": a.started_at_ms, "uptime_ms": uptime_ms,
+                "video_codec": a.info.video_codec, "audio_codec": a.info.audio_codec,
+                "width": a.video.map(|v| v.0), "height": a.video.map(|v| v.1),
+                "bitrate_bps": bitrate,
+                "frames": a.stats.frames.load(Relaxed), "bytes": bytes,
                 "files": a.stats.files.load(Relaxed),
+                "recordings": a.recordings,
             })
         })
         .collect();
     Json(json!({ "streams": list }))
+}
+
+/// `GET /v1/templates`: the templates of the running configuration.
+async fn templates(State(s): State<ApiState>) -> Json<serde_json::Value> {
+    let rt = s.recorder.runtime();
+    let list: serde_json::Map<_, _> = rt
+        .config
+        .template
+        .iter()
+        .map(|(name, t)| {
+            (
+                name.clone(),
+                json!({
+                    "formats": t.formats, "interval_ms": t.interval.as_millis(), "hls_segment_ms": t.hls_segment.as_millis(),
+                    "storage": (!t.storage.is_empty()).then_some(&t.storage), "plugins": t.plugins,
+                }),
+            )
+        })
+        .collect();
+    Json(json!({ "templates": list }))
+}
+
+/// `GET /v1/rules`: the rules of the running configuration, in configured order.
+async fn rules(State(s): State<ApiState>) -> Json<serde_json::Value> {
+    let rt = s.recorder.runtime();
+    let list: Vec<_> = rt
+        .config
+        .rule
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            json!({"rule_id": i.to_string(), "domain": r.domain, "app": r.app, "stream": r.stream,
+                   "template": r.template, "priority": r.priority})
+        })
+        .collect();
+    Json(json!({ "rules": list }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MatchParams {
+    domain: Option<String>,
+    app: String,
+    stream: String,
+}
+
+/// `GET /v1/rules/match?domain=&app=&stream=`: which template records that stream and why,
+/// every matching rule most specific first, and the record tasks that record it now.
+async fn rules_match(
+    State(s): State<ApiState>,
+    q: Result<Query<MatchParams>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(p) = q?;
+    let rt = s.recorder.runtime();
+    let domain = p.domain.unwrap_or_default().trim_end_matches('.').to_ascii_lowercase();
+    let info = crate::record::StreamInfo {
+        domain: domain.clone(),
+        app: p.app.clone(),
+        name: p.stream.clone(),
+        ..Default::default()
+    };
+    let candidates = rt.candidates(&info);
+    let chosen = rt.choose(&info, &candidates);
+    let plugins = !rt.config.policy.plugins.is_empty();
+    let why = match (&chosen, candidates.first()) {
+        (None, _) => "no rule matches this stream: it is not recorded by rules".to_string(),
+        (Some(id), Some(first)) if *id == first.rule_id && !plugins => {
+            "the most specific matching rule (exact stream > exact app > exact domain > wildcard), then the highest priority, then the first configured".into()
+        }
+        (Some(_), _) => format!("chosen by the policy plugins {:?}", rt.config.policy.plugins),
+    };
+    let rule = chosen.as_ref().and_then(|id| candidates.iter().find(|c| &c.rule_id == id));
+    let template = rule.and_then(|r| rt.config.template.get(&r.template).map(|t| (r.template.clone(), t)));
+    let key = crate::record::StreamKey { domain, app: p.app, name: p.stream };
+    let tasks = s.tasks.active_for(&key);
+    Ok(Json(json!({
+        "template": template.as_ref().map(|(n, _)| n),
+        "records": template.as_ref().is_some_and(|(_, t)| !t.formats.is_empty()),
+        "formats": template.as_ref().map(|(_, t)| &t.formats),
+        "rule": rule.map(|r| json!({"rule_id": r.rule_id, "domain": r.domain, "app": r.app, "stream": r.name,
+                                    "template": r.template, "priority": r.priority})),
+        "why": why,
+        "candidates": candidates.iter().map(|r| json!({"rule_id": r.rule_id, "domain": r.domain, "app": r.app,
+                                    "stream": r.name, "template": r.template, "priority": r.priority})).collect::<Vec<_>>(),
+        "tasks": tasks,
+    })))
 }
 
 async fn reload(State(s): State<ApiState>) -> Response {

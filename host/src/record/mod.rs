@@ -19,9 +19,12 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Template};
-use crate::media::Frame;
+use crate::catalog::Catalog;
+use crate::media::avc::{AvcConfig, HevcConfig};
+use crate::media::{Codec, Frame, FrameKind};
 use crate::notify::{MemoryOutbox, Notifier, NotifierOptions, Outbox};
-use crate::policy::{Candidate, Policy, PolicyError, Registry, StreamInfo};
+use crate::policy::{Candidate, Policy, PolicyError, Registry};
+pub use crate::policy::StreamInfo;
 use crate::storage::{self, Storage};
 
 pub use stream::StreamStats;
@@ -116,9 +119,10 @@ impl Runtime {
         }
     }
 
-    /// The template recording `info`, by the rules (most specific, then priority).
-    pub fn template_for(&self, info: &StreamInfo) -> Option<(String, Template)> {
-        let candidates: Vec<Candidate> = self
+    /// The rules matching `info`, most specific first (exact stream > exact app > exact
+    /// domain > wildcard, then higher priority, then the first configured).
+    pub fn candidates(&self, info: &StreamInfo) -> Vec<Candidate> {
+        let mut candidates: Vec<Candidate> = self
             .config
             .rule
             .iter()
@@ -135,10 +139,25 @@ impl Runtime {
                 priority: r.priority,
             })
             .collect();
+        let exact = |p: &str| !p.contains('*');
+        candidates.sort_by_key(|c| std::cmp::Reverse((exact(&c.name), exact(&c.app), exact(&c.domain), c.priority)));
+        candidates
+    }
+
+    /// The rule the policy chooses among `candidates` (its id).
+    pub fn choose(&self, info: &StreamInfo, candidates: &[Candidate]) -> Option<String> {
         if candidates.is_empty() {
             return None;
         }
-        let chosen = self.policy.select_rule(info, &candidates)?;
+        let mut in_config_order = candidates.to_vec();
+        in_config_order.sort_by_key(|c| c.rule_id.parse::<usize>().unwrap_or(usize::MAX));
+        self.policy.select_rule(info, &in_config_order)
+    }
+
+    /// The template recording `info`, by the rules (most specific, then priority).
+    pub fn template_for(&self, info: &StreamInfo) -> Option<(String, Template)> {
+        let candidates = self.candidates(info);
+        let chosen = self.choose(info, &candidates)?;
         let cand = candidates.iter().find(|c| c.rule_id == chosen)?;
         let t = self.config.template.get(&cand.template)?;
         Some((cand.template.clone(), t.clone()))
@@ -147,21 +166,128 @@ impl Runtime {
 
 use crate::config::matches;
 
+/// A recording of a stream: for the rules (`task_id` none) or for a record task.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RecordingOf {
+    pub task_id: Option<String>,
+    pub template: String,
+}
+
 /// Live state of one publish, for the API and duplicate detection.
 #[derive(Clone, Debug)]
 pub struct ActiveStream {
     pub session_id: String,
+    /// The template the rules chose (it may record nothing).
     pub template: Option<String>,
     pub started_at_ms: u64,
     pub stats: Arc<StreamStats>,
+    /// Codecs as announced by the stream.
+    pub info: StreamInfo,
+    /// What records it now: the rules' template and each record task's.
+    pub recordings: Vec<RecordingOf>,
+    /// Width and height, from the video sequence header.
+    pub video: Option<(u32, u32)>,
+}
+
+/// Tells a starting publish which record tasks record it (the `tasks` module answers).
+pub trait TaskSource: Send + Sync {
+    /// `(task id, template)` of every task in its window for `key`.
+    fn tasks_for(&self, key: &StreamKey) -> Vec<(String, String)>;
+}
+
+/// One recording fed by a publish.
+struct Sink {
+    of: RecordingOf,
+    tx: mpsc::Sender<Msg>,
+    overflow: Arc<AtomicBool>,
+    /// Started mid-stream: frames flow from the next keyframe (audio-only: the next frame).
+    wait_key: bool,
+}
+
+/// Fans one publish out to its recordings, and keeps the headers a recording started later
+/// begins with. Only the publishing connection pushes; the API attaches and detaches.
+struct Hub {
+    info: StreamInfo,
+    session_id: String,
+    stats: Arc<StreamStats>,
+    sinks: Vec<Sink>,
+    metadata: Option<Frame>,
+    video_config: Option<Frame>,
+    audio_config: Option<Frame>,
+    video: Option<(u32, u32)>,
+}
+
+impl Hub {
+    fn push(&mut self, frame: Frame) {
+        self.stats.frames.fetch_add(1, Ordering::Relaxed);
+        self.stats.bytes.fetch_add(frame.tag.len() as u64, Ordering::Relaxed);
+        match frame.kind {
+            FrameKind::Data if frame.is_metadata() => self.metadata = Some(frame.owned()),
+            FrameKind::Video if frame.config => {
+                self.info.video_codec.get_or_insert_with(|| frame.codec.name().into());
+                let p = frame.payload_ref();
+                self.video = match frame.codec {
+                    Codec::H264 => AvcConfig::parse(p).ok().and_then(|c| c.dimensions()),
+                    Codec::Hevc => HevcConfig::parse(p).ok().and_then(|c| c.dimensions()),
+                    _ => None,
+                };
+                self.video_config = Some(frame.owned());
+            }
+            FrameKind::Audio if frame.config => {
+                self.info.audio_codec.get_or_insert_with(|| frame.codec.name().into());
+                self.audio_config = Some(frame.owned());
+            }
+            _ => {}
+        }
+        let has_video = self.video_config.is_some();
+        let (key_frame, sample) = (
+            frame.is_sample() && (frame.kind == FrameKind::Video && frame.keyframe || !has_video),
+            frame.is_sample(),
+        );
+        let (app, stream) = (&self.info.app, &self.info.name);
+        self.sinks.retain_mut(|s| {
+            if s.wait_key && sample {
+                if !key_frame {
+                    return true;
+                }
+                s.wait_key = false;
+            }
+            match s.tx.try_send(Msg::Frame(frame.clone())) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::error!(%stream, %app, task = ?s.of.task_id, "recording fell behind its queue; ending it (storage too slow?)");
+                    s.overflow.store(true, Ordering::Release);
+                    metrics::counter!("reel_recordings_overflowed_total").increment(1);
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+    }
+
+    fn recordings(&self) -> Vec<RecordingOf> {
+        self.sinks.iter().map(|s| s.of.clone()).collect()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct Live {
+    template: Option<String>,
+    started_at_ms: u64,
+    hub: Arc<Mutex<Hub>>,
 }
 
 struct Inner {
     outbox: Arc<dyn Outbox>,
     runtime: Arc<RwLock<Arc<Runtime>>>,
-    active: Mutex<BTreeMap<StreamKey, ActiveStream>>,
+    active: Mutex<BTreeMap<StreamKey, Live>>,
     tracker: TaskTracker,
     next_session: AtomicU64,
+    catalog: Option<Catalog>,
+    tasks: std::sync::OnceLock<Arc<dyn TaskSource>>,
 }
 
 /// Entry point of the recording side; cheap to clone.
@@ -177,28 +303,17 @@ pub(crate) enum Msg {
 
 /// Held by the connection that publishes; dropping it ends the recording.
 pub struct StreamHandle {
-    tx: Option<mpsc::Sender<Msg>>,
-    overflow: Arc<AtomicBool>,
+    hub: Arc<Mutex<Hub>>,
     key: StreamKey,
     session_id: String,
     recorder: Recorder,
 }
 
 impl StreamHandle {
-    /// Queues a frame for the recording without waiting. When the recording falls behind by
-    /// more than the configured queue, it is ended with an error; the publisher goes on.
+    /// Queues a frame for each recording without waiting. A recording that falls behind by
+    /// more than the configured queue is ended with an error; the publisher goes on.
     pub fn push(&mut self, frame: Frame) {
-        let Some(tx) = &self.tx else { return };
-        match tx.try_send(Msg::Frame(frame)) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::error!(stream = %self.key.name, app = %self.key.app, "recording fell behind its queue; ending it (storage too slow?)");
-                self.overflow.store(true, Ordering::Release);
-                metrics::counter!("reel_recordings_overflowed_total").increment(1);
-                self.tx = None;
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => self.tx = None,
-        }
+        lock(&self.hub).push(frame);
     }
 
     pub fn session_id(&self) -> &str {
@@ -208,16 +323,17 @@ impl StreamHandle {
 
 impl Drop for StreamHandle {
     fn drop(&mut self) {
-        self.tx = None;
-        let mut active = self.recorder.inner.active.lock().unwrap_or_else(|e| e.into_inner());
-        if active.get(&self.key).is_some_and(|a| a.session_id == self.session_id) {
+        lock(&self.hub).sinks.clear();
+        let mut active = lock(&self.recorder.inner.active);
+        if active.get(&self.key).is_some_and(|a| lock(&a.hub).session_id == self.session_id) {
             active.remove(&self.key);
         }
     }
 }
 
 impl Recorder {
-    pub fn new(config: Config) -> Result<Self, RecordError> {
+    /// A recorder writing what it records into `catalog` (none: files are only announced).
+    pub fn new(config: Config, catalog: Option<Catalog>) -> Result<Self, RecordError> {
         let outbox: Arc<dyn Outbox> = Arc::new(MemoryOutbox::new(OUTBOX_CAPACITY));
         let runtime = Runtime::with_outbox(config, outbox.clone())?;
         Ok(Self {
@@ -227,8 +343,19 @@ impl Recorder {
                 active: Mutex::new(BTreeMap::new()),
                 tracker: TaskTracker::new(),
                 next_session: AtomicU64::new(1),
+                catalog,
+                tasks: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Who says which record tasks record a new publish (set once, at start).
+    pub fn set_task_source(&self, source: Arc<dyn TaskSource>) {
+        let _ = self.inner.tasks.set(source);
+    }
+
+    pub fn catalog(&self) -> Option<&Catalog> {
+        self.inner.catalog.as_ref()
     }
 
     pub fn runtime(&self) -> Arc<Runtime> {
@@ -252,13 +379,58 @@ impl Recorder {
     }
 
     pub fn active(&self) -> Vec<(StreamKey, ActiveStream)> {
-        self.inner
-            .active
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        lock(&self.inner.active)
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| {
+                let hub = lock(&v.hub);
+                let a = ActiveStream {
+                    session_id: hub.session_id.clone(),
+                    template: v.template.clone(),
+                    started_at_ms: v.started_at_ms,
+                    stats: hub.stats.clone(),
+                    info: hub.info.clone(),
+                    recordings: hub.recordings(),
+                    video: hub.video,
+                };
+                (k.clone(), a)
+            })
             .collect()
+    }
+
+    /// Starts one recording of a live stream with the named template.
+    fn start(&self, rt: &Arc<Runtime>, hub: &Hub, of: RecordingOf, wait_key: bool) -> Result<Option<Sink>, String> {
+        let template = match rt.config.template.get(&of.template) {
+            Some(t) => t.clone(),
+            None => return Err(format!("template {:?} is not configured", of.template)),
+        };
+        if template.formats.is_empty() {
+            return Ok(None);
+        }
+        let (tx, rx) = mpsc::channel(rt.config.server.queue_frames);
+        if wait_key {
+            // Started mid-stream: the headers it would have seen come first.
+            for f in hub.metadata.iter().chain(&hub.video_config).chain(&hub.audio_config) {
+                let _ = tx.try_send(Msg::Frame(f.clone()));
+            }
+        }
+        let overflow = Arc::new(AtomicBool::new(false));
+        let info = &hub.info;
+        tracing::info!(domain = %info.domain, app = %info.app, stream = %info.name, template = %of.template,
+            task = ?of.task_id, formats = ?template.formats.iter().map(|f| f.name()).collect::<Vec<_>>(),
+            session = %hub.session_id, "recording");
+        let task = stream::StreamTask::new(
+            rt.clone(),
+            self.inner.runtime.clone(),
+            hub.info.clone(),
+            (of.template.clone(), template),
+            stream::Ids { session_id: hub.session_id.clone(), task_id: of.task_id.clone() },
+            overflow.clone(),
+            hub.stats.clone(),
+            self.inner.tracker.clone(),
+            self.inner.catalog.clone(),
+        );
+        self.inner.tracker.spawn(task.run(rx));
+        Ok(Some(Sink { of, tx, overflow, wait_key }))
     }
 
     /// A publisher starts `info`. Returns the handle frames go to, or why it is refused.
@@ -277,9 +449,19 @@ impl Recorder {
             self.inner.next_session.fetch_add(1, Ordering::Relaxed)
         );
         let chosen = rt.template_for(&info);
-        let stats = Arc::new(StreamStats::default());
+        let started_at_ms = info.started_at_ms;
+        let hub = Arc::new(Mutex::new(Hub {
+            info,
+            session_id: session_id.clone(),
+            stats: Arc::new(StreamStats::default()),
+            sinks: Vec::new(),
+            metadata: None,
+            video_config: None,
+            audio_config: None,
+            video: None,
+        }));
         {
-            let mut active = self.inner.active.lock().unwrap_or_else(|e| e.into_inner());
+            let mut active = lock(&self.inner.active);
             if active.contains_key(&key) {
                 return Err(Reject {
                     code: "NetStream.Publish.BadName",
@@ -288,40 +470,108 @@ impl Recorder {
             }
             active.insert(
                 key.clone(),
-                ActiveStream {
-                    session_id: session_id.clone(),
-                    template: chosen.as_ref().map(|(n, _)| n.clone()),
-                    started_at_ms: info.started_at_ms,
-                    stats: stats.clone(),
-                },
+                Live { template: chosen.as_ref().map(|(n, _)| n.clone()), started_at_ms, hub: hub.clone() },
             );
         }
-        let overflow = Arc::new(AtomicBool::new(false));
         metrics::counter!("reel_publishes_total").increment(1);
-        let tx = match chosen {
-            Some((tname, template)) if !template.formats.is_empty() => {
-                let (tx, rx) = mpsc::channel(rt.config.server.queue_frames);
-                tracing::info!(domain = %info.domain, app = %info.app, stream = %info.name, template = %tname,
-                    formats = ?template.formats.iter().map(|f| f.name()).collect::<Vec<_>>(), session = %session_id, "publish");
-                let task = stream::StreamTask::new(
-                    rt,
-                    self.inner.runtime.clone(),
-                    info,
-                    (tname, template),
-                    session_id.clone(),
-                    overflow.clone(),
-                    stats,
-                    self.inner.tracker.clone(),
-                );
-                self.inner.tracker.spawn(task.run(rx));
-                Some(tx)
+        let tasks = self.inner.tasks.get().map(|t| t.tasks_for(&key)).unwrap_or_default();
+        let mut h = lock(&hub);
+        let of_rule = chosen.map(|(template, _)| RecordingOf { task_id: None, template });
+        let of_tasks = tasks.into_iter().map(|(id, template)| RecordingOf { task_id: Some(id), template });
+        for of in of_rule.into_iter().chain(of_tasks) {
+            match self.start(&rt, &h, of.clone(), false) {
+                Ok(Some(sink)) => h.sinks.push(sink),
+                Ok(None) => {}
+                Err(e) => tracing::error!(stream = %key.name, task = ?of.task_id, "not recording: {e}"),
             }
-            _ => {
-                tracing::info!(domain = %info.domain, app = %info.app, stream = %info.name, session = %session_id, "publish (not recorded: no rule or no formats)");
-                None
-            }
+        }
+        if h.sinks.is_empty() {
+            tracing::info!(domain = %key.domain, app = %key.app, stream = %key.name, session = %session_id, "publish (not recorded: no rule, task or format)");
+        }
+        drop(h);
+        Ok(StreamHandle { hub, key, session_id, recorder: self.clone() })
+    }
+
+    /// Starts recording the live stream `key` for task `task_id` with `template`, from its next
+    /// keyframe. `Ok(false)`: it records already, or the template has no formats; an error when
+    /// the stream is not live here or the template is unknown.
+    pub fn attach_task(&self, key: &StreamKey, task_id: &str, template: &str) -> Result<bool, String> {
+        let hub = match lock(&self.inner.active).get(key) {
+            Some(l) => l.hub.clone(),
+            None => return Err(format!("{}/{} is not live on this node", key.app, key.name)),
         };
-        Ok(StreamHandle { tx, overflow, key, session_id, recorder: self.clone() })
+        let mut h = lock(&hub);
+        if h.sinks.iter().any(|s| s.of.task_id.as_deref() == Some(task_id)) {
+            return Ok(false);
+        }
+        let of = RecordingOf { task_id: Some(task_id.into()), template: template.into() };
+        match self.start(&self.runtime(), &h, of, true)? {
+            Some(sink) => {
+                h.sinks.push(sink);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Ends every recording of task `task_id` (its files close); how many there were.
+    pub fn detach_task(&self, task_id: &str) -> usize {
+        let hubs: Vec<_> = lock(&self.inner.active).values().map(|l| l.hub.clone()).collect();
+        let mut n = 0;
+        for hub in hubs {
+            let mut h = lock(&hub);
+            let before = h.sinks.len();
+            h.sinks.retain(|s| s.of.task_id.as_deref() != Some(task_id));
+            n += before - h.sinks.len();
+        }
+        n
+    }
+
+    /// `(task id, stream)` of every task recording on this node now.
+    pub fn task_recordings(&self) -> Vec<(String, StreamKey)> {
+        let active = lock(&self.inner.active);
+        let mut out = Vec::new();
+        for (k, l) in active.iter() {
+            for s in &lock(&l.hub).sinks {
+                if let Some(id) = &s.of.task_id {
+                    out.push((id.clone(), k.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Removes a recording's objects from storage `storage`: the file, or an HLS playlist
+    /// and the segments it lists. Returns how many objects went.
+    pub async fn delete_files(&self, storage: &str, key: &str, format: &str) -> Result<usize, String> {
+        let rt = self.runtime();
+        let st = rt
+            .storages
+            .get(storage)
+            .cloned()
+            .ok_or_else(|| format!("storage {storage:?} is not configured any more"))?;
+        let (key, hls) = (key.to_string(), format == crate::config::Format::Hls.name());
+        let task = tokio::task::spawn_blocking(move || {
+            let mut keys = Vec::new();
+            if hls {
+                // A playlist lists its segments relative to its own folder.
+                const MAX_PLAYLIST: u64 = 16 << 20;
+                let text = st.get(&key, MAX_PLAYLIST).map_err(|e| e.to_string())?.unwrap_or_default();
+                let dir = key.rsplit_once('/').map(|(d, _)| format!("{d}/")).unwrap_or_default();
+                for line in String::from_utf8_lossy(&text).lines() {
+                    let line = line.trim();
+                    if !line.is_empty() && !line.starts_with('#') && !line.contains("://") && !line.starts_with('/') {
+                        keys.push(format!("{dir}{line}"));
+                    }
+                }
+            }
+            keys.push(key);
+            for k in &keys {
+                st.delete(k).map_err(|e| format!("deleting {k}: {e}"))?;
+            }
+            Ok(keys.len())
+        });
+        task.await.map_err(|e| e.to_string())?
     }
 
     /// Waits until every recording has closed its files (after publishers are gone).

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use super::output::{rebase_playlist, relative_uri, segment_key, Body, Event, Output};
 use super::segmenter::Piece;
 use super::{Msg, Runtime};
+use crate::catalog::{new_id, Catalog, Recording};
 use crate::config::{Format, Template};
 use crate::media::time::now_ms;
 use crate::media::{Frame, FrameKind};
@@ -33,6 +34,10 @@ pub struct StreamStats {
 #[derive(Clone)]
 struct Ctx {
     rt: Arc<Runtime>,
+    template_name: String,
+    task_id: Option<String>,
+    catalog: Option<Catalog>,
+    tracker: TaskTracker,
     /// Decides naming and callbacks for this stream's files (the template's plugin chain).
     policy: Arc<dyn Policy>,
     info: StreamInfo,
@@ -51,13 +56,13 @@ impl Ctx {
             duration_ms: 0,
             key: String::new(),
             session_id: self.session_id.clone(),
-            task_id: None,
+            task_id: self.task_id.clone(),
             random_id: random_id(),
         }
     }
 
-    /// Counts, logs and announces a stored file.
-    fn announce(&self, mut fi: FileInfo, stored: &Stored, failed: bool) {
+    /// Counts, logs, catalogs and announces a stored file.
+    fn announce(&self, mut fi: FileInfo, stored: &Stored, failed: bool, piece: &Piece, storage: &str) {
         self.stats.files.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("reel_files_total", "format" => fi.container.name()).increment(1);
         metrics::counter!("reel_file_bytes_total", "format" => fi.container.name()).increment(stored.size);
@@ -65,16 +70,54 @@ impl Ctx {
         fi.key = stored.key.clone();
         tracing::info!(app = %self.info.app, stream = %self.info.name, format = fi.container.name(), file = %stored.location,
             bytes = stored.size, duration_s = fi.duration_ms as f64 / 1000.0, failed, "file closed");
+        if let Some(catalog) = &self.catalog {
+            let row = Recording {
+                id: new_id(),
+                domain: self.info.domain.clone(),
+                app: self.info.app.clone(),
+                stream: self.info.name.clone(),
+                format: fi.container.name().into(),
+                storage: storage.into(),
+                key: stored.key.clone(),
+                size: stored.size,
+                duration_ms: fi.duration_ms,
+                first_ts_ms: piece.first_dts,
+                last_ts_ms: piece.last_dts,
+                start_ms: fi.start_ms as i64,
+                end_ms: fi.end_ms as i64,
+                session_id: self.session_id.clone(),
+                task_id: self.task_id.clone(),
+                template: self.template_name.clone(),
+                node_id: catalog.node_id().into(),
+                video_codec: self.info.video_codec.clone(),
+                audio_codec: self.info.audio_codec.clone(),
+                failed,
+            };
+            let catalog = catalog.clone();
+            self.tracker.spawn(async move {
+                if let Err(e) = catalog.insert_recording(&row).await {
+                    metrics::counter!("reel_catalog_errors_total").increment(1);
+                    tracing::error!(key = %row.key, error = &e as &dyn std::error::Error, "recording not catalogued");
+                }
+            });
+        }
         if let Some(n) = &self.rt.notifier {
             n.file_finished(&*self.policy, &self.info, &fi);
         }
     }
 }
 
+/// A recording's identity: the publish it belongs to and the task it records for.
+pub(crate) struct Ids {
+    pub session_id: String,
+    pub task_id: Option<String>,
+}
+
 /// One output and the storage its files go to.
 struct Slot {
     out: Output,
     storage: Arc<dyn Storage>,
+    storage_name: String,
     /// Wall-clock start of the open file (HLS: playlist).
     file_start_ms: u64,
     /// Frames a muxer refused so far (logged sparingly).
@@ -83,7 +126,6 @@ struct Slot {
 
 pub(crate) struct StreamTask {
     ctx: Ctx,
-    template_name: String,
     /// The recorder's current runtime: a reload reaches this recording at its next cut.
     live: Arc<RwLock<Arc<Runtime>>>,
     tracker: TaskTracker,
@@ -102,10 +144,11 @@ impl StreamTask {
         live: Arc<RwLock<Arc<Runtime>>>,
         info: StreamInfo,
         (template_name, template): (String, Template),
-        session_id: String,
+        ids: Ids,
         overflow: Arc<AtomicBool>,
         stats: Arc<StreamStats>,
         tracker: TaskTracker,
+        catalog: Option<Catalog>,
     ) -> Self {
         let storage = rt.storages.get(&template.storage).cloned();
         let policy = rt.policy_for(&template);
@@ -120,13 +163,29 @@ impl StreamTask {
                 // Segmentation is a policy decision, made once per stream and format.
                 let plan = policy.plan(&info, format, default);
                 let out = Output::new(format, plan.interval_ms, u64::from(plan.hls_segment_ms));
-                slots.push(Slot { out, storage: storage.clone(), file_start_ms: 0, skipped: 0 });
+                slots.push(Slot {
+                    out,
+                    storage: storage.clone(),
+                    storage_name: template.storage.clone(),
+                    file_start_ms: 0,
+                    skipped: 0,
+                });
             }
         } else {
             tracing::error!(storage = %template.storage, "template names a storage that is not configured; not recording");
         }
-        let ctx = Ctx { rt, policy, info, session_id, stats };
-        Self { ctx, template_name, live, tracker, slots, events: Vec::new(), overflow, has_video: false, created: 0 }
+        let ctx = Ctx {
+            rt,
+            template_name,
+            task_id: ids.task_id,
+            catalog,
+            tracker: tracker.clone(),
+            policy,
+            info,
+            session_id: ids.session_id,
+            stats,
+        };
+        Self { ctx, live, tracker, slots, events: Vec::new(), overflow, has_video: false, created: 0 }
     }
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
@@ -182,8 +241,6 @@ impl StreamTask {
 
     async fn on_frame(&mut self, f: Frame, now: u64) {
         let ctx = &mut self.ctx;
-        ctx.stats.frames.fetch_add(1, Ordering::Relaxed);
-        ctx.stats.bytes.fetch_add(f.tag.len() as u64, Ordering::Relaxed);
         match f.kind {
             FrameKind::Video => {
                 self.has_video = true;
@@ -201,7 +258,7 @@ impl StreamTask {
             // Files opened from here on follow the latest reload (naming, callbacks).
             let rt = self.live.read().unwrap_or_else(|e| e.into_inner()).clone();
             if !Arc::ptr_eq(&rt, &ctx.rt) {
-                if let Some(t) = rt.config.template.get(&self.template_name) {
+                if let Some(t) = rt.config.template.get(&ctx.template_name) {
                     ctx.policy = rt.policy_for(t);
                 }
                 ctx.rt = rt;
@@ -314,8 +371,8 @@ impl StreamTask {
     /// Finalises, names, stores and announces a closed file, in a tracked blocking task.
     fn close_file(&self, i: usize, piece: Piece, mut body: Body, rewrite: Option<Rewrite>, failed: bool, hint: String) {
         let slot = &self.slots[i];
-        let (storage, ctx, format, start_ms) =
-            (slot.storage.clone(), self.ctx.clone(), slot.out.format, body.opened_ms);
+        let (storage, ctx, format, start_ms, storage_name) =
+            (slot.storage.clone(), self.ctx.clone(), slot.out.format, body.opened_ms, slot.storage_name.clone());
         let end_ms = now_ms();
         self.tracker.spawn_blocking(move || {
             if piece.samples == 0 {
@@ -348,7 +405,7 @@ impl StreamTask {
             let key = ctx.policy.name_file(&ctx.info, &fi);
             let Rewrite { head, ranges, tail } = rewrite.unwrap_or_default();
             match w.finish(&key, Finalize { head: &head, ranges: &ranges, tail: &tail }) {
-                Ok(stored) => ctx.announce(fi, &stored, failed),
+                Ok(stored) => ctx.announce(fi, &stored, failed, &piece, &storage_name),
                 Err(e) => {
                     metrics::counter!("reel_file_errors_total", "format" => format.name()).increment(1);
                     tracing::error!(%stream, format = format.name(), %key, error = &e as &dyn std::error::Error, "closing file failed");
@@ -431,6 +488,7 @@ impl StreamTask {
         let mut playlist = rebase_playlist(&hls.playlist, &live, &key);
         playlist.ended = true;
         let storage = slot.storage.clone();
+        let storage_name = slot.storage_name.clone();
         let hint = format!("{}-{}-{}.m3u8", self.ctx.info.app, self.ctx.info.name, self.ctx.session_id);
         let ctx = self.ctx.clone();
         let res = tokio::task::spawn_blocking(move || {
@@ -451,7 +509,7 @@ impl StreamTask {
         match res {
             Ok(Ok(stored)) => {
                 tracing::debug!(segments = hls.playlist.segments.len(), "playlist closed");
-                ctx.announce(fi, &Stored { size: hls.bytes, ..stored }, false);
+                ctx.announce(fi, &Stored { size: hls.bytes, ..stored }, false, &piece, &storage_name);
             }
             Ok(Err(e)) => {
                 tracing::error!(stream = %ctx.info.name, error = &e as &dyn std::error::Error, "closing HLS playlist")

@@ -110,6 +110,19 @@ impl Storage for FsStorage {
             Err(e) => Err(io_err("remove", &path)(e)),
         }
     }
+
+    fn get(&self, key: &str, max_bytes: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        check_key(key)?;
+        let path = self.root.join(key);
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("open", &path)(e)),
+        };
+        let mut data = Vec::new();
+        f.take(max_bytes).read_to_end(&mut data).map_err(io_err("read", &path))?;
+        Ok(Some(data))
+    }
 }
 
 struct FsFile {

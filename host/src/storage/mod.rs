@@ -44,6 +44,8 @@ pub trait Storage: Send + Sync {
     fn put(&self, key: &str, data: &[u8]) -> Result<Stored, StorageError>;
     /// Removes the object at `key`; removing one that is not there is no error.
     fn delete(&self, key: &str) -> Result<(), StorageError>;
+    /// Reads a small object whole (playlists); `Ok(None)` when there is none at `key`.
+    fn get(&self, key: &str, max_bytes: u64) -> Result<Option<Vec<u8>>, StorageError>;
 }
 
 pub trait FileWriter: Send + Sync {
