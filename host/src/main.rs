@@ -253,12 +253,8 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         conns.clone(),
     ));
     let scheduler = tokio::spawn(tasks.clone().run(shutdown.clone()));
-    let app = reel::api::router(reel::api::ApiState {
-        recorder: recorder.clone(),
-        tasks,
-        metrics,
-        reload: reload.clone(),
-    });
+    let app =
+        reel::api::router(reel::api::ApiState { recorder: recorder.clone(), tasks, metrics, reload: reload.clone() });
     let http_task = tokio::spawn(reel::api::serve(http, app, http_limits, shutdown.clone(), deadline));
 
     wait_for_signals(reload).await;

@@ -43,14 +43,18 @@ template = "default"
 impl Reel {
     /// Starts Reel with `[server]` filled in and `rest` as the rest of the configuration.
     pub fn start(name: &str, rest: &str) -> Self {
-        let dir = test_dir(name);
+        Self::start_in(test_dir(name), rest)
+    }
+
+    /// Like [`Reel::start`] in an existing directory (a restart keeps `reel-data/`).
+    pub fn start_in(dir: PathBuf, rest: &str) -> Self {
         let rtmp_port = free_port();
         let http_port = free_port();
         let config = format!(
             "[server]\nrtmp_listen = \"127.0.0.1:{rtmp_port}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\ndata_dir = \"reel-data\"\n{rest}"
         );
         std::fs::write(dir.join("reel.toml"), config).unwrap();
-        let log = dir.join("reel.log");
+        let log = dir.join(format!("reel-{rtmp_port}.log"));
         let child = Command::new(REEL)
             .args(["serve", "--config", "reel.toml"])
             .current_dir(&dir)
@@ -70,6 +74,11 @@ impl Reel {
 
     pub fn url(&self, app: &str, stream: &str) -> String {
         format!("rtmp://127.0.0.1:{}/{app}/{stream}", self.rtmp_port)
+    }
+
+    /// One HTTP/1.1 request to the API: status and body (JSON when it parses, else a string).
+    pub fn api(&self, method: &str, path: &str, body: Option<&serde_json::Value>) -> (u16, serde_json::Value) {
+        http(self.http_port, method, path, body.map(|b| b.to_string()).as_deref())
     }
 
     pub fn log_text(&self) -> String {
@@ -157,3 +166,28 @@ pub fn wait_files(dir: &Path, ext: &str, n: usize, limit: Duration) -> (Vec<Path
 }
 
 pub use reel_test_support::ffmpeg::{decode_errors, decoded, packets, video_key_flags, Packet};
+
+/// One HTTP/1.1 request to `127.0.0.1:port`, `Connection: close`, with a 10 s deadline.
+pub fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let json = serde_json::from_str(rest).unwrap_or_else(|_| serde_json::Value::String(rest.to_string()));
+    (status, json)
+}
+
+/// Now, in Unix seconds.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}

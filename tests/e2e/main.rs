@@ -12,4 +12,5 @@ mod limits;
 mod plugins;
 mod remux;
 mod slow_plugin;
+mod tasks;
 mod validators;

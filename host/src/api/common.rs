@@ -117,7 +117,8 @@ pub fn parse_time(field: &'static str, v: &serde_json::Value) -> Result<i64, Api
 
 /// [`parse_time`] for a query string value.
 pub fn parse_time_query(field: &'static str, s: &str) -> Result<i64, ApiError> {
-    parse_time_str(s).ok_or_else(|| ApiError::invalid(field, format!("{field} must be Unix seconds or RFC 3339, not {s:?}")))
+    parse_time_str(s)
+        .ok_or_else(|| ApiError::invalid(field, format!("{field} must be Unix seconds or RFC 3339, not {s:?}")))
 }
 
 fn parse_time_str(s: &str) -> Option<i64> {
@@ -127,7 +128,12 @@ fn parse_time_str(s: &str) -> Option<i64> {
     }
     // YYYY-MM-DDTHH:MM:SS[.fff](Z|±HH:MM)
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':'
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
     {
         return None;
     }

@@ -17,8 +17,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-pub use common::{ApiState, ReloadFn, MAX_BODY_BYTES};
 use common::ApiError;
+pub use common::{ApiState, ReloadFn, MAX_BODY_BYTES};
 
 pub fn router(state: ApiState) -> Router {
     Router::new()

@@ -28,7 +28,10 @@ pub struct CreateBody {
 }
 
 /// `POST /v1/record-tasks` → `201 {"task_id": …}`.
-pub async fn create(State(s): State<ApiState>, body: Result<Json<CreateBody>, JsonRejection>) -> Result<Response, ApiError> {
+pub async fn create(
+    State(s): State<ApiState>,
+    body: Result<Json<CreateBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
     let Json(b) = body?;
     let start_ms = match &b.start_time {
         None | Some(serde_json::Value::Null) => None,
@@ -70,7 +73,10 @@ pub async fn list(
     let status = match p.status.as_deref() {
         None => None,
         Some(v) => Some(TaskStatus::parse(v).ok_or_else(|| {
-            ApiError::invalid("status", format!("status {v:?} is none of scheduled, waiting, recording, completed, stopped, failed"))
+            ApiError::invalid(
+                "status",
+                format!("status {v:?} is none of scheduled, waiting, recording, completed, stopped, failed"),
+            )
         })?),
     };
     let limit = p.limit.unwrap_or(DEFAULT_PAGE);

@@ -18,13 +18,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, Template};
 use crate::catalog::Catalog;
+use crate::config::{Config, Template};
 use crate::media::avc::{AvcConfig, HevcConfig};
 use crate::media::{Codec, Frame, FrameKind};
 use crate::notify::{MemoryOutbox, Notifier, NotifierOptions, Outbox};
-use crate::policy::{Candidate, Policy, PolicyError, Registry};
 pub use crate::policy::StreamInfo;
+use crate::policy::{Candidate, Policy, PolicyError, Registry};
 use crate::storage::{self, Storage};
 
 pub use stream::StreamStats;
@@ -240,10 +240,8 @@ impl Hub {
             _ => {}
         }
         let has_video = self.video_config.is_some();
-        let (key_frame, sample) = (
-            frame.is_sample() && (frame.kind == FrameKind::Video && frame.keyframe || !has_video),
-            frame.is_sample(),
-        );
+        let (key_frame, sample) =
+            (frame.is_sample() && (frame.kind == FrameKind::Video && frame.keyframe || !has_video), frame.is_sample());
         let (app, stream) = (&self.info.app, &self.info.name);
         self.sinks.retain_mut(|s| {
             if s.wait_key && sample {

@@ -46,6 +46,11 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// What tells this recording's temporary files from another's of the same publish.
+    fn who(&self) -> String {
+        self.task_id.as_ref().map(|t| format!("-task-{t}")).unwrap_or_default()
+    }
+
     fn file_info(&self, format: Format, seq: u32, start_ms: u64, end_ms: u64) -> FileInfo {
         FileInfo {
             container: format,
@@ -235,7 +240,7 @@ impl StreamTask {
             app = %self.ctx.info.app, stream = %self.ctx.info.name, session = %self.ctx.session_id,
             duration_s = started.elapsed().as_secs_f64(), frames = s.frames.load(Ordering::Relaxed),
             bytes = s.bytes.load(Ordering::Relaxed), files = s.files.load(Ordering::Relaxed),
-            error = failed, "unpublish"
+            task = ?self.ctx.task_id, error = failed, "recording ended"
         );
     }
 
@@ -277,7 +282,7 @@ impl StreamTask {
     fn hint(&mut self, format: Format) -> String {
         self.created += 1;
         let i = &self.ctx.info;
-        format!("{}-{}-{}-{}.{}", i.app, i.name, self.ctx.session_id, self.created, format.extension())
+        format!("{}-{}-{}{}-{}.{}", i.app, i.name, self.ctx.session_id, self.ctx.who(), self.created, format.extension())
     }
 
     /// Writes the open file's pending bytes (creating it at the first flush) on the blocking pool.
@@ -489,7 +494,7 @@ impl StreamTask {
         playlist.ended = true;
         let storage = slot.storage.clone();
         let storage_name = slot.storage_name.clone();
-        let hint = format!("{}-{}-{}.m3u8", self.ctx.info.app, self.ctx.info.name, self.ctx.session_id);
+        let hint = format!("{}-{}-{}{}.m3u8", self.ctx.info.app, self.ctx.info.name, self.ctx.session_id, self.ctx.who());
         let ctx = self.ctx.clone();
         let res = tokio::task::spawn_blocking(move || {
             let stored = if key == live {

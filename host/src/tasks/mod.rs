@@ -104,8 +104,9 @@ impl Tasks {
     /// from now on are recorded for their tasks. Run [`Tasks::run`] to carry them out.
     pub async fn start(catalog: Catalog, recorder: Recorder) -> Result<Self, CatalogError> {
         let active = catalog.active_tasks().await?;
-        let tasks =
-            Tasks { inner: Arc::new(Inner { catalog, recorder, cache: RwLock::new(active), wake: Default::default() }) };
+        let tasks = Tasks {
+            inner: Arc::new(Inner { catalog, recorder, cache: RwLock::new(active), wake: Default::default() }),
+        };
         tasks.inner.recorder.set_task_source(Arc::new(tasks.clone()));
         Ok(tasks)
     }
@@ -138,11 +139,11 @@ impl Tasks {
         check_name("app", &n.app).map_err(|m| invalid("app", m))?;
         check_name("stream", &n.stream).map_err(|m| invalid("stream", m))?;
         let start_ms = n.start_ms.unwrap_or(now).max(0);
-        if n.end_ms <= start_ms {
-            return Err(invalid("end_time", "end_time must be after start_time"));
-        }
         if n.end_ms <= now {
             return Err(invalid("end_time", "end_time is in the past"));
+        }
+        if n.end_ms <= start_ms {
+            return Err(invalid("end_time", "end_time must be after start_time"));
         }
         if n.end_ms - start_ms > MAX_WINDOW_MS {
             return Err(invalid("end_time", "a record task lasts at most 24 hours (end_time - start_time)"));
@@ -214,7 +215,10 @@ impl Tasks {
     pub async fn stop(&self, id: &str) -> Result<Task, TaskError> {
         let t = self.inner.catalog.task(id).await?.ok_or_else(|| TaskError::NotFound(id.into()))?;
         if t.status.is_active() {
-            self.inner.catalog.set_task_status(id, TaskStatus::Stopped, Some("stopped through the API"), now_ms()).await?;
+            self.inner
+                .catalog
+                .set_task_status(id, TaskStatus::Stopped, Some("stopped through the API"), now_ms())
+                .await?;
         }
         self.forget(id);
         let t = self.get(id).await?;
@@ -259,7 +263,10 @@ impl Tasks {
             match self.inner.catalog.active_tasks().await {
                 Ok(active) => *self.inner.cache.write().unwrap_or_else(|e| e.into_inner()) = active,
                 Err(e) => {
-                    tracing::warn!(error = &e as &dyn std::error::Error, "cannot read record tasks; using the last list")
+                    tracing::warn!(
+                        error = &e as &dyn std::error::Error,
+                        "cannot read record tasks; using the last list"
+                    )
                 }
             }
             self.tick().await;
