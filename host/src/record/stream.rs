@@ -282,7 +282,15 @@ impl StreamTask {
     fn hint(&mut self, format: Format) -> String {
         self.created += 1;
         let i = &self.ctx.info;
-        format!("{}-{}-{}{}-{}.{}", i.app, i.name, self.ctx.session_id, self.ctx.who(), self.created, format.extension())
+        format!(
+            "{}-{}-{}{}-{}.{}",
+            i.app,
+            i.name,
+            self.ctx.session_id,
+            self.ctx.who(),
+            self.created,
+            format.extension()
+        )
     }
 
     /// Writes the open file's pending bytes (creating it at the first flush) on the blocking pool.
@@ -494,7 +502,8 @@ impl StreamTask {
         playlist.ended = true;
         let storage = slot.storage.clone();
         let storage_name = slot.storage_name.clone();
-        let hint = format!("{}-{}-{}{}.m3u8", self.ctx.info.app, self.ctx.info.name, self.ctx.session_id, self.ctx.who());
+        let hint =
+            format!("{}-{}-{}{}.m3u8", self.ctx.info.app, self.ctx.info.name, self.ctx.session_id, self.ctx.who());
         let ctx = self.ctx.clone();
         let res = tokio::task::spawn_blocking(move || {
             let stored = if key == live {
