@@ -17,11 +17,12 @@ const FILE_MS: i64 = 30 * 60 * 1000;
 const T0: i64 = 1_767_225_600_000; // 2026-01-01
 const QUERIES: usize = 2000;
 
-fn row(i: usize, per_stream: usize) -> Recording {
+type MakeQuery<'a> = Box<dyn Fn() -> RecordingQuery + 'a>;
+
+fn row(i: usize) -> Recording {
     let stream = i % STREAMS;
     let n = (i / STREAMS) as i64;
     let start = T0 + n * FILE_MS + (stream as i64 * 7_919) % 60_000;
-    let _ = per_stream;
     Recording {
         id: format!("{:016x}", fastrand::u64(..)),
         domain: format!("d{}.example.com", stream % 4),
@@ -65,7 +66,7 @@ async fn main() {
     let batch = 10_000;
     let mut i = 0;
     while i < rows {
-        let chunk: Vec<_> = (i..(i + batch).min(rows)).map(|i| row(i, per_stream)).collect();
+        let chunk: Vec<_> = (i..(i + batch).min(rows)).map(row).collect();
         catalog.insert_recordings(&chunk).await.expect("insert");
         i += batch;
     }
@@ -92,7 +93,7 @@ async fn main() {
             ..Default::default()
         }
     };
-    let cases: [(&str, Box<dyn Fn() -> RecordingQuery>); 3] = [
+    let cases: [(&str, MakeQuery); 3] = [
         ("one stream, one day (domain, app, stream, from, to)", Box::new(|| query(true))),
         ("one stream, one day, no domain", Box::new(|| query(false))),
         (
