@@ -44,6 +44,8 @@ fn row(i: usize) -> Recording {
         video_codec: Some("h264".into()),
         audio_codec: Some("aac".into()),
         failed: false,
+        etag: None,
+        upload_state: "stored".into(),
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`plugins`]: the example plugins of `plugins/`, built for `wasm32-wasip2` once per
 //!   process; the policy tests, the end-to-end tests and the policy bench load them.
 //! - [`postgres`]: a real, throw-away PostgreSQL server on 127.0.0.1, in a temporary directory.
+//! - [`s3`]: a real S3 server (SeaweedFS) on 127.0.0.1, that can be stopped and started again.
 //!
 //! This crate does not depend on `reel`, so `reel` can take it as a dev-dependency. Helpers
 //! that need Reel's types (frames, muxers) live in the test targets.
@@ -17,4 +18,5 @@ pub mod ffmpeg;
 pub mod mp4;
 pub mod plugins;
 pub mod postgres;
+pub mod s3;
 pub mod ts;

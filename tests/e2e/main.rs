@@ -11,6 +11,7 @@ mod formats;
 mod limits;
 mod plugins;
 mod remux;
+mod s3;
 mod slow_plugin;
 mod tasks;
 mod validators;

@@ -19,8 +19,10 @@ use sqlx::{AnyPool, Row};
 use crate::config::CatalogConfig;
 
 /// The migrations, in order; a released one is never edited (its checksum is checked).
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "recordings and tasks", include_str!("migrations/0001_recordings_and_tasks.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "recordings and tasks", include_str!("migrations/0001_recordings_and_tasks.sql")),
+    (2, "uploads", include_str!("migrations/0002_uploads.sql")),
+];
 
 /// Longest wait for a database connection (a down PostgreSQL fails requests, not the node).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -85,6 +87,10 @@ pub struct Recording {
     pub audio_codec: Option<String>,
     /// The file ended at an error (it is complete and playable up to there).
     pub failed: bool,
+    /// The object's ETag (object storage).
+    pub etag: Option<String>,
+    /// `stored`, `spooled` (waiting for the object storage) or `failed` (refused for good).
+    pub upload_state: String,
 }
 
 /// A listing's filters; `None` matches anything.
@@ -303,6 +309,8 @@ fn recording_from(r: &AnyRow) -> Result<Recording, sqlx::Error> {
         video_codec: r.try_get("video_codec")?,
         audio_codec: r.try_get("audio_codec")?,
         failed: r.try_get::<i64, _>("failed")? != 0,
+        etag: r.try_get("etag")?,
+        upload_state: r.try_get("upload_state")?,
     })
 }
 
@@ -327,7 +335,7 @@ fn task_from(r: &AnyRow) -> Result<Task, sqlx::Error> {
 }
 
 const RECORDING_COLUMNS: &str = "id, domain, app, stream, format, storage, object_key, size, duration_ms, \
-     first_ts_ms, last_ts_ms, start_ms, end_ms, session_id, task_id, template, node_id, video_codec, audio_codec, failed";
+     first_ts_ms, last_ts_ms, start_ms, end_ms, session_id, task_id, template, node_id, video_codec, audio_codec, failed, etag, upload_state";
 const TASK_COLUMNS: &str =
     "id, domain, app, stream, start_ms, end_ms, template, note, status, reason, node_id, created_ms, updated_ms";
 
@@ -398,8 +406,8 @@ impl Catalog {
         sqlx::query(
             "INSERT INTO recordings (id, domain, app, stream, format, storage, object_key, size, duration_ms, \
              first_ts_ms, last_ts_ms, start_ms, end_ms, session_id, task_id, template, node_id, video_codec, \
-             audio_codec, failed) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-             $17, $18, $19, $20)",
+             audio_codec, failed, etag, upload_state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+             $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
         )
         .bind(&r.id)
         .bind(&r.domain)
@@ -421,6 +429,8 @@ impl Catalog {
         .bind(r.video_codec.as_deref())
         .bind(r.audio_codec.as_deref())
         .bind(i64::from(r.failed))
+        .bind(r.etag.as_deref())
+        .bind(&r.upload_state)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -433,8 +443,8 @@ impl Catalog {
             sqlx::query(
                 "INSERT INTO recordings (id, domain, app, stream, format, storage, object_key, size, duration_ms, \
                  first_ts_ms, last_ts_ms, start_ms, end_ms, session_id, task_id, template, node_id, video_codec, \
-                 audio_codec, failed) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-                 $16, $17, $18, $19, $20)",
+                 audio_codec, failed, etag, upload_state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+                 $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
             )
             .bind(&r.id)
             .bind(&r.domain)
@@ -456,6 +466,8 @@ impl Catalog {
             .bind(r.video_codec.as_deref())
             .bind(r.audio_codec.as_deref())
             .bind(i64::from(r.failed))
+            .bind(r.etag.as_deref())
+            .bind(&r.upload_state)
             .execute(&mut *tx)
             .await?;
         }
@@ -505,6 +517,43 @@ impl Catalog {
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.as_ref().map(recording_from).transpose()?)
+    }
+
+    /// A spooled object reached its storage (possibly under another key) or was refused.
+    pub async fn set_upload(
+        &self,
+        storage: &str,
+        spooled_key: &str,
+        key: &str,
+        etag: Option<&str>,
+        state: &str,
+    ) -> Result<bool, CatalogError> {
+        let r = sqlx::query(
+            "UPDATE recordings SET object_key = $1, etag = COALESCE($2, etag), upload_state = $3 \
+             WHERE storage = $4 AND object_key = $5",
+        )
+        .bind(key)
+        .bind(etag)
+        .bind(state)
+        .bind(storage)
+        .bind(spooled_key)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Recordings of `template` that started before `before_ms`, oldest first, at most `limit`
+    /// (retention).
+    pub async fn expired(&self, template: &str, before_ms: i64, limit: u32) -> Result<Vec<Recording>, CatalogError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RECORDING_COLUMNS} FROM recordings WHERE template = $1 AND end_ms < $2 ORDER BY end_ms LIMIT $3"
+        ))
+        .bind(template)
+        .bind(before_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(recording_from).collect::<Result<Vec<_>, _>>()?)
     }
 
     /// Removes a recording's row; whether there was one.

@@ -32,6 +32,8 @@ fn rec(stream: &str, start_ms: i64, id: &str) -> Recording {
         video_codec: Some("h264".into()),
         audio_codec: Some("aac".into()),
         failed: false,
+        etag: None,
+        upload_state: "stored".into(),
     }
 }
 

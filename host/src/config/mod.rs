@@ -189,14 +189,94 @@ fn default_shutdown_timeout() -> Duration {
 #[serde(rename_all = "lowercase")]
 pub enum StorageKind {
     Fs,
+    /// Any S3-compatible object storage (AWS, MinIO, Ceph RGW, SeaweedFS, COS, OSS).
+    S3,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Storage {
     pub kind: StorageKind,
-    /// Directory files are written under (relative to the working directory).
+    /// fs: directory files are written under (relative to the working directory).
+    #[serde(default)]
     pub root: PathBuf,
+    /// s3: `http(s)://host:port` of the S3 API (default: AWS for `region`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// s3: the bucket.
+    #[serde(default)]
+    pub bucket: String,
+    /// s3: the region (default `us-east-1`).
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// s3: credentials; `env:VAR` reads one from the environment.
+    #[serde(default)]
+    pub access_key: String,
+    #[serde(default)]
+    pub secret_key: String,
+    /// s3: `http(s)://endpoint/bucket/key` (true, what most S3-compatible servers want) or
+    /// `http(s)://bucket.endpoint/key`.
+    #[serde(default = "default_true")]
+    pub path_style: bool,
+    /// s3: prepended to every key (e.g. `"recordings/"`).
+    #[serde(default)]
+    pub prefix: String,
+    /// s3: local disk held for data not yet uploaded (S3 unreachable or slow), under
+    /// `data_dir/spool/NAME`; when full, recordings to this storage end with an error.
+    #[serde(default = "default_spool_max", deserialize_with = "plugins::de_bytes")]
+    pub spool_max_bytes: u64,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_spool_max() -> u64 {
+    10 << 30
+}
+
+impl Storage {
+    /// A credential with `env:VAR` resolved.
+    pub fn secret(value: &str) -> Result<String, String> {
+        match value.strip_prefix("env:") {
+            Some(var) => std::env::var(var).map_err(|_| format!("environment variable {var} is not set")),
+            None => Ok(value.to_string()),
+        }
+    }
+
+    fn validate(&self, name: &str) -> Vec<String> {
+        let mut p = Vec::new();
+        match self.kind {
+            StorageKind::Fs => {
+                if self.root.as_os_str().is_empty() {
+                    p.push(format!("storage.{name}.root is missing: where should files go?"));
+                }
+            }
+            StorageKind::S3 => {
+                if self.bucket.is_empty() {
+                    p.push(format!("storage.{name}.bucket is missing"));
+                }
+                for (key, v) in [("access_key", &self.access_key), ("secret_key", &self.secret_key)] {
+                    match Self::secret(v) {
+                        Err(e) => p.push(format!("storage.{name}.{key}: {e}")),
+                        Ok(v) if v.is_empty() => p.push(format!("storage.{name}.{key} is missing")),
+                        Ok(_) => {}
+                    }
+                }
+                if let Some(e) = &self.endpoint {
+                    if !(e.starts_with("http://") || e.starts_with("https://")) {
+                        p.push(format!("storage.{name}.endpoint = {e:?} must start with http:// or https://"));
+                    }
+                }
+                if self.prefix.starts_with('/') || self.prefix.contains("..") {
+                    p.push(format!("storage.{name}.prefix must be relative, without '..'"));
+                }
+            }
+        }
+        p
+    }
 }
 
 /// A recording format: the one list of them, shared by templates, plugins and muxers.
@@ -402,6 +482,9 @@ impl Config {
         }
         p.extend(self.policy.validate());
         p.extend(self.catalog.validate());
+        for (name, st) in &self.storage {
+            p.extend(st.validate(name));
+        }
         for name in &self.policy.plugins {
             if !self.plugins.contains_key(name) {
                 p.push(format!(

@@ -101,7 +101,8 @@ impl Runtime {
     pub fn with_outbox(config: Config, outbox: Arc<dyn Outbox>) -> Result<Self, RecordError> {
         let mut storages = HashMap::new();
         for (name, s) in &config.storage {
-            let st = storage::open(name, s).map_err(|source| RecordError::Storage { name: name.clone(), source })?;
+            let st = storage::open(name, s, &config.server.data_dir)
+                .map_err(|source| RecordError::Storage { name: name.clone(), source })?;
             storages.insert(name.clone(), st);
         }
         let registry = Arc::new(Registry::new(&config.plugins, &config.policy, &config.server.data_dir)?);
@@ -268,6 +269,34 @@ impl Hub {
     }
 }
 
+/// Keeps the catalog's upload state as spooled files reach their object storage.
+fn watch_uploads(rt: &Runtime, catalog: Option<&Catalog>) {
+    let (Some(catalog), Ok(handle)) = (catalog, tokio::runtime::Handle::try_current()) else { return };
+    for st in rt.storages.values() {
+        let (catalog, handle) = (catalog.clone(), handle.clone());
+        st.on_upload(Arc::new(move |ev: &storage::UploadEvent| {
+            let (catalog, ev) = (catalog.clone(), ev.clone());
+            handle.spawn(async move {
+                let r = match &ev.result {
+                    Ok(stored) => {
+                        catalog
+                            .set_upload(&ev.storage, &ev.spooled_key, &stored.key, stored.etag.as_deref(), "stored")
+                            .await
+                    }
+                    Err(reason) => {
+                        metrics::counter!("reel_upload_failures_total", "storage" => ev.storage.clone()).increment(1);
+                        tracing::error!(storage = %ev.storage, key = %ev.spooled_key, "upload refused: {reason}");
+                        catalog.set_upload(&ev.storage, &ev.spooled_key, &ev.spooled_key, None, "failed").await
+                    }
+                };
+                if let Err(e) = r {
+                    tracing::error!(error = &e as &dyn std::error::Error, "catalog upload state not updated");
+                }
+            });
+        }));
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -334,6 +363,7 @@ impl Recorder {
     pub fn new(config: Config, catalog: Option<Catalog>) -> Result<Self, RecordError> {
         let outbox: Arc<dyn Outbox> = Arc::new(MemoryOutbox::new(OUTBOX_CAPACITY));
         let runtime = Runtime::with_outbox(config, outbox.clone())?;
+        watch_uploads(&runtime, catalog.as_ref());
         Ok(Self {
             inner: Arc::new(Inner {
                 outbox,
@@ -364,6 +394,7 @@ impl Recorder {
     /// their next file. On error the running configuration stays.
     pub fn reload(&self, config: Config) -> Result<(), RecordError> {
         let runtime = Runtime::with_outbox(config, self.inner.outbox.clone())?;
+        watch_uploads(&runtime, self.inner.catalog.as_ref());
         *self.inner.runtime.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(runtime);
         Ok(())
     }

@@ -97,6 +97,8 @@ impl Ctx {
                 video_codec: self.info.video_codec.clone(),
                 audio_codec: self.info.audio_codec.clone(),
                 failed,
+                etag: stored.etag.clone(),
+                upload_state: if stored.pending { "spooled" } else { "stored" }.into(),
             };
             let catalog = catalog.clone();
             self.tracker.spawn(async move {

@@ -98,7 +98,13 @@ impl Storage for FsStorage {
         f.write_all(data).map_err(io_err("write", &tmp))?;
         f.sync_data().map_err(io_err("sync", &tmp))?;
         fs::rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
-        Ok(Stored { key: key.into(), size: data.len() as u64, location: path.display().to_string() })
+        Ok(Stored {
+            key: key.into(),
+            size: data.len() as u64,
+            location: path.display().to_string(),
+            etag: None,
+            pending: false,
+        })
     }
 
     fn delete(&self, key: &str) -> Result<(), StorageError> {
@@ -225,7 +231,7 @@ impl FileWriter for FsFile {
         if let Some(dir) = dest.parent() {
             sync_dir(dir);
         }
-        Ok(Stored { key, size, location: dest.display().to_string() })
+        Ok(Stored { key, size, location: dest.display().to_string(), etag: None, pending: false })
     }
 
     fn abort(self: Box<Self>) {

@@ -3,6 +3,7 @@
 //! file under a final name. Blocking API: callers run it on the blocking pool.
 
 pub mod fs;
+pub mod s3;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -17,7 +18,27 @@ pub enum StorageError {
     Io { op: &'static str, path: String, source: std::io::Error },
     #[error("invalid key {key:?}: {why}")]
     InvalidKey { key: String, why: &'static str },
+    /// The object storage refused or failed (`permanent`: wrong credentials, no retry helps).
+    #[error("{op} {key}")]
+    Remote { op: &'static str, key: String, permanent: bool, source: Box<dyn std::error::Error + Send + Sync> },
+    #[error("{0}")]
+    Config(String),
+    #[error("the spool of storage {storage} is full ({used} of {max} bytes): S3 has been unreachable too long")]
+    SpoolFull { storage: String, used: u64, max: u64 },
 }
+
+/// A spooled file was uploaded later (or can never be): its catalog entry follows.
+#[derive(Clone, Debug)]
+pub struct UploadEvent {
+    pub storage: String,
+    /// The key it was announced under (while spooled).
+    pub spooled_key: String,
+    /// Where it is now, or why it cannot be uploaded.
+    pub result: Result<Stored, String>,
+}
+
+/// Told about [`UploadEvent`]s (from the storage's uploader task).
+pub type UploadListener = Arc<dyn Fn(&UploadEvent) + Send + Sync>;
 
 /// How to finalise a file at close: final = `head` ++ written[ranges] ++ `tail`.
 /// With no ranges and empty head/tail the written bytes are published as they are.
@@ -35,6 +56,10 @@ pub struct Stored {
     pub size: u64,
     /// Where a user finds it (a path for fs, a URL for object storage).
     pub location: String,
+    /// The object's ETag (object storage).
+    pub etag: Option<String>,
+    /// Kept in the local spool, not yet in the object storage (an [`UploadEvent`] follows).
+    pub pending: bool,
 }
 
 pub trait Storage: Send + Sync {
@@ -46,6 +71,10 @@ pub trait Storage: Send + Sync {
     fn delete(&self, key: &str) -> Result<(), StorageError>;
     /// Reads a small object whole (playlists); `Ok(None)` when there is none at `key`.
     fn get(&self, key: &str, max_bytes: u64) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Registers who hears of later uploads from the spool (object storage only).
+    fn on_upload(&self, listener: UploadListener) {
+        let _ = listener;
+    }
 }
 
 pub trait FileWriter: Send + Sync {
@@ -81,10 +110,12 @@ pub fn check_key(key: &str) -> Result<(), StorageError> {
 }
 
 /// Opens the storage target a config table describes.
-pub fn open(name: &str, cfg: &config::Storage) -> Result<Arc<dyn Storage>, StorageError> {
-    let _ = name;
+/// Opens the storage target a config table describes (`data_dir` holds an S3 target's spool;
+/// an S3 target needs the async runtime).
+pub fn open(name: &str, cfg: &config::Storage, data_dir: &std::path::Path) -> Result<Arc<dyn Storage>, StorageError> {
     match cfg.kind {
         config::StorageKind::Fs => Ok(Arc::new(fs::FsStorage::new(&cfg.root)?)),
+        config::StorageKind::S3 => Ok(Arc::new(s3::S3Storage::open(name, cfg, data_dir)?)),
     }
 }
 

@@ -1,0 +1,409 @@
+//! S3-compatible object storage, with a local spool.
+//!
+//! A file is written to the spool (`data_dir/spool/NAME/`, the fs writer: `.partial`, fsync,
+//! rename) and finalised there (an MP4's moov-first head is laid out locally, so the object is
+//! uploaded once, in order); at close it is uploaded under its key — in 8 MiB parts through a
+//! multipart upload when larger than one part — and then removed from the spool. An object
+//! appears in the bucket only complete (a multipart upload is invisible until completed).
+//!
+//! When S3 is unreachable, slow or failing, the finished file stays in the spool under its key
+//! and the spool's uploader sends it when S3 answers again, oldest first, also after a restart
+//! (the spool is a plain folder tree: a file at `spool/NAME/KEY` is an upload owed). Wrong
+//! credentials (401/403) are reported as a permanent failure for that file, not retried until
+//! the next start. The spool is bounded by `spool_max_bytes`: past it, new files are refused
+//! and the recordings writing them end with an error.
+//!
+//! Keys are never overwritten: an existing object makes the upload take `stem_N.ext`.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjPath;
+use object_store::{BackoffConfig, ClientOptions, ObjectStore, PutPayload, RetryConfig, WriteMultipart};
+
+use super::fs::{FsStorage, PARTIAL_DIR};
+use super::{check_key, FileWriter, Finalize, Storage, StorageError, Stored, UploadEvent, UploadListener};
+use crate::config;
+
+/// Uploads in parts of this size (S3 wants ≥ 5 MiB but the last).
+const PART_BYTES: usize = 8 << 20;
+/// Parts in flight at once per upload.
+const PARTS_IN_FLIGHT: usize = 4;
+/// Longest wait for one request; a slower S3 sends the file to the spool.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the spool is looked at; after failures the wait doubles up to the maximum.
+const SPOOL_POLL: Duration = Duration::from_secs(1);
+const SPOOL_POLL_MAX: Duration = Duration::from_secs(30);
+/// The uploader leaves files this fresh to the close that is uploading them.
+const SPOOL_SETTLE: Duration = Duration::from_secs(5);
+
+pub struct S3Storage {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    store: AmazonS3,
+    prefix: String,
+    /// Where the objects are, for users: `endpoint/bucket/`.
+    base_url: String,
+    spool: FsStorage,
+    spool_max: u64,
+    rt: tokio::runtime::Handle,
+    listener: Mutex<Option<UploadListener>>,
+    /// Keys whose upload failed for good (wrong credentials): left until the next start.
+    refused: Mutex<HashSet<String>>,
+}
+
+/// Spool files being uploaded now, over every storage of the process (a reload makes a new
+/// storage on the same spool while the old one may still be uploading).
+fn in_flight() -> &'static Mutex<HashSet<PathBuf>> {
+    static SET: OnceLock<Mutex<HashSet<PathBuf>>> = OnceLock::new();
+    SET.get_or_init(Default::default)
+}
+
+fn s3_err(op: &'static str, key: &str, e: object_store::Error) -> StorageError {
+    StorageError::Remote { op, key: key.into(), permanent: is_permanent(&e), source: Box::new(e) }
+}
+
+/// Wrong credentials or a refused bucket: retrying will not help.
+fn is_permanent(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. })
+}
+
+impl S3Storage {
+    pub fn open(name: &str, cfg: &config::Storage, data_dir: &Path) -> Result<Self, StorageError> {
+        let access = config::Storage::secret(&cfg.access_key).map_err(StorageError::Config)?;
+        let secret = config::Storage::secret(&cfg.secret_key).map_err(StorageError::Config)?;
+        let mut b = AmazonS3Builder::new()
+            .with_bucket_name(&cfg.bucket)
+            .with_region(&cfg.region)
+            .with_access_key_id(access)
+            .with_secret_access_key(secret)
+            .with_virtual_hosted_style_request(!cfg.path_style)
+            .with_client_options(
+                ClientOptions::new()
+                    .with_timeout(REQUEST_TIMEOUT)
+                    .with_connect_timeout(CONNECT_TIMEOUT)
+                    .with_allow_http(cfg.endpoint.as_deref().is_some_and(|e| e.starts_with("http://"))),
+            )
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig::default(),
+                max_retries: 2,
+                retry_timeout: Duration::from_secs(15),
+            });
+        let base_url = match &cfg.endpoint {
+            Some(e) => {
+                b = b.with_endpoint(e.trim_end_matches('/'));
+                format!("{}/{}/", e.trim_end_matches('/'), cfg.bucket)
+            }
+            None => format!("https://{}.s3.{}.amazonaws.com/", cfg.bucket, cfg.region),
+        };
+        let store = b.build().map_err(|e| StorageError::Config(format!("storage {name}: {e}")))?;
+        let rt = tokio::runtime::Handle::try_current()
+            .map_err(|_| StorageError::Config("S3 storage needs the async runtime".into()))?;
+        let spool = FsStorage::new(&data_dir.join("spool").join(name))?;
+        let inner = Arc::new(Inner {
+            name: name.into(),
+            store,
+            prefix: cfg.prefix.clone(),
+            base_url,
+            spool,
+            spool_max: cfg.spool_max_bytes,
+            rt: rt.clone(),
+            listener: Mutex::new(None),
+            refused: Mutex::new(HashSet::new()),
+        });
+        rt.spawn(drain_spool(Arc::downgrade(&inner)));
+        Ok(Self { inner })
+    }
+}
+
+impl Inner {
+    fn path(&self, key: &str) -> Result<ObjPath, StorageError> {
+        ObjPath::parse(format!("{}{key}", self.prefix))
+            .map_err(|_| StorageError::InvalidKey { key: key.into(), why: "not a valid object path" })
+    }
+
+    fn tell(&self, ev: UploadEvent) {
+        let l = self.listener.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(l) = l {
+            l(&ev);
+        }
+    }
+
+    /// Bytes waiting in the spool (finished and being written).
+    fn spooled_bytes(&self) -> u64 {
+        fn walk(d: &Path) -> u64 {
+            let Ok(rd) = std::fs::read_dir(d) else { return 0 };
+            rd.flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => walk(&e.path()),
+                    Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
+                    Err(_) => 0,
+                })
+                .sum()
+        }
+        walk(self.spool.root())
+    }
+
+    /// A key not taken in the bucket: `key`, else `stem_1.ext`, `stem_2.ext`…
+    async fn free_key(&self, key: &str) -> Result<String, StorageError> {
+        let (stem, ext) = match key.rfind('.') {
+            Some(i) if !key[i..].contains('/') => (&key[..i], &key[i..]),
+            _ => (key, ""),
+        };
+        for n in 0..1000 {
+            let k = if n == 0 { key.to_string() } else { format!("{stem}_{n}{ext}") };
+            match self.store.head(&self.path(&k)?).await {
+                Err(object_store::Error::NotFound { .. }) => return Ok(k),
+                Ok(_) => continue,
+                Err(e) => return Err(s3_err("check", &k, e)),
+            }
+        }
+        Err(StorageError::InvalidKey { key: key.into(), why: "too many objects with this name" })
+    }
+
+    /// Uploads the spooled file `local` under `key` (or a free variant); returns the key used
+    /// and the ETag. The spool file is removed once the object is complete.
+    async fn upload(&self, local: &Path, key: &str) -> Result<(String, u64, Option<String>), StorageError> {
+        let key = self.free_key(key).await?;
+        let path = self.path(&key)?;
+        let io = |op| move |source| StorageError::Io { op, path: local.display().to_string(), source };
+        let size = std::fs::metadata(local).map_err(io("stat"))?.len();
+        let result = if size <= PART_BYTES as u64 {
+            let data = std::fs::read(local).map_err(io("read"))?;
+            self.store.put(&path, PutPayload::from(Bytes::from(data))).await.map_err(|e| s3_err("upload", &key, e))?
+        } else {
+            use std::io::Read;
+            let upload = self.store.put_multipart(&path).await.map_err(|e| s3_err("start upload", &key, e))?;
+            let mut w = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+            let mut f = std::fs::File::open(local).map_err(io("open"))?;
+            let mut buf = vec![0u8; PART_BYTES];
+            loop {
+                let n = f.read(&mut buf).map_err(io("read"))?;
+                if n == 0 {
+                    break;
+                }
+                if let Err(e) = w.wait_for_capacity(PARTS_IN_FLIGHT).await {
+                    w.abort().await.ok();
+                    return Err(s3_err("upload part", &key, e));
+                }
+                w.write(&buf[..n]);
+            }
+            w.finish().await.map_err(|e| s3_err("complete upload", &key, e))?
+        };
+        let _ = std::fs::remove_file(local);
+        Ok((key, size, result.e_tag))
+    }
+
+    fn stored(&self, key: String, size: u64, etag: Option<String>, pending: bool) -> Stored {
+        let location = format!("{}{}{key}", self.base_url, self.prefix);
+        Stored { key, size, location, etag, pending }
+    }
+
+    /// Uploads a finished spool file now, or leaves it for the uploader.
+    fn send(&self, local: &Path, key: &str, size: u64) -> Stored {
+        let claimed = in_flight().lock().unwrap_or_else(|e| e.into_inner()).insert(local.to_path_buf());
+        if !claimed {
+            return self.stored(key.into(), size, None, true);
+        }
+        let r = self.rt.block_on(self.upload(local, key));
+        in_flight().lock().unwrap_or_else(|e| e.into_inner()).remove(local);
+        match r {
+            Ok((key, size, etag)) => self.stored(key, size, etag, false),
+            Err(e) => {
+                let permanent = matches!(e, StorageError::Remote { permanent: true, .. });
+                tracing::warn!(storage = %self.name, %key, permanent, error = &e as &dyn std::error::Error,
+                    "upload failed; the file waits in the spool");
+                // The uploader tries it again shortly (after the file's catalog entry exists)
+                // and reports a refusal then.
+                self.stored(key.into(), size, None, true)
+            }
+        }
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s = format!("{s}: {x}");
+        src = x.source();
+    }
+    s
+}
+
+/// Spooled files (key relative to the spool root), oldest first.
+fn spooled(root: &Path) -> Vec<(SystemTime, PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => {
+                    if p.file_name().is_some_and(|n| n != PARTIAL_DIR) {
+                        stack.push(p);
+                    }
+                }
+                Ok(_) => {
+                    let Ok(rel) = p.strip_prefix(root) else { continue };
+                    let Some(key) = rel.to_str().map(str::to_string) else { continue };
+                    // A playlist being replaced is written as `NAME.m3u8.tmp` first.
+                    if key.ends_with(".tmp") || check_key(&key).is_err() {
+                        continue;
+                    }
+                    let mtime = e.metadata().and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
+                    if mtime.elapsed().is_ok_and(|age| age < SPOOL_SETTLE) {
+                        continue;
+                    }
+                    out.push((mtime, p, key));
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The spool's uploader: sends what is owed, oldest first, while the storage lives.
+async fn drain_spool(inner: Weak<Inner>) {
+    let mut wait = SPOOL_POLL;
+    loop {
+        tokio::time::sleep(wait).await;
+        let Some(s) = inner.upgrade() else { return };
+        let root = s.spool.root().to_path_buf();
+        let files = tokio::task::spawn_blocking(move || spooled(&root)).await.unwrap_or_default();
+        let mut failed = false;
+        for (_, local, key) in files {
+            if s.refused.lock().unwrap_or_else(|e| e.into_inner()).contains(&key) {
+                continue;
+            }
+            if !in_flight().lock().unwrap_or_else(|e| e.into_inner()).insert(local.clone()) {
+                continue;
+            }
+            let r = s.upload(&local, &key).await;
+            in_flight().lock().unwrap_or_else(|e| e.into_inner()).remove(&local);
+            match r {
+                Ok((stored_key, size, etag)) => {
+                    tracing::info!(storage = %s.name, key = %stored_key, bytes = size, "spooled file uploaded");
+                    metrics::counter!("reel_spool_uploaded_total").increment(1);
+                    s.tell(UploadEvent {
+                        storage: s.name.clone(),
+                        spooled_key: key,
+                        result: Ok(s.stored(stored_key, size, etag, false)),
+                    });
+                }
+                Err(e) => {
+                    let permanent = matches!(e, StorageError::Remote { permanent: true, .. });
+                    tracing::warn!(storage = %s.name, %key, permanent, error = &e as &dyn std::error::Error, "spool upload failed");
+                    if permanent {
+                        s.refused.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone());
+                        s.tell(UploadEvent {
+                            storage: s.name.clone(),
+                            spooled_key: key,
+                            result: Err(format!("storage {}: {}", s.name, chain(&e))),
+                        });
+                    } else {
+                        // S3 is down: try again later, in order.
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        wait = if failed { (wait * 2).min(SPOOL_POLL_MAX) } else { SPOOL_POLL };
+    }
+}
+
+impl Storage for S3Storage {
+    fn create(&self, hint: &str) -> Result<Box<dyn FileWriter>, StorageError> {
+        let used = self.inner.spooled_bytes();
+        if used >= self.inner.spool_max {
+            metrics::counter!("reel_spool_full_total").increment(1);
+            return Err(StorageError::SpoolFull { storage: self.inner.name.clone(), used, max: self.inner.spool_max });
+        }
+        let local = self.inner.spool.create(hint)?;
+        Ok(Box::new(S3File { local, inner: self.inner.clone() }))
+    }
+
+    fn put(&self, key: &str, data: &[u8]) -> Result<Stored, StorageError> {
+        let path = self.inner.path(key)?;
+        let payload = PutPayload::from(Bytes::copy_from_slice(data));
+        match self.inner.rt.block_on(self.inner.store.put(&path, payload)) {
+            Ok(r) => {
+                // A spooled older revision must not overwrite this one later.
+                let _ = self.inner.spool.delete(key);
+                Ok(self.inner.stored(key.into(), data.len() as u64, r.e_tag, false))
+            }
+            Err(e) => {
+                tracing::warn!(storage = %self.inner.name, %key, error = &e as &dyn std::error::Error, "put failed; spooled");
+                let local = self.inner.spool.put(key, data)?;
+                Ok(self.inner.stored(local.key, data.len() as u64, None, true))
+            }
+        }
+    }
+
+    fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.inner.spool.delete(key)?;
+        match self.inner.rt.block_on(self.inner.store.delete(&self.inner.path(key)?)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(s3_err("delete", key, e)),
+        }
+    }
+
+    fn get(&self, key: &str, max_bytes: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        if let Some(local) = self.inner.spool.get(key, max_bytes)? {
+            return Ok(Some(local));
+        }
+        let path = self.inner.path(key)?;
+        let r = self.inner.rt.block_on(async {
+            let g = self.inner.store.get(&path).await?;
+            g.bytes().await
+        });
+        match r {
+            Ok(b) => Ok(Some(b[..b.len().min(max_bytes as usize)].to_vec())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(s3_err("get", key, e)),
+        }
+    }
+
+    fn on_upload(&self, listener: UploadListener) {
+        *self.inner.listener.lock().unwrap_or_else(|e| e.into_inner()) = Some(listener);
+    }
+}
+
+struct S3File {
+    local: Box<dyn FileWriter>,
+    inner: Arc<Inner>,
+}
+
+impl FileWriter for S3File {
+    fn write(&mut self, chunks: &[Bytes]) -> Result<(), StorageError> {
+        self.local.write(chunks)
+    }
+
+    fn written(&self) -> u64 {
+        self.local.written()
+    }
+
+    fn finish(self: Box<Self>, key: &str, fin: Finalize<'_>) -> Result<Stored, StorageError> {
+        let S3File { local, inner } = *self;
+        // Finished in the spool first (under the key, or a free variant of it there).
+        let spooled = local.finish(key, fin)?;
+        let path = inner.spool.root().join(&spooled.key);
+        Ok(inner.send(&path, &spooled.key, spooled.size))
+    }
+
+    fn abort(self: Box<Self>) {
+        self.local.abort();
+    }
+}
