@@ -253,6 +253,7 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         conns.clone(),
     ));
     let scheduler = tokio::spawn(tasks.clone().run(shutdown.clone()));
+    let retention = tokio::spawn(reel::tasks::retention::run(recorder.clone(), catalog.clone(), shutdown.clone()));
     let app =
         reel::api::router(reel::api::ApiState { recorder: recorder.clone(), tasks, metrics, reload: reload.clone() });
     let http_task = tokio::spawn(reel::api::serve(http, app, http_limits, shutdown.clone(), deadline));
@@ -263,6 +264,7 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     shutdown.cancel();
     let _ = rtmp_task.await;
     let _ = scheduler.await;
+    let _ = retention.await;
     conns.close();
     let clean = tokio::time::timeout_at(end, async {
         conns.wait().await;

@@ -16,6 +16,7 @@ pub struct S3Server {
     pub dir: PathBuf,
     args: Vec<String>,
     port: u16,
+    filer_port: u16,
     child: Option<Child>,
 }
 
@@ -55,6 +56,9 @@ impl S3Server {
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             "-admin.ui=false",
+            // Fixed, small volumes: the count does not depend on the disk's free space.
+            "-volume.max=8",
+            "-master.volumeSizeLimitMB=64",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -63,12 +67,13 @@ impl S3Server {
         args.push(format!("-s3.config={}", config.display()));
         args.push(format!("-bucket={bucket}"));
         args.push(format!("-dir={}", dir.join("data").display()));
+        let filer_port = free_port();
+        args.push(format!("-filer.port={filer_port}"));
         for flag in [
             "master.port",
             "master.port.grpc",
             "volume.port",
             "volume.port.grpc",
-            "filer.port",
             "filer.port.grpc",
             "s3.port.grpc",
             "admin.port",
@@ -83,6 +88,7 @@ impl S3Server {
             dir,
             args,
             port,
+            filer_port,
             child: None,
         };
         s.resume();
@@ -113,18 +119,35 @@ impl S3Server {
             .expect("start weed");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
-        // Ready when the S3 port answers HTTP and the bucket exists (an anonymous HEAD of
-        // the bucket is refused with 403, not 404 or a reset).
+        // Ready when the S3 port answers HTTP, the bucket exists (an anonymous HEAD of the
+        // bucket is refused with 403, not 404 or a reset), and a file can be written (through
+        // the filer, outside the bucket): volumes are assigned.
         loop {
-            if let Some(code) = self.http_status(&format!("/{}", self.bucket)) {
-                if code == 403 || code == 200 {
-                    std::thread::sleep(Duration::from_millis(300));
-                    return;
-                }
+            let s3_up = matches!(self.http_status(&format!("/{}", self.bucket)), Some(403 | 200));
+            if s3_up && self.filer_write_ok() {
+                return;
             }
             assert!(Instant::now() < deadline, "SeaweedFS did not start: {}", self.log());
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    fn filer_write_ok(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.filer_port)) else { return false };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let body = "ready";
+        let req = format!(
+            "PUT /reel-ready-check/probe HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if s.write_all(req.as_bytes()).is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 64];
+        let Ok(n) = s.read(&mut buf) else { return false };
+        let code = std::str::from_utf8(&buf[..n]).ok().and_then(|t| t.split_whitespace().nth(1)?.parse::<u16>().ok());
+        matches!(code, Some(200 | 201 | 204))
     }
 
     fn http_status(&self, path: &str) -> Option<u16> {

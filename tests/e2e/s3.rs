@@ -85,6 +85,18 @@ fn recordings_land_in_the_bucket_whole_within_seconds_of_unpublish() {
             assert_eq!(hashes(&src), hashes(&file), "{key}");
         }
     }
+    // Served from the bucket: a presigned URL, which the bucket honours.
+    let flv = rows.iter().find(|r| r["format"] == "flv").unwrap();
+    let id = flv["id"].as_str().unwrap();
+    let (status, head, _) = http_raw(reel.http_port, &format!("/v1/recordings/{id}/content"), "");
+    assert_eq!(status, 302, "{head}");
+    let location =
+        head.lines().find_map(|l| l.strip_prefix("location: ").or_else(|| l.strip_prefix("Location: "))).unwrap();
+    let rest = location.strip_prefix(s3.endpoint.as_str()).expect("a URL of the S3 endpoint");
+    let port: u16 = s3.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let (status, head, body) = http_raw(port, rest, "");
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(body.len() as u64, flv["size"].as_u64().unwrap());
     // Nothing stays in the spool.
     let spool = reel.dir.join("reel-data/spool/bucket");
     assert!(files(&spool, "flv").is_empty() && files(&spool, "mp4").is_empty() && files(&spool, "ts").is_empty());

@@ -215,8 +215,10 @@ fn a_task_scheduled_for_later_survives_a_restart_and_fires() {
     });
     assert!(v["files"][0]["start_ms"].as_i64().unwrap() >= start * 1000 - 100, "{v:#}");
     // The rule's recording and the task's are distinct files.
-    let rows = recordings(&reel, "app=live&stream=cam");
-    assert_eq!(rows.len(), 2, "{rows:#?}");
+    let v = wait_for(&reel, "/v1/recordings?app=live&stream=cam", Duration::from_secs(10), |v| {
+        v["recordings"].as_array().unwrap().len() == 2
+    });
+    let rows = v["recordings"].as_array().unwrap();
     let rule = rows.iter().find(|r| r["task_id"].is_null()).expect("the rule's file");
     let task = rows.iter().find(|r| r["task_id"] == json!(id)).expect("the task's file");
     assert_ne!(rule["key"], task["key"]);
@@ -358,4 +360,49 @@ fn rfc3339(secs: i64) -> String {
     let out =
         std::process::Command::new("date").args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"]).output();
     String::from_utf8(out.unwrap().stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn recordings_are_served_with_ranges_and_retention_deletes_only_what_expired() {
+    let src = fixture("retention", 3, true, true);
+    let reel = Reel::start(
+        "retention",
+        &format!(
+            "{STORAGE}\n[template.brief]\nformats = [\"flv\"]\nstorage = \"local\"\nretention = \"2s\"\n\
+             [[rule]]\napp = \"live\"\ntemplate = \"t\"\n[[rule]]\napp = \"brief\"\ntemplate = \"brief\"\n"
+        ),
+    );
+    ffmpeg_publish(&src, &reel.url("live", "kept"), false);
+    ffmpeg_publish(&src, &reel.url("brief", "gone"), false);
+    let v = wait_for(&reel, "/v1/recordings?stream=kept", Duration::from_secs(10), |v| {
+        v["recordings"].as_array().unwrap().len() == 1
+    });
+    let kept = v["recordings"][0].clone();
+    let file = std::fs::read(path_of(&reel, &kept)).unwrap();
+    let id = kept["id"].as_str().unwrap();
+    let (status, head, body) = http_raw(reel.http_port, &format!("/v1/recordings/{id}/content"), "");
+    assert_eq!(status, 200, "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-type: video/x-flv"), "{head}");
+    assert_eq!(body, file);
+    let (status, head, body) =
+        http_raw(reel.http_port, &format!("/v1/recordings/{id}/content"), "Range: bytes=13-112\r\n");
+    assert_eq!(status, 206, "{head}");
+    assert!(head.contains(&format!("bytes 13-112/{}", file.len())), "{head}");
+    assert_eq!(body, &file[13..113]);
+    let (status, _, _) =
+        http_raw(reel.http_port, &format!("/v1/recordings/{id}/content"), &format!("Range: bytes={}-\r\n", file.len()));
+    assert_eq!(status, 416);
+
+    // The brief template's recording goes 2 s after it ended; the other stays.
+    let v = wait_for(&reel, "/v1/recordings?stream=gone", Duration::from_secs(10), |v| {
+        v["recordings"].as_array().unwrap().len() == 1
+    });
+    let gone = path_of(&reel, &v["recordings"][0]);
+    wait_for(&reel, "/v1/recordings?stream=gone", Duration::from_secs(15), |v| {
+        v["recordings"].as_array().unwrap().is_empty()
+    });
+    assert!(!gone.exists(), "{}", gone.display());
+    assert!(path_of(&reel, &kept).exists());
+    assert_eq!(recordings(&reel, "stream=kept").len(), 1);
+    assert!(reel.log_text().contains("retention: recording deleted"));
 }

@@ -32,6 +32,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/reload", post(reload))
         .route("/v1/recordings", get(recordings::list))
         .route("/v1/recordings/{id}", get(recordings::get).delete(recordings::delete))
+        .route("/v1/recordings/{id}/content", get(recordings::content))
         .route("/v1/record-tasks", get(tasks::list).post(tasks::create))
         .route("/v1/record-tasks/{id}", get(tasks::get).delete(tasks::delete))
         .route("/v1/record-tasks/{id}/stop", post(tasks::stop))

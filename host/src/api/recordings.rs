@@ -90,3 +90,126 @@ pub async fn delete(State(s): State<ApiState>, Path(id): Path<String>) -> Result
         }),
     }
 }
+
+/// How long a presigned URL handed out for a recording stays valid.
+const PRESIGNED_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// A single byte range of a `Range: bytes=…` header against `len` bytes: `(start, end)`
+/// inclusive; `Err(())` when unsatisfiable, `Ok(None)` when absent or not a single range.
+fn byte_range(header: Option<&str>, len: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else { return Ok(None) };
+    if spec.contains(',') {
+        return Ok(None); // Several ranges: the whole body (RFC 9110 allows it).
+    }
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (a, b) = (a.trim(), b.trim());
+    let range = match (a.is_empty(), b.is_empty()) {
+        (true, false) => {
+            let n: u64 = b.parse().map_err(|_| ())?;
+            if n == 0 || len == 0 {
+                return Err(());
+            }
+            (len.saturating_sub(n), len - 1)
+        }
+        (false, _) => {
+            let start: u64 = a.parse().map_err(|_| ())?;
+            let end = if b.is_empty() { len.saturating_sub(1) } else { b.parse::<u64>().map_err(|_| ())?.min(len - 1) };
+            if start >= len || end < start {
+                return Err(());
+            }
+            (start, end)
+        }
+        _ => return Err(()),
+    };
+    Ok(Some(range))
+}
+
+fn content_type(format: &str) -> &'static str {
+    match format {
+        "flv" => "video/x-flv",
+        "mp4" => "video/mp4",
+        "aac" => "audio/aac",
+        "hls" => "application/vnd.apple.mpegurl",
+        _ => "application/octet-stream",
+    }
+}
+
+/// `GET /v1/recordings/{id}/content`: the file, with byte ranges, from local storage (or the
+/// spool); from object storage, a redirect to a presigned URL valid for an hour.
+pub async fn content(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    use axum::http::header;
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let Some(r) = s.tasks.catalog().recording(&id).await? else {
+        return Err(ApiError::not_found(format!("no recording {id:?}")));
+    };
+    let located = s.recorder.locate(&r.storage, &r.key, PRESIGNED_FOR).await.map_err(|message| ApiError {
+        status: StatusCode::BAD_GATEWAY,
+        code: "storage_error",
+        message,
+        field: None,
+    })?;
+    let path = match located {
+        None => return Err(ApiError::not_found(format!("recording {id:?} has no file at {:?} any more", r.key))),
+        Some(crate::record::Located::Url(url)) => {
+            return Ok((StatusCode::FOUND, [(header::LOCATION, url)]).into_response());
+        }
+        Some(crate::record::Located::File(p)) => p,
+    };
+    let io = |e: std::io::Error| ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        code: "storage_error",
+        message: format!("reading {}: {e}", r.key),
+        field: None,
+    };
+    let mut file = tokio::fs::File::open(&path).await.map_err(io)?;
+    let len = file.metadata().await.map_err(io)?.len();
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let (status, start, end) = match byte_range(range, len) {
+        Ok(None) => (StatusCode::OK, 0, len.saturating_sub(1)),
+        Ok(Some((a, b))) => (StatusCode::PARTIAL_CONTENT, a, b),
+        Err(()) => {
+            return Ok((StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{len}"))])
+                .into_response())
+        }
+    };
+    let count = if len == 0 { 0 } else { end - start + 1 };
+    file.seek(std::io::SeekFrom::Start(start)).await.map_err(io)?;
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file.take(count)));
+    let mut resp = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type(&r.format))
+        .header(header::CONTENT_LENGTH, count)
+        .header(header::ACCEPT_RANGES, "bytes");
+    if status == StatusCode::PARTIAL_CONTENT {
+        resp = resp.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"));
+    }
+    resp.body(body).map_err(|e| ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        code: "internal",
+        message: e.to_string(),
+        field: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::byte_range;
+
+    #[test]
+    fn byte_ranges() {
+        assert_eq!(byte_range(None, 100), Ok(None));
+        assert_eq!(byte_range(Some("bytes=0-9"), 100), Ok(Some((0, 9))));
+        assert_eq!(byte_range(Some("bytes=90-"), 100), Ok(Some((90, 99))));
+        assert_eq!(byte_range(Some("bytes=-10"), 100), Ok(Some((90, 99))));
+        assert_eq!(byte_range(Some("bytes=50-500"), 100), Ok(Some((50, 99))));
+        assert_eq!(byte_range(Some("bytes=0-1,5-6"), 100), Ok(None));
+        assert_eq!(byte_range(Some("bytes=100-"), 100), Err(()));
+        assert_eq!(byte_range(Some("bytes=9-3"), 100), Err(()));
+        assert_eq!(byte_range(Some("bytes=x-"), 100), Err(()));
+        assert_eq!(byte_range(Some("bytes=-0"), 100), Err(()));
+    }
+}

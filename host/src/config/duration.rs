@@ -19,6 +19,9 @@ impl Duration {
 
 /// Parses `"30m"`, `"6s"`, `"1h 30m"`, `"500ms"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::from_millis(0));
+    }
     humantime::parse_duration(s)
         .map(Duration)
         .map_err(|e| format!("invalid duration {s:?} ({e}); write e.g. \"30m\", \"6s\", \"500ms\""))

@@ -327,6 +327,14 @@ pub struct Template {
     /// Plugin chain for streams of this template, instead of `[policy] plugins`.
     #[serde(default)]
     pub plugins: Option<Vec<String>>,
+    /// Recordings made with this template are deleted (files and catalog rows) this long after
+    /// they end; `"0"` (the default) keeps them forever.
+    #[serde(default = "keep_forever")]
+    pub retention: Duration,
+}
+
+fn keep_forever() -> Duration {
+    Duration::from_millis(0)
 }
 
 fn default_interval() -> Duration {

@@ -25,6 +25,7 @@ use crate::media::{Codec, Frame, FrameKind};
 use crate::notify::{MemoryOutbox, Notifier, NotifierOptions, Outbox};
 pub use crate::policy::StreamInfo;
 use crate::policy::{Candidate, Policy, PolicyError, Registry};
+pub use crate::storage::Located;
 use crate::storage::{self, Storage};
 
 pub use stream::StreamStats;
@@ -601,6 +602,25 @@ impl Recorder {
             Ok(keys.len())
         });
         task.await.map_err(|e| e.to_string())?
+    }
+
+    /// Where the object `key` of storage `storage` can be read (a presigned URL for object
+    /// storage lasts `valid`).
+    pub async fn locate(
+        &self,
+        storage: &str,
+        key: &str,
+        valid: std::time::Duration,
+    ) -> Result<Option<storage::Located>, String> {
+        let st = self
+            .runtime()
+            .storages
+            .get(storage)
+            .cloned()
+            .ok_or_else(|| format!("storage {storage:?} is not configured any more"))?;
+        let key = key.to_string();
+        let r = tokio::task::spawn_blocking(move || st.locate(&key, valid)).await.map_err(|e| e.to_string())?;
+        r.map_err(|e| e.to_string())
     }
 
     /// Waits until every recording has closed its files (after publishers are gone).

@@ -117,6 +117,12 @@ impl Storage for FsStorage {
         }
     }
 
+    fn locate(&self, key: &str, _valid: std::time::Duration) -> Result<Option<super::Located>, StorageError> {
+        check_key(key)?;
+        let path = self.root.join(key);
+        Ok(path.is_file().then_some(super::Located::File(path)))
+    }
+
     fn get(&self, key: &str, max_bytes: u64) -> Result<Option<Vec<u8>>, StorageError> {
         check_key(key)?;
         let path = self.root.join(key);

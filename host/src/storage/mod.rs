@@ -37,6 +37,14 @@ pub struct UploadEvent {
     pub result: Result<Stored, String>,
 }
 
+/// Where an object can be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Located {
+    File(std::path::PathBuf),
+    /// A presigned URL (object storage).
+    Url(String),
+}
+
 /// Told about [`UploadEvent`]s (from the storage's uploader task).
 pub type UploadListener = Arc<dyn Fn(&UploadEvent) + Send + Sync>;
 
@@ -71,6 +79,8 @@ pub trait Storage: Send + Sync {
     fn delete(&self, key: &str) -> Result<(), StorageError>;
     /// Reads a small object whole (playlists); `Ok(None)` when there is none at `key`.
     fn get(&self, key: &str, max_bytes: u64) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Where to read the object at `key` from: a local file, or a URL valid for `valid`.
+    fn locate(&self, key: &str, valid: std::time::Duration) -> Result<Option<Located>, StorageError>;
     /// Registers who hears of later uploads from the spool (object storage only).
     fn on_upload(&self, listener: UploadListener) {
         let _ = listener;

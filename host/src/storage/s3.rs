@@ -26,7 +26,7 @@ use object_store::path::Path as ObjPath;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, PutPayload, RetryConfig, WriteMultipart};
 
 use super::fs::{FsStorage, PARTIAL_DIR};
-use super::{check_key, FileWriter, Finalize, Storage, StorageError, Stored, UploadEvent, UploadListener};
+use super::{check_key, FileWriter, Finalize, Located, Storage, StorageError, Stored, UploadEvent, UploadListener};
 use crate::config;
 
 /// Uploads in parts of this size (S3 wants ≥ 5 MiB but the last).
@@ -374,6 +374,20 @@ impl Storage for S3Storage {
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(s3_err("get", key, e)),
         }
+    }
+
+    fn locate(&self, key: &str, valid: Duration) -> Result<Option<Located>, StorageError> {
+        use object_store::signer::Signer;
+        if let Some(Located::File(p)) = self.inner.spool.locate(key, valid)? {
+            return Ok(Some(Located::File(p)));
+        }
+        let path = self.inner.path(key)?;
+        let url = self
+            .inner
+            .rt
+            .block_on(self.inner.store.signed_url(http::Method::GET, &path, valid))
+            .map_err(|e| s3_err("sign", key, e))?;
+        Ok(Some(Located::Url(url.to_string())))
     }
 
     fn on_upload(&self, listener: UploadListener) {

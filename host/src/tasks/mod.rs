@@ -9,6 +9,8 @@
 //! [`TaskSource`]); a stream already live when its window opens is recorded from its next
 //! keyframe.
 
+pub mod retention;
+
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
