@@ -46,9 +46,12 @@ struct Ctx {
 }
 
 impl Ctx {
-    /// What tells this recording's temporary files from another's of the same publish.
-    fn who(&self) -> String {
-        self.task_id.as_ref().map(|t| format!("-task-{t}")).unwrap_or_default()
+    /// The start of this recording's temporary file names: app and stream (cut to 40 bytes
+    /// each, so that a 255-byte name still makes a valid file name), the publish and the task.
+    fn stem(&self) -> String {
+        let cut = |s: &str| s.get(..40).unwrap_or(s).to_string();
+        let task = self.task_id.as_ref().map(|t| format!("-task-{t}")).unwrap_or_default();
+        format!("{}-{}-{}{task}", cut(&self.info.app), cut(&self.info.name), self.session_id)
     }
 
     fn file_info(&self, format: Format, seq: u32, start_ms: u64, end_ms: u64) -> FileInfo {
@@ -283,16 +286,7 @@ impl StreamTask {
 
     fn hint(&mut self, format: Format) -> String {
         self.created += 1;
-        let i = &self.ctx.info;
-        format!(
-            "{}-{}-{}{}-{}.{}",
-            i.app,
-            i.name,
-            self.ctx.session_id,
-            self.ctx.who(),
-            self.created,
-            format.extension()
-        )
+        format!("{}-{}.{}", self.ctx.stem(), self.created, format.extension())
     }
 
     /// Writes the open file's pending bytes (creating it at the first flush) on the blocking pool.
@@ -504,8 +498,7 @@ impl StreamTask {
         playlist.ended = true;
         let storage = slot.storage.clone();
         let storage_name = slot.storage_name.clone();
-        let hint =
-            format!("{}-{}-{}{}.m3u8", self.ctx.info.app, self.ctx.info.name, self.ctx.session_id, self.ctx.who());
+        let hint = format!("{}.m3u8", self.ctx.stem());
         let ctx = self.ctx.clone();
         let res = tokio::task::spawn_blocking(move || {
             let stored = if key == live {
