@@ -224,6 +224,7 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         .await
         .context("opening the catalog")?;
     let recorder = Recorder::new(config, Some(catalog.clone())).context("opening storage")?;
+    recorder.recover_partials().await;
     let tasks = reel::tasks::Tasks::start(catalog.clone(), recorder.clone()).await.context("reading record tasks")?;
 
     let rtmp =

@@ -406,3 +406,43 @@ fn recordings_are_served_with_ranges_and_retention_deletes_only_what_expired() {
     assert_eq!(recordings(&reel, "stream=kept").len(), 1);
     assert!(reel.log_text().contains("retention: recording deleted"));
 }
+
+#[test]
+fn files_a_sigkill_left_unfinished_are_recovered_at_the_next_start() {
+    let src = fixture("sigkill", 8, true, true);
+    let config = format!(
+        "{STORAGE}\n[template.three]\nformats = [\"flv\", \"mp4\", \"aac\"]\nstorage = \"local\"\n[[rule]]\ntemplate = \"three\"\n"
+    );
+    let mut reel = Reel::start("sigkill", &config);
+    let url = reel.url("live", "cam");
+    let publisher = std::thread::spawn(move || {
+        // The publish breaks when Reel dies: its status does not matter.
+        let _ = std::process::Command::new("ffmpeg")
+            .args(["-v", "quiet", "-re", "-i"])
+            .arg(&src)
+            .args(["-c", "copy", "-f", "flv", &url])
+            .status();
+    });
+    std::thread::sleep(Duration::from_millis(6500));
+    let mut child = reel.child.take().unwrap();
+    child.kill().unwrap(); // SIGKILL: no file is closed
+    child.wait().unwrap();
+    publisher.join().unwrap();
+    assert!(files(&reel.recordings(), "flv").is_empty(), "nothing was finished before the kill");
+    let dir = reel.dir.clone();
+    drop(reel);
+
+    let reel = Reel::start_in(dir, &config);
+    let v = wait_for(&reel, "/v1/recordings?stream=cam", Duration::from_secs(20), |v| {
+        v["recordings"].as_array().unwrap().len() == 3
+    });
+    for r in v["recordings"].as_array().unwrap() {
+        let file = path_of(&reel, r);
+        assert_eq!(decode_errors(&file), "", "{}", file.display());
+        let seconds = reel_test_support::ffmpeg::format_seconds(&file, "duration");
+        assert!(seconds >= 5.0, "{}: {seconds} s of ~6.5 s recovered", file.display());
+        eprintln!("{}: {seconds:.2} s recovered", r["format"]);
+    }
+    assert!(reel.log_text().contains("recovered an unfinished file"));
+    assert!(files(&reel.recordings().join(".partial"), "part").is_empty());
+}

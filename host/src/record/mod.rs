@@ -7,6 +7,7 @@
 //! outputs over a file.
 
 mod output;
+mod recover;
 pub mod remux;
 pub mod segmenter;
 mod stream;

@@ -60,11 +60,13 @@ pub struct Body {
     pub write_failed: bool,
     /// Wall-clock time it opened, ms since the Unix epoch.
     pub opened_ms: u64,
+    /// The file's sequence number (a segment's: its index).
+    pub seq: u32,
 }
 
 impl Body {
-    fn new(now_ms: u64) -> Self {
-        Body { pending: Vec::with_capacity(256), opened_ms: now_ms, ..Default::default() }
+    fn new(now_ms: u64, seq: u32) -> Self {
+        Body { pending: Vec::with_capacity(256), opened_ms: now_ms, seq, ..Default::default() }
     }
 
     /// The chunks to write now.
@@ -170,12 +172,12 @@ impl Output {
                     self.muxer = Some(new_muxer(self.format, self.interval_ms));
                     self.failed = false;
                     if self.format != Format::Hls {
-                        self.body = Some(Body::new(now_ms));
+                        self.body = Some(Body::new(now_ms, seq));
                     }
                     events.push(Event::Opened { seq });
                 }
-                Action::OpenSegment { discontinuity, .. } => {
-                    self.body = Some(Body::new(now_ms));
+                Action::OpenSegment { discontinuity, index } => {
+                    self.body = Some(Body::new(now_ms, index));
                     self.discontinuity = discontinuity;
                 }
                 Action::Write(f) => self.write(&f, events),

@@ -46,6 +46,26 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// What an unfinished file is, kept beside it for recovery after a crash
+    /// ([`super::recover`]).
+    fn describe(&self, format: Format, seq: u32, start_ms: u64) -> Vec<u8> {
+        let meta = super::recover::Meta {
+            domain: self.info.domain.clone(),
+            app: self.info.app.clone(),
+            stream: self.info.name.clone(),
+            params: self.info.params.clone(),
+            session_id: self.session_id.clone(),
+            task_id: self.task_id.clone(),
+            template: self.template_name.clone(),
+            format,
+            seq,
+            start_ms,
+            video_codec: self.info.video_codec.clone(),
+            audio_codec: self.info.audio_codec.clone(),
+        };
+        serde_json::to_vec(&meta).unwrap_or_default()
+    }
+
     /// The start of this recording's temporary file names: app and stream (cut to 40 bytes
     /// each, so that a 255-byte name still makes a valid file name), the publish and the task.
     fn stem(&self) -> String {
@@ -296,7 +316,9 @@ impl StreamTask {
         if body.pending.is_empty() || body.write_failed {
             return;
         }
-        let hint = body.writer.is_none().then(|| self.hint(format));
+        let (create, seq, opened_ms) = (body.writer.is_none(), body.seq, body.opened_ms);
+        let hint = create.then(|| self.hint(format));
+        let meta = create.then(|| self.ctx.describe(format, seq, opened_ms));
         let slot = &mut self.slots[i];
         let Some(body) = &mut slot.out.body else { return };
         let chunks = body.take_pending();
@@ -305,7 +327,9 @@ impl StreamTask {
         let res = tokio::task::spawn_blocking(move || {
             let mut w = match w {
                 Some(w) => w,
-                None => storage.create(hint.as_deref().unwrap_or("unnamed"))?,
+                None => {
+                    storage.create_described(hint.as_deref().unwrap_or("unnamed"), meta.as_deref().unwrap_or(b"{}"))?
+                }
             };
             let r = w.write(&chunks);
             Ok::<_, StorageError>((w, r))

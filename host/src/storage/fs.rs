@@ -88,7 +88,37 @@ impl Storage for FsStorage {
         let path = self.root.join(PARTIAL_DIR).join(format!("{name}.part"));
         let file =
             OpenOptions::new().write(true).create(true).truncate(true).open(&path).map_err(io_err("create", &path))?;
-        Ok(Box::new(FsFile { file, path, written: 0, root: self.root.clone() }))
+        Ok(Box::new(FsFile { file, path, written: 0, root: self.root.clone(), meta: None }))
+    }
+
+    fn create_described(&self, hint: &str, meta: &[u8]) -> Result<Box<dyn FileWriter>, StorageError> {
+        let mut w = self.create(hint)?;
+        let Some(f) = w.as_any().downcast_mut::<FsFile>() else { return Ok(w) };
+        let meta_path = f.path.with_extension("part.meta");
+        fs::write(&meta_path, meta).map_err(io_err("write", &meta_path))?;
+        f.meta = Some(meta_path);
+        Ok(w)
+    }
+
+    fn partials(&self) -> Vec<super::Partial> {
+        let dir = self.root.join(PARTIAL_DIR);
+        let Ok(rd) = fs::read_dir(&dir) else { return Vec::new() };
+        let mut out = Vec::new();
+        for e in rd.flatten() {
+            let meta_path = e.path();
+            let Some(name) = meta_path.file_name().and_then(|n| n.to_str()) else { continue };
+            let Some(stem) = name.strip_suffix(".part.meta") else { continue };
+            let path = dir.join(format!("{stem}.part"));
+            match (fs::read(&meta_path), path.is_file()) {
+                (Ok(meta), true) => out.push(super::Partial { path, meta, meta_path }),
+                // Its file was finished or given up: the description is stale.
+                _ => {
+                    let _ = fs::remove_file(&meta_path);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        out
     }
 
     fn put(&self, key: &str, data: &[u8]) -> Result<Stored, StorageError> {
@@ -142,6 +172,8 @@ struct FsFile {
     path: PathBuf,
     root: PathBuf,
     written: u64,
+    /// The description kept beside the file while it is written.
+    meta: Option<PathBuf>,
 }
 
 /// Writes every chunk with as few writev calls as possible.
@@ -188,7 +220,7 @@ impl FileWriter for FsFile {
     }
 
     fn finish(self: Box<Self>, key: &str, fin: Finalize<'_>) -> Result<Stored, StorageError> {
-        let FsFile { file, path, root, written } = *self;
+        let FsFile { file, path, root, written, meta } = *self;
         let store = FsStorage { root };
         let size;
         let staged;
@@ -237,11 +269,21 @@ impl FileWriter for FsFile {
         if let Some(dir) = dest.parent() {
             sync_dir(dir);
         }
+        if let Some(m) = meta {
+            let _ = fs::remove_file(m);
+        }
         Ok(Stored { key, size, location: dest.display().to_string(), etag: None, pending: false })
     }
 
     fn abort(self: Box<Self>) {
         let _ = fs::remove_file(&self.path);
+        if let Some(m) = &self.meta {
+            let _ = fs::remove_file(m);
+        }
+    }
+
+    fn as_any(&mut self) -> &mut dyn std::any::Any {
+        self
     }
 }
 

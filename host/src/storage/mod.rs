@@ -37,6 +37,22 @@ pub struct UploadEvent {
     pub result: Result<Stored, String>,
 }
 
+/// A file left unfinished: its bytes so far at `path`, what it was in `meta`. Removing it
+/// (after recovery) is [`Partial::discard`].
+#[derive(Clone, Debug)]
+pub struct Partial {
+    pub path: std::path::PathBuf,
+    pub meta: Vec<u8>,
+    pub meta_path: std::path::PathBuf,
+}
+
+impl Partial {
+    pub fn discard(&self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(&self.meta_path);
+    }
+}
+
 /// Where an object can be read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Located {
@@ -81,6 +97,16 @@ pub trait Storage: Send + Sync {
     fn get(&self, key: &str, max_bytes: u64) -> Result<Option<Vec<u8>>, StorageError>;
     /// Where to read the object at `key` from: a local file, or a URL valid for `valid`.
     fn locate(&self, key: &str, valid: std::time::Duration) -> Result<Option<Located>, StorageError>;
+    /// Like [`Storage::create`], keeping `meta` beside the file while it is written, so that
+    /// a file a crash left unfinished can be told what it was ([`Storage::partials`]).
+    fn create_described(&self, hint: &str, meta: &[u8]) -> Result<Box<dyn FileWriter>, StorageError> {
+        let _ = meta;
+        self.create(hint)
+    }
+    /// Files left unfinished (by a crash), with the `meta` they were created with.
+    fn partials(&self) -> Vec<Partial> {
+        Vec::new()
+    }
     /// Registers who hears of later uploads from the spool (object storage only).
     fn on_upload(&self, listener: UploadListener) {
         let _ = listener;
@@ -96,6 +122,8 @@ pub trait FileWriter: Send + Sync {
     fn finish(self: Box<Self>, key: &str, fin: Finalize<'_>) -> Result<Stored, StorageError>;
     /// Gives the file up (nothing was worth keeping).
     fn abort(self: Box<Self>);
+    /// For storages wrapping one another.
+    fn as_any(&mut self) -> &mut dyn std::any::Any;
 }
 
 /// Checks a storage key: relative, no `..`, no empty components, no NUL or backslash.

@@ -335,6 +335,20 @@ impl Storage for S3Storage {
         Ok(Box::new(S3File { local, inner: self.inner.clone() }))
     }
 
+    fn create_described(&self, hint: &str, meta: &[u8]) -> Result<Box<dyn FileWriter>, StorageError> {
+        let used = self.inner.spooled_bytes();
+        if used >= self.inner.spool_max {
+            metrics::counter!("reel_spool_full_total").increment(1);
+            return Err(StorageError::SpoolFull { storage: self.inner.name.clone(), used, max: self.inner.spool_max });
+        }
+        let local = self.inner.spool.create_described(hint, meta)?;
+        Ok(Box::new(S3File { local, inner: self.inner.clone() }))
+    }
+
+    fn partials(&self) -> Vec<super::Partial> {
+        self.inner.spool.partials()
+    }
+
     fn put(&self, key: &str, data: &[u8]) -> Result<Stored, StorageError> {
         let path = self.inner.path(key)?;
         let payload = PutPayload::from(Bytes::copy_from_slice(data));
@@ -419,5 +433,9 @@ impl FileWriter for S3File {
 
     fn abort(self: Box<Self>) {
         self.local.abort();
+    }
+
+    fn as_any(&mut self) -> &mut dyn std::any::Any {
+        self
     }
 }

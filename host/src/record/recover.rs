@@ -1,0 +1,195 @@
+//! Recovery at start: files a crash (SIGKILL, power loss) left unfinished are finished, stored
+//! under the names they would have had, catalogued and announced.
+//!
+//! While a file is written its storage keeps a description beside it ([`Meta`], written when
+//! the file is created). At start every storage lists what is left ([`Storage::partials`]); an
+//! FLV gets its index rebuilt (a torn last tag is dropped), a fragmented MP4 becomes a
+//! faststart MP4 of every complete fragment, an ADTS AAC file is kept as written. Its end is
+//! the time of its last write. An unfinished HLS segment is not recovered (its playlist, with
+//! the segments stored before it, stays where it was).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Recorder, Runtime};
+use crate::catalog::{new_id, Recording};
+use crate::config::Format;
+use crate::policy::{random_id, FileInfo, StreamInfo};
+use crate::storage::{Finalize, Partial, Storage};
+
+/// What an unfinished file is (JSON beside it).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Meta {
+    pub domain: String,
+    pub app: String,
+    pub stream: String,
+    #[serde(default)]
+    pub params: Vec<(String, String)>,
+    pub session_id: String,
+    pub task_id: Option<String>,
+    pub template: String,
+    pub format: Format,
+    pub seq: u32,
+    pub start_ms: u64,
+    pub video_codec: Option<String>,
+    pub audio_codec: Option<String>,
+}
+
+/// One recovered file, ready to catalog and announce.
+struct Recovered {
+    meta: Meta,
+    info: StreamInfo,
+    file: FileInfo,
+    storage: String,
+}
+
+fn mtime_ms(path: &Path) -> Option<u64> {
+    let t = std::fs::metadata(path).ok()?.modified().ok()?;
+    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as u64)
+}
+
+/// Finishes one file; `Ok(None)` when there was nothing to keep.
+fn recover_one(rt: &Runtime, name: &str, storage: &Arc<dyn Storage>, p: &Partial) -> Result<Option<Recovered>, String> {
+    let meta: Meta = serde_json::from_slice(&p.meta).map_err(|e| format!("unreadable description: {e}"))?;
+    let end_ms = mtime_ms(&p.path).unwrap_or(meta.start_ms).max(meta.start_ms);
+    let mut scratch: Option<PathBuf> = None;
+    let source = match meta.format {
+        Format::Hls => {
+            tracing::warn!(file = %p.path.display(), "an unfinished HLS segment is not recovered");
+            return Ok(None);
+        }
+        Format::Aac => p.path.clone(),
+        Format::Flv | Format::Mp4 => {
+            let out = p.path.with_extension(format!("recovered.{}", meta.format.extension()));
+            super::remux::recover(&p.path, &out).map_err(|e| {
+                let mut s = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(x) = src {
+                    s = format!("{s}: {x}");
+                    src = x.source();
+                }
+                s
+            })?;
+            scratch = Some(out.clone());
+            out
+        }
+    };
+    let data = std::fs::read(&source).map_err(|e| format!("reading {}: {e}", source.display()))?;
+    if data.is_empty() {
+        return Ok(None);
+    }
+    let info = StreamInfo {
+        domain: meta.domain.clone(),
+        app: meta.app.clone(),
+        name: meta.stream.clone(),
+        params: meta.params.clone(),
+        video_codec: meta.video_codec.clone(),
+        audio_codec: meta.audio_codec.clone(),
+        started_at_ms: meta.start_ms,
+    };
+    let mut file = FileInfo {
+        container: meta.format,
+        sequence: meta.seq,
+        start_ms: meta.start_ms,
+        end_ms,
+        size: data.len() as u64,
+        duration_ms: end_ms - meta.start_ms,
+        key: String::new(),
+        session_id: meta.session_id.clone(),
+        task_id: meta.task_id.clone(),
+        random_id: random_id(),
+    };
+    let policy = match rt.config.template.get(&meta.template) {
+        Some(t) => rt.policy_for(t),
+        None => rt.policy.clone(),
+    };
+    let key = policy.name_file(&info, &file);
+    let hint = format!("recovered-{}.{}", std::process::id(), meta.format.extension());
+    let mut w = storage.create(&hint).map_err(|e| e.to_string())?;
+    w.write(&[data.into()]).map_err(|e| e.to_string())?;
+    let stored = w.finish(&key, Finalize::default()).map_err(|e| e.to_string())?;
+    if let Some(s) = scratch {
+        let _ = std::fs::remove_file(s);
+    }
+    file.key = stored.key.clone();
+    file.size = stored.size;
+    tracing::info!(storage = %name, key = %stored.key, bytes = stored.size, from = %p.path.display(), "recovered an unfinished file");
+    Ok(Some(Recovered { meta, info, file, storage: name.to_string() }))
+}
+
+impl Recorder {
+    /// Finishes, stores, catalogues and announces every file a crash left unfinished, on every
+    /// storage; returns how many were recovered. Run at start, before publishers arrive.
+    pub async fn recover_partials(&self) -> usize {
+        let rt = self.runtime();
+        let mut recovered = 0;
+        for (name, storage) in &rt.storages {
+            let (rt2, name2, st) = (rt.clone(), name.clone(), storage.clone());
+            let done = tokio::task::spawn_blocking(move || {
+                let mut done = Vec::new();
+                for p in st.partials() {
+                    match recover_one(&rt2, &name2, &st, &p) {
+                        Ok(r) => {
+                            p.discard();
+                            done.extend(r);
+                        }
+                        Err(e) => {
+                            // Kept for `reel recover` by hand; not tried again at every start.
+                            tracing::error!(file = %p.path.display(), "cannot recover: {e}");
+                            let _ = std::fs::remove_file(&p.meta_path);
+                        }
+                    }
+                }
+                done
+            })
+            .await
+            .unwrap_or_default();
+            for r in done {
+                recovered += 1;
+                metrics::counter!("reel_files_recovered_total").increment(1);
+                if let Some(catalog) = self.catalog() {
+                    let row = Recording {
+                        id: new_id(),
+                        domain: r.meta.domain.clone(),
+                        app: r.meta.app.clone(),
+                        stream: r.meta.stream.clone(),
+                        format: r.meta.format.name().into(),
+                        storage: r.storage.clone(),
+                        key: r.file.key.clone(),
+                        size: r.file.size,
+                        duration_ms: r.file.duration_ms,
+                        first_ts_ms: 0,
+                        last_ts_ms: r.file.duration_ms as i64,
+                        start_ms: r.file.start_ms as i64,
+                        end_ms: r.file.end_ms as i64,
+                        session_id: r.meta.session_id.clone(),
+                        task_id: r.meta.task_id.clone(),
+                        template: r.meta.template.clone(),
+                        node_id: catalog.node_id().into(),
+                        video_codec: r.meta.video_codec.clone(),
+                        audio_codec: r.meta.audio_codec.clone(),
+                        failed: true,
+                        etag: None,
+                        upload_state: "stored".into(),
+                    };
+                    if let Err(e) = catalog.insert_recording(&row).await {
+                        tracing::error!(key = %row.key, error = &e as &dyn std::error::Error, "recovered file not catalogued");
+                    }
+                }
+                if let Some(n) = &rt.notifier {
+                    let policy = match rt.config.template.get(&r.meta.template) {
+                        Some(t) => rt.policy_for(t),
+                        None => rt.policy.clone(),
+                    };
+                    n.file_finished(&*policy, &r.info, &r.file);
+                }
+            }
+        }
+        if recovered > 0 {
+            tracing::info!(files = recovered, "recovered files left unfinished by the last run");
+        }
+        recovered
+    }
+}
