@@ -339,6 +339,38 @@ const RECORDING_COLUMNS: &str = "id, domain, app, stream, format, storage, objec
 const TASK_COLUMNS: &str =
     "id, domain, app, stream, start_ms, end_ms, template, note, status, reason, node_id, created_ms, updated_ms";
 
+/// The statement that adds `r`.
+fn insert(r: &Recording) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
+    sqlx::query(
+        "INSERT INTO recordings (id, domain, app, stream, format, storage, object_key, size, duration_ms, \
+         first_ts_ms, last_ts_ms, start_ms, end_ms, session_id, task_id, template, node_id, video_codec, \
+         audio_codec, failed, etag, upload_state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+         $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
+    )
+    .bind(&r.id)
+    .bind(&r.domain)
+    .bind(&r.app)
+    .bind(&r.stream)
+    .bind(&r.format)
+    .bind(&r.storage)
+    .bind(&r.key)
+    .bind(r.size.min(i64::MAX as u64) as i64)
+    .bind(r.duration_ms.min(i64::MAX as u64) as i64)
+    .bind(r.first_ts_ms)
+    .bind(r.last_ts_ms)
+    .bind(r.start_ms)
+    .bind(r.end_ms)
+    .bind(&r.session_id)
+    .bind(r.task_id.as_deref())
+    .bind(&r.template)
+    .bind(&r.node_id)
+    .bind(r.video_codec.as_deref())
+    .bind(r.audio_codec.as_deref())
+    .bind(i64::from(r.failed))
+    .bind(r.etag.as_deref())
+    .bind(&r.upload_state)
+}
+
 impl Catalog {
     /// Opens (creating when needed) the catalog `config` names, the SQLite file in `data_dir`
     /// by default, and applies pending migrations.
@@ -403,36 +435,7 @@ impl Catalog {
     // ---- recordings ----
 
     pub async fn insert_recording(&self, r: &Recording) -> Result<(), CatalogError> {
-        sqlx::query(
-            "INSERT INTO recordings (id, domain, app, stream, format, storage, object_key, size, duration_ms, \
-             first_ts_ms, last_ts_ms, start_ms, end_ms, session_id, task_id, template, node_id, video_codec, \
-             audio_codec, failed, etag, upload_state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-             $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
-        )
-        .bind(&r.id)
-        .bind(&r.domain)
-        .bind(&r.app)
-        .bind(&r.stream)
-        .bind(&r.format)
-        .bind(&r.storage)
-        .bind(&r.key)
-        .bind(r.size.min(i64::MAX as u64) as i64)
-        .bind(r.duration_ms.min(i64::MAX as u64) as i64)
-        .bind(r.first_ts_ms)
-        .bind(r.last_ts_ms)
-        .bind(r.start_ms)
-        .bind(r.end_ms)
-        .bind(&r.session_id)
-        .bind(r.task_id.as_deref())
-        .bind(&r.template)
-        .bind(&r.node_id)
-        .bind(r.video_codec.as_deref())
-        .bind(r.audio_codec.as_deref())
-        .bind(i64::from(r.failed))
-        .bind(r.etag.as_deref())
-        .bind(&r.upload_state)
-        .execute(&self.pool)
-        .await?;
+        insert(r).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -440,36 +443,7 @@ impl Catalog {
     pub async fn insert_recordings(&self, rows: &[Recording]) -> Result<(), CatalogError> {
         let mut tx = self.pool.begin().await?;
         for r in rows {
-            sqlx::query(
-                "INSERT INTO recordings (id, domain, app, stream, format, storage, object_key, size, duration_ms, \
-                 first_ts_ms, last_ts_ms, start_ms, end_ms, session_id, task_id, template, node_id, video_codec, \
-                 audio_codec, failed, etag, upload_state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-                 $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
-            )
-            .bind(&r.id)
-            .bind(&r.domain)
-            .bind(&r.app)
-            .bind(&r.stream)
-            .bind(&r.format)
-            .bind(&r.storage)
-            .bind(&r.key)
-            .bind(r.size as i64)
-            .bind(r.duration_ms as i64)
-            .bind(r.first_ts_ms)
-            .bind(r.last_ts_ms)
-            .bind(r.start_ms)
-            .bind(r.end_ms)
-            .bind(&r.session_id)
-            .bind(r.task_id.as_deref())
-            .bind(&r.template)
-            .bind(&r.node_id)
-            .bind(r.video_codec.as_deref())
-            .bind(r.audio_codec.as_deref())
-            .bind(i64::from(r.failed))
-            .bind(r.etag.as_deref())
-            .bind(&r.upload_state)
-            .execute(&mut *tx)
-            .await?;
+            insert(r).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
