@@ -187,6 +187,12 @@ fn record_now_on_an_unrecorded_stream_overlapping_tasks_and_stop_within_a_second
     assert_eq!(recordings(&reel, "stream=cam").len(), 2);
     // Nothing else recorded the stream.
     assert_eq!(files(&reel.recordings(), "flv").len(), 2);
+    // A publish again before end_time records into the same task, a new file.
+    ffmpeg_publish(&fixture("tasks-again", 3, true, true), &reel.url("live", "cam"), false);
+    wait_for(&reel, &format!("/v1/record-tasks/{second}"), Duration::from_secs(10), |v| {
+        v["files"].as_array().unwrap().len() == 2
+    });
+    assert_eq!(recordings(&reel, &format!("task_id={first}")).len(), 1, "a stopped task records no more");
 }
 
 #[test]
