@@ -417,7 +417,7 @@ fn recordings_are_served_with_ranges_and_retention_deletes_only_what_expired() {
 fn files_a_sigkill_left_unfinished_are_recovered_at_the_next_start() {
     let src = fixture("sigkill", 8, true, true);
     let config = format!(
-        "{STORAGE}\n[template.three]\nformats = [\"flv\", \"mp4\", \"aac\"]\nstorage = \"local\"\n[[rule]]\ntemplate = \"three\"\n"
+        "{STORAGE}\n[template.three]\nformats = [\"flv\", \"mp4\", \"aac\", \"hls\"]\nhls_segment = \"2s\"\nstorage = \"local\"\n[[rule]]\ntemplate = \"three\"\n"
     );
     let mut reel = Reel::start("sigkill", &config);
     let url = reel.url("live", "cam");
@@ -440,7 +440,7 @@ fn files_a_sigkill_left_unfinished_are_recovered_at_the_next_start() {
 
     let reel = Reel::start_in(dir, &config);
     let v = wait_for(&reel, "/v1/recordings?stream=cam", Duration::from_secs(20), |v| {
-        v["recordings"].as_array().unwrap().len() == 3
+        v["recordings"].as_array().unwrap().len() == 4
     });
     for r in v["recordings"].as_array().unwrap() {
         let file = path_of(&reel, r);
@@ -451,4 +451,7 @@ fn files_a_sigkill_left_unfinished_are_recovered_at_the_next_start() {
     }
     assert!(reel.log_text().contains("recovered an unfinished file"));
     assert!(files(&reel.recordings().join(".partial"), "part").is_empty());
+    let playlists = files(&reel.recordings(), "m3u8");
+    assert_eq!(playlists.len(), 1, "the live playlist gave way to the final one: {playlists:?}");
+    assert!(std::fs::read_to_string(&playlists[0]).unwrap().contains("#EXT-X-ENDLIST"));
 }

@@ -5,17 +5,21 @@
 //! the file is created). At start every storage lists what is left ([`Storage::partials`]); an
 //! FLV gets its index rebuilt (a torn last tag is dropped), a fragmented MP4 becomes a
 //! faststart MP4 of every complete fragment, an ADTS AAC file is kept as written. Its end is
-//! the time of its last write. An unfinished HLS segment is not recovered (its playlist, with
-//! the segments stored before it, stays where it was).
+//! the time of its last write. An unfinished HLS segment is cut to whole TS packets and stored
+//! as its playlist's last segment; the playlist gets `#EXT-X-ENDLIST` and its final name. (A
+//! crash between two segments, before the next one wrote anything, leaves the playlist as it
+//! was, without `#EXT-X-ENDLIST`.)
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::output::{rebase_playlist, relative_uri, segment_key};
 use super::{Recorder, Runtime};
 use crate::catalog::{new_id, Recording};
 use crate::config::Format;
+use crate::mux::hls::{Playlist, Segment};
 use crate::policy::{random_id, FileInfo, StreamInfo};
 use crate::storage::{Finalize, Partial, Storage};
 
@@ -35,6 +39,19 @@ pub struct Meta {
     pub start_ms: u64,
     pub video_codec: Option<String>,
     pub audio_codec: Option<String>,
+    /// An HLS segment's playlist.
+    #[serde(default)]
+    pub playlist: Option<PlaylistMeta>,
+}
+
+/// The playlist an HLS segment belongs to, as it was when the segment opened.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PlaylistMeta {
+    /// Its key while recording (its segments' keys follow from it).
+    pub key: String,
+    pub seq: u32,
+    pub start_ms: u64,
+    pub target_secs: u64,
 }
 
 /// One recovered file, ready to catalog and announce.
@@ -56,10 +73,7 @@ fn recover_one(rt: &Runtime, name: &str, storage: &Arc<dyn Storage>, p: &Partial
     let end_ms = mtime_ms(&p.path).unwrap_or(meta.start_ms).max(meta.start_ms);
     let mut scratch: Option<PathBuf> = None;
     let source = match meta.format {
-        Format::Hls => {
-            tracing::warn!(file = %p.path.display(), "an unfinished HLS segment is not recovered");
-            return Ok(None);
-        }
+        Format::Hls => return recover_hls(rt, name, storage, p, meta, end_ms),
         Format::Aac => p.path.clone(),
         Format::Flv | Format::Mp4 => {
             let out = p.path.with_extension(format!("recovered.{}", meta.format.extension()));
@@ -116,6 +130,85 @@ fn recover_one(rt: &Runtime, name: &str, storage: &Arc<dyn Storage>, p: &Partial
     file.key = stored.key.clone();
     file.size = stored.size;
     tracing::info!(storage = %name, key = %stored.key, bytes = stored.size, from = %p.path.display(), "recovered an unfinished file");
+    Ok(Some(Recovered { meta, info, file, storage: name.to_string() }))
+}
+
+/// An unfinished HLS segment: cut to whole TS packets, stored as the playlist's next segment;
+/// the playlist gets it, `#EXT-X-ENDLIST` and its final name.
+fn recover_hls(
+    rt: &Runtime,
+    name: &str,
+    storage: &Arc<dyn Storage>,
+    p: &Partial,
+    meta: Meta,
+    end_ms: u64,
+) -> Result<Option<Recovered>, String> {
+    let pl = meta.playlist.clone().ok_or("an HLS segment without its playlist")?;
+    let mut data = std::fs::read(&p.path).map_err(|e| format!("reading {}: {e}", p.path.display()))?;
+    data.truncate(data.len() / 188 * 188);
+    let mut playlist = match storage.get(&pl.key, 16 << 20).map_err(|e| e.to_string())? {
+        Some(text) => Playlist::parse(&String::from_utf8_lossy(&text)).map_err(|e| e.to_string())?,
+        None => Playlist::new(pl.target_secs),
+    };
+    let mut bytes = 0;
+    if !data.is_empty() {
+        let hint = format!("recovered-{}.ts", std::process::id());
+        let mut w = storage.create(&hint).map_err(|e| e.to_string())?;
+        w.write(&[data.into()]).map_err(|e| e.to_string())?;
+        let seg = w.finish(&segment_key(&pl.key, meta.seq), Finalize::default()).map_err(|e| e.to_string())?;
+        bytes += seg.size;
+        // Its length is what the wall clock saw, within the playlist's target.
+        let wall = end_ms.saturating_sub(meta.start_ms) as f64 / 1000.0;
+        let target = pl.target_secs.max(playlist.target_duration) as f64;
+        playlist.segments.push(Segment {
+            uri: relative_uri(&pl.key, &seg.key),
+            duration_secs: if target > 0.0 { wall.min(target) } else { wall },
+            program_date_time_ms: Some(meta.start_ms),
+            discontinuity: false,
+        });
+    }
+    if playlist.segments.is_empty() {
+        return Ok(None);
+    }
+    let info = StreamInfo {
+        domain: meta.domain.clone(),
+        app: meta.app.clone(),
+        name: meta.stream.clone(),
+        params: meta.params.clone(),
+        video_codec: meta.video_codec.clone(),
+        audio_codec: meta.audio_codec.clone(),
+        started_at_ms: pl.start_ms,
+    };
+    let duration_ms = (playlist.duration_secs() * 1000.0) as u64;
+    let mut file = FileInfo {
+        container: Format::Hls,
+        sequence: pl.seq,
+        start_ms: pl.start_ms,
+        end_ms,
+        size: 0,
+        duration_ms,
+        key: String::new(),
+        session_id: meta.session_id.clone(),
+        task_id: meta.task_id.clone(),
+        random_id: random_id(),
+    };
+    let policy = match rt.config.template.get(&meta.template) {
+        Some(t) => rt.policy_for(t),
+        None => rt.policy.clone(),
+    };
+    let key = policy.name_file(&info, &file);
+    let mut done = rebase_playlist(&playlist, &pl.key, &key);
+    done.ended = true;
+    let hint = format!("recovered-{}.m3u8", std::process::id());
+    let mut w = storage.create(&hint).map_err(|e| e.to_string())?;
+    w.write(&[done.render().into()]).map_err(|e| e.to_string())?;
+    let stored = w.finish(&key, Finalize::default()).map_err(|e| e.to_string())?;
+    if stored.key != pl.key {
+        storage.delete(&pl.key).map_err(|e| e.to_string())?;
+    }
+    file.key = stored.key.clone();
+    file.size = bytes + stored.size;
+    tracing::info!(storage = %name, key = %stored.key, segments = done.segments.len(), from = %p.path.display(), "recovered an unfinished file");
     Ok(Some(Recovered { meta, info, file, storage: name.to_string() }))
 }
 

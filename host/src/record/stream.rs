@@ -48,7 +48,13 @@ struct Ctx {
 impl Ctx {
     /// What an unfinished file is, kept beside it for recovery after a crash
     /// ([`super::recover`]).
-    fn describe(&self, format: Format, seq: u32, start_ms: u64) -> Vec<u8> {
+    fn describe(
+        &self,
+        format: Format,
+        seq: u32,
+        start_ms: u64,
+        playlist: Option<super::recover::PlaylistMeta>,
+    ) -> Vec<u8> {
         let meta = super::recover::Meta {
             domain: self.info.domain.clone(),
             app: self.info.app.clone(),
@@ -62,6 +68,7 @@ impl Ctx {
             start_ms,
             video_codec: self.info.video_codec.clone(),
             audio_codec: self.info.audio_codec.clone(),
+            playlist,
         };
         serde_json::to_vec(&meta).unwrap_or_default()
     }
@@ -150,6 +157,8 @@ struct Slot {
     storage_name: String,
     /// Wall-clock start of the open file (HLS: playlist).
     file_start_ms: u64,
+    /// Sequence number of the open file (HLS: playlist).
+    file_seq: u32,
     /// Frames a muxer refused so far (logged sparingly).
     skipped: u64,
 }
@@ -198,6 +207,7 @@ impl StreamTask {
                     storage: storage.clone(),
                     storage_name: template.storage.clone(),
                     file_start_ms: 0,
+                    file_seq: 0,
                     skipped: 0,
                 });
             }
@@ -317,8 +327,15 @@ impl StreamTask {
             return;
         }
         let (create, seq, opened_ms) = (body.writer.is_none(), body.seq, body.opened_ms);
+        let slot = &self.slots[i];
+        let playlist = slot.out.hls.as_ref().and_then(|h| h.live_key.clone()).map(|key| super::recover::PlaylistMeta {
+            key,
+            seq: slot.file_seq,
+            start_ms: slot.file_start_ms,
+            target_secs: slot.out.hls.as_ref().map_or(0, |h| h.playlist.target_duration),
+        });
         let hint = create.then(|| self.hint(format));
-        let meta = create.then(|| self.ctx.describe(format, seq, opened_ms));
+        let meta = create.then(|| self.ctx.describe(format, seq, opened_ms, playlist));
         let slot = &mut self.slots[i];
         let Some(body) = &mut slot.out.body else { return };
         let chunks = body.take_pending();
@@ -362,6 +379,7 @@ impl StreamTask {
                 Event::Opened { seq } => {
                     let now = now_ms();
                     self.slots[i].file_start_ms = now;
+                    self.slots[i].file_seq = seq;
                     if let Some(hls) = &mut self.slots[i].out.hls {
                         // While recording, the playlist sits at the name its start gives.
                         let fi = self.ctx.file_info(Format::Hls, seq, now, now);
