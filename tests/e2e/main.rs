@@ -5,6 +5,7 @@ mod bench;
 mod browser;
 mod common;
 mod config_errors;
+mod disk_full;
 mod errors;
 mod flv_record;
 mod formats;

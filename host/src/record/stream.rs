@@ -443,7 +443,9 @@ impl StreamTask {
                     }
                 },
             };
-            let mut rewrite = rewrite;
+            // A file whose writing failed keeps what it has: its index would describe frames
+            // that are not there.
+            let mut rewrite = if body.write_failed { None } else { rewrite };
             if !body.write_failed {
                 if let Err(e) = w.write(&body.pending) {
                     tracing::error!(%stream, error = &e as &dyn std::error::Error, "write failed at close");

@@ -210,9 +210,19 @@ fn write_all_vectored(file: &mut File, chunks: &[Bytes]) -> io::Result<u64> {
 
 impl FileWriter for FsFile {
     fn write(&mut self, chunks: &[Bytes]) -> Result<(), StorageError> {
-        let n = write_all_vectored(&mut self.file, chunks).map_err(io_err("write", &self.path))?;
-        self.written += n;
-        Ok(())
+        match write_all_vectored(&mut self.file, chunks) {
+            Ok(n) => {
+                self.written += n;
+                Ok(())
+            }
+            Err(e) => {
+                // A write cut short (a full disk) must not leave half a frame behind: the file
+                // goes back to its last whole write.
+                let _ = self.file.set_len(self.written);
+                let _ = self.file.seek(SeekFrom::Start(self.written));
+                Err(io_err("write", &self.path)(e))
+            }
+        }
     }
 
     fn written(&self) -> u64 {
