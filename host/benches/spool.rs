@@ -58,6 +58,7 @@ async fn main() {
         path_style: true,
         prefix: String::new(),
         spool_max_bytes: u64::MAX,
+        request_timeout: reel::config::Duration::from_millis(30_000),
     };
     let t = Instant::now();
     let storage = reel::storage::open("vod", &cfg, &data_dir).expect("open S3 storage");

@@ -158,3 +158,36 @@ fn wrong_credentials_are_reported_and_not_retried() {
     let spool = reel.dir.join("reel-data/spool/bucket");
     assert_eq!(files(&spool, "flv").len(), 1, "{rows:#?}");
 }
+
+#[test]
+fn an_object_storage_that_never_answers_stalls_no_recording() {
+    // Accepts connections and never answers: every request runs into its deadline.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = hole.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in hole.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let src = fixture("s3-blackhole", 8, true, true);
+    let reel = Reel::start(
+        "s3-blackhole",
+        &format!(
+            "[storage.bucket]\nkind = \"s3\"\nendpoint = \"http://127.0.0.1:{port}\"\nbucket = \"b\"\n\
+             access_key = \"k\"\nsecret_key = \"s\"\nrequest_timeout = \"1s\"\n\
+             [template.t]\nformats = [\"flv\", \"hls\"]\nhls_segment = \"2s\"\nstorage = \"bucket\"\n[[rule]]\ntemplate = \"t\"\n"
+        ),
+    );
+    ffmpeg_publish(&src, &reel.url("live", "cam"), true);
+    let rows = wait_rows(&reel, "cam", 2, "spooled", Duration::from_secs(30));
+    let log = reel.log_text();
+    assert!(!log.contains("fell behind"), "{log}");
+    assert!(log.contains("files wait in the spool"), "{log}");
+    let spool = reel.dir.join("reel-data/spool/bucket");
+    let flv = files(&spool, "flv");
+    assert_eq!(flv.len(), 1, "{rows:#?}");
+    assert_eq!(decode_errors(&flv[0]), "");
+    assert!(reel_test_support::ffmpeg::format_seconds(&flv[0], "duration") > 7.5);
+    assert!(files(&spool, "ts").len() >= 4, "every HLS segment is kept: {:?}", files(&spool, "ts"));
+}

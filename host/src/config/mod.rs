@@ -225,6 +225,14 @@ pub struct Storage {
     /// `data_dir/spool/NAME`; when full, recordings to this storage end with an error.
     #[serde(default = "default_spool_max", deserialize_with = "plugins::de_bytes")]
     pub spool_max_bytes: u64,
+    /// s3: longest wait for one request (an upload part, a playlist); a slower object storage
+    /// is treated as down and files go to the spool until it answers again.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: Duration,
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_millis(30_000)
 }
 
 fn default_region() -> String {
@@ -269,6 +277,9 @@ impl Storage {
                     if !(e.starts_with("http://") || e.starts_with("https://")) {
                         p.push(format!("storage.{name}.endpoint = {e:?} must start with http:// or https://"));
                     }
+                }
+                if self.request_timeout.as_millis() < 100 {
+                    p.push(format!("storage.{name}.request_timeout must be at least 100ms"));
                 }
                 if self.prefix.starts_with('/') || self.prefix.contains("..") {
                     p.push(format!("storage.{name}.prefix must be relative, without '..'"));

@@ -204,7 +204,9 @@ fn recover_hls(
     w.write(&[done.render().into()]).map_err(|e| e.to_string())?;
     let stored = w.finish(&key, Finalize::default()).map_err(|e| e.to_string())?;
     if stored.key != pl.key {
-        storage.delete(&pl.key).map_err(|e| e.to_string())?;
+        if let Err(e) = storage.delete(&pl.key) {
+            tracing::warn!(key = %pl.key, error = &e as &dyn std::error::Error, "live playlist not removed");
+        }
     }
     file.key = stored.key.clone();
     file.size = bytes + stored.size;

@@ -554,7 +554,10 @@ impl StreamTask {
                 w.finish(&key, Finalize::default())?
             };
             if stored.key != live {
-                storage.delete(&live)?;
+                // The final playlist is stored: a live one left behind is not worth failing it.
+                if let Err(e) = storage.delete(&live) {
+                    tracing::warn!(key = %live, error = &e as &dyn std::error::Error, "live playlist not removed");
+                }
             }
             Ok::<_, StorageError>(stored)
         })

@@ -33,8 +33,7 @@ use crate::config;
 const PART_BYTES: usize = 8 << 20;
 /// Parts in flight at once per upload.
 const PARTS_IN_FLIGHT: usize = 4;
-/// Longest wait for one request; a slower S3 sends the file to the spool.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for a connection (the request itself: `request_timeout`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the spool is looked at; after failures the wait doubles up to the maximum.
 const SPOOL_POLL: Duration = Duration::from_secs(1);
@@ -58,6 +57,9 @@ struct Inner {
     listener: Mutex<Option<UploadListener>>,
     /// Keys whose upload failed for good (wrong credentials): left until the next start.
     refused: Mutex<HashSet<String>>,
+    /// The object storage failed (unreachable, slow, 5xx): closes spool at once instead of
+    /// waiting on it, until the uploader gets through again.
+    down: std::sync::atomic::AtomicBool,
 }
 
 /// Spool files being uploaded now, over every storage of the process (a reload makes a new
@@ -88,14 +90,14 @@ impl S3Storage {
             .with_virtual_hosted_style_request(!cfg.path_style)
             .with_client_options(
                 ClientOptions::new()
-                    .with_timeout(REQUEST_TIMEOUT)
-                    .with_connect_timeout(CONNECT_TIMEOUT)
+                    .with_timeout(cfg.request_timeout.std())
+                    .with_connect_timeout(CONNECT_TIMEOUT.min(cfg.request_timeout.std()))
                     .with_allow_http(cfg.endpoint.as_deref().is_some_and(|e| e.starts_with("http://"))),
             )
             .with_retry(RetryConfig {
                 backoff: BackoffConfig::default(),
                 max_retries: 2,
-                retry_timeout: Duration::from_secs(15),
+                retry_timeout: cfg.request_timeout.std(),
             });
         let base_url = match &cfg.endpoint {
             Some(e) => {
@@ -118,6 +120,7 @@ impl S3Storage {
             rt: rt.clone(),
             listener: Mutex::new(None),
             refused: Mutex::new(HashSet::new()),
+            down: std::sync::atomic::AtomicBool::new(false),
         });
         rt.spawn(drain_spool(Arc::downgrade(&inner)));
         Ok(Self { inner })
@@ -208,7 +211,25 @@ impl Inner {
     }
 
     /// Uploads a finished spool file now, or leaves it for the uploader.
+    fn is_down(&self) -> bool {
+        self.down.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set_down(&self, down: bool) {
+        let was = self.down.swap(down, std::sync::atomic::Ordering::Relaxed);
+        if was != down {
+            if down {
+                tracing::warn!(storage = %self.name, "object storage unreachable or failing: files wait in the spool");
+            } else {
+                tracing::info!(storage = %self.name, "object storage answers again: uploading the spool");
+            }
+        }
+    }
+
     fn send(&self, local: &Path, key: &str, size: u64) -> Stored {
+        if self.is_down() {
+            return self.stored(key.into(), size, None, true);
+        }
         let claimed = in_flight().lock().unwrap_or_else(|e| e.into_inner()).insert(local.to_path_buf());
         if !claimed {
             return self.stored(key.into(), size, None, true);
@@ -219,6 +240,9 @@ impl Inner {
             Ok((key, size, etag)) => self.stored(key, size, etag, false),
             Err(e) => {
                 let permanent = matches!(e, StorageError::Remote { permanent: true, .. });
+                if !permanent {
+                    self.set_down(true);
+                }
                 tracing::warn!(storage = %self.name, %key, permanent, error = &e as &dyn std::error::Error,
                     "upload failed; the file waits in the spool");
                 // The uploader tries it again shortly (after the file's catalog entry exists)
@@ -294,6 +318,7 @@ async fn drain_spool(inner: Weak<Inner>) {
             in_flight().lock().unwrap_or_else(|e| e.into_inner()).remove(&local);
             match r {
                 Ok((stored_key, size, etag)) => {
+                    s.set_down(false);
                     tracing::info!(storage = %s.name, key = %stored_key, bytes = size, "spooled file uploaded");
                     metrics::counter!("reel_spool_uploaded_total").increment(1);
                     s.tell(UploadEvent {
@@ -314,6 +339,7 @@ async fn drain_spool(inner: Weak<Inner>) {
                         });
                     } else {
                         // S3 is down: try again later, in order.
+                        s.set_down(true);
                         failed = true;
                         break;
                     }
@@ -352,14 +378,22 @@ impl Storage for S3Storage {
     fn put(&self, key: &str, data: &[u8]) -> Result<Stored, StorageError> {
         let path = self.inner.path(key)?;
         let payload = PutPayload::from(Bytes::copy_from_slice(data));
-        match self.inner.rt.block_on(self.inner.store.put(&path, payload)) {
+        let r = if self.inner.is_down() {
+            Err(object_store::Error::Generic { store: "S3", source: "the object storage is down".into() })
+        } else {
+            self.inner.rt.block_on(self.inner.store.put(&path, payload))
+        };
+        match r {
             Ok(r) => {
                 // A spooled older revision must not overwrite this one later.
                 let _ = self.inner.spool.delete(key);
                 Ok(self.inner.stored(key.into(), data.len() as u64, r.e_tag, false))
             }
             Err(e) => {
-                tracing::warn!(storage = %self.inner.name, %key, error = &e as &dyn std::error::Error, "put failed; spooled");
+                if !self.inner.is_down() && !is_permanent(&e) {
+                    self.inner.set_down(true);
+                }
+                tracing::debug!(storage = %self.inner.name, %key, error = &e as &dyn std::error::Error, "put failed; spooled");
                 let local = self.inner.spool.put(key, data)?;
                 Ok(self.inner.stored(local.key, data.len() as u64, None, true))
             }
