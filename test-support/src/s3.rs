@@ -57,7 +57,7 @@ impl S3Server {
             "-s3.port.lance=0",
             "-admin.ui=false",
             // Fixed, small volumes: the count does not depend on the disk's free space.
-            "-volume.max=8",
+            "-volume.max=32",
             "-master.volumeSizeLimitMB=64",
         ]
         .iter()
