@@ -33,6 +33,8 @@ use crate::config;
 const PART_BYTES: usize = 8 << 20;
 /// Parts in flight at once per upload.
 const PARTS_IN_FLIGHT: usize = 4;
+/// Spooled files the uploader sends at once.
+const FILES_IN_FLIGHT: usize = 4;
 /// Longest wait for a connection (the request itself: `request_timeout`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the spool is looked at; after failures the wait doubles up to the maximum.
@@ -307,15 +309,32 @@ async fn drain_spool(inner: Weak<Inner>) {
         let root = s.spool.root().to_path_buf();
         let files = tokio::task::spawn_blocking(move || spooled(&root)).await.unwrap_or_default();
         let mut failed = false;
-        for (_, local, key) in files {
-            if s.refused.lock().unwrap_or_else(|e| e.into_inner()).contains(&key) {
-                continue;
+        let mut running = tokio::task::JoinSet::new();
+        let mut files = files.into_iter().peekable();
+        loop {
+            // Oldest first, a few at a time; a playlist only once everything before it is up
+            // (it names those segments); after a failure nothing new starts.
+            while running.len() < FILES_IN_FLIGHT && !failed {
+                let playlist = files.peek().is_some_and(|(_, _, k)| k.ends_with(".m3u8"));
+                if playlist && !running.is_empty() {
+                    break;
+                }
+                let Some((_, local, key)) = files.next() else { break };
+                if s.refused.lock().unwrap_or_else(|e| e.into_inner()).contains(&key) {
+                    continue;
+                }
+                if !in_flight().lock().unwrap_or_else(|e| e.into_inner()).insert(local.clone()) {
+                    continue;
+                }
+                let s = s.clone();
+                running.spawn(async move {
+                    let r = s.upload(&local, &key).await;
+                    in_flight().lock().unwrap_or_else(|e| e.into_inner()).remove(&local);
+                    (key, r)
+                });
             }
-            if !in_flight().lock().unwrap_or_else(|e| e.into_inner()).insert(local.clone()) {
-                continue;
-            }
-            let r = s.upload(&local, &key).await;
-            in_flight().lock().unwrap_or_else(|e| e.into_inner()).remove(&local);
+            let Some(done) = running.join_next().await else { break };
+            let Ok((key, r)) = done else { continue };
             match r {
                 Ok((stored_key, size, etag)) => {
                     s.set_down(false);
@@ -341,7 +360,6 @@ async fn drain_spool(inner: Weak<Inner>) {
                         // S3 is down: try again later, in order.
                         s.set_down(true);
                         failed = true;
-                        break;
                     }
                 }
             }
