@@ -643,6 +643,19 @@ impl Catalog {
         Ok(r.rows_affected() > 0)
     }
 
+    /// This node still records task `id` (a heartbeat; it also takes the task over from a node
+    /// that stopped recording it).
+    pub async fn touch_task(&self, id: &str, now_ms: i64) -> Result<bool, CatalogError> {
+        let r =
+            sqlx::query("UPDATE record_tasks SET updated_ms = $1, node_id = $2 WHERE id = $3 AND status = 'recording'")
+                .bind(now_ms)
+                .bind(&self.node_id)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
     pub async fn delete_task(&self, id: &str) -> Result<bool, CatalogError> {
         let r = sqlx::query("DELETE FROM record_tasks WHERE id = $1").bind(id).execute(&self.pool).await?;
         Ok(r.rows_affected() > 0)

@@ -127,6 +127,10 @@ async fn task_states(c: &Catalog) {
     assert!(c.set_task_status("0001", TaskStatus::Recording, None, 5).await.unwrap());
     let t = c.task("0001").await.unwrap().unwrap();
     assert_eq!((t.status, t.node_id.as_deref(), t.updated_ms), (TaskStatus::Recording, Some("node-a"), 5));
+    // The recording node's heartbeat moves `updated_ms` (and the node) while it records.
+    assert!(c.touch_task("0001", 6).await.unwrap());
+    assert_eq!(c.task("0001").await.unwrap().unwrap().updated_ms, 6);
+    assert!(!c.touch_task("0002", 6).await.unwrap(), "only a recording task is touched");
     assert!(c.set_task_status("0001", TaskStatus::Stopped, None, 6).await.unwrap());
     // Stopped is final: a node that still believes it records cannot revive it.
     assert!(!c.set_task_status("0001", TaskStatus::Recording, None, 7).await.unwrap());

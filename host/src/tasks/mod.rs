@@ -23,6 +23,10 @@ use crate::record::{check_name, Recorder, StreamKey, TaskSource};
 /// How often each node reads the active tasks (the delay for a task created or stopped on
 /// another node of a fleet, and the precision of `end_time`).
 pub const REFRESH: Duration = Duration::from_millis(500);
+/// A node recording a task says so this often ([`Catalog::touch_task`])…
+pub const HEARTBEAT_MS: i64 = 5_000;
+/// …and a `recording` task not heard of for this long is `waiting` again (its node died).
+pub const STALE_MS: i64 = 15_000;
 /// Longest window of one task.
 pub const MAX_WINDOW_MS: i64 = 24 * 3600 * 1000;
 /// Latest start accepted, from now.
@@ -315,9 +319,15 @@ impl Tasks {
                     catalog.set_task_status(&t.id, TaskStatus::Failed, Some(&reason), now).await.map(|_| ())
                 } else if here && t.status != TaskStatus::Recording {
                     catalog.set_task_status(&t.id, TaskStatus::Recording, None, now).await.map(|_| ())
+                } else if here
+                    && (now - t.updated_ms >= HEARTBEAT_MS || t.node_id.as_deref() != Some(catalog.node_id()))
+                {
+                    // Still recording here: said again, so other nodes know this node lives.
+                    catalog.touch_task(&t.id, now).await.map(|_| ())
                 } else if !here
                     && (t.status == TaskStatus::Scheduled
-                        || t.status == TaskStatus::Recording && t.node_id.as_deref() == Some(catalog.node_id()))
+                        || t.status == TaskStatus::Recording
+                            && (t.node_id.as_deref() == Some(catalog.node_id()) || now - t.updated_ms > STALE_MS))
                 {
                     catalog.set_task_status(&t.id, TaskStatus::Waiting, None, now).await.map(|_| ())
                 } else {
