@@ -161,6 +161,15 @@ fn wrong_credentials_are_reported_and_not_retried() {
 
 #[test]
 fn an_object_storage_that_never_answers_stalls_no_recording() {
+    never_answering(false);
+}
+
+#[test]
+fn a_full_spool_refuses_new_files_with_a_clear_error() {
+    never_answering(true);
+}
+
+fn never_answering(small_spool: bool) {
     // Accepts connections and never answers: every request runs into its deadline.
     let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = hole.local_addr().unwrap().port();
@@ -172,14 +181,23 @@ fn an_object_storage_that_never_answers_stalls_no_recording() {
     });
     let src = fixture("s3-blackhole", 8, true, true);
     let reel = Reel::start(
-        "s3-blackhole",
+        if small_spool { "s3-spool-full" } else { "s3-blackhole" },
         &format!(
             "[storage.bucket]\nkind = \"s3\"\nendpoint = \"http://127.0.0.1:{port}\"\nbucket = \"b\"\n\
-             access_key = \"k\"\nsecret_key = \"s\"\nrequest_timeout = \"1s\"\n\
-             [template.t]\nformats = [\"flv\", \"hls\"]\nhls_segment = \"2s\"\nstorage = \"bucket\"\n[[rule]]\ntemplate = \"t\"\n"
+             access_key = \"k\"\nsecret_key = \"s\"\nrequest_timeout = \"1s\"\n{}\
+             [template.t]\nformats = [\"flv\", \"hls\"]\nhls_segment = \"2s\"\nstorage = \"bucket\"\n[[rule]]\ntemplate = \"t\"\n",
+            if small_spool { "spool_max_bytes = \"100KiB\"\n" } else { "" }
         ),
     );
     ffmpeg_publish(&src, &reel.url("live", "cam"), true);
+    if small_spool {
+        std::thread::sleep(Duration::from_secs(1));
+        let log = reel.log_text();
+        assert!(log.contains("the spool of storage bucket is full"), "{log}");
+        // The publisher was never refused: other streams and the API go on.
+        assert_eq!(reel.api("GET", "/healthz", None).0, 200);
+        return;
+    }
     let rows = wait_rows(&reel, "cam", 2, "spooled", Duration::from_secs(30));
     let log = reel.log_text();
     assert!(!log.contains("fell behind"), "{log}");
