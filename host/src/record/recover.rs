@@ -44,6 +44,36 @@ pub struct Meta {
     pub playlist: Option<PlaylistMeta>,
 }
 
+impl Meta {
+    fn stream_info(&self, started_at_ms: u64) -> StreamInfo {
+        StreamInfo {
+            domain: self.domain.clone(),
+            app: self.app.clone(),
+            name: self.stream.clone(),
+            params: self.params.clone(),
+            video_codec: self.video_codec.clone(),
+            audio_codec: self.audio_codec.clone(),
+            started_at_ms,
+        }
+    }
+}
+
+/// The plugin chain that names and announces files of `template` (the default one when the
+/// template is gone from the configuration).
+fn policy_of(rt: &Runtime, template: &str) -> Arc<dyn crate::policy::Policy> {
+    match rt.config.template.get(template) {
+        Some(t) => rt.policy_for(t),
+        None => rt.policy.clone(),
+    }
+}
+
+/// Stores `data` under `key` (or a free variant of it).
+fn store(storage: &Arc<dyn Storage>, ext: &str, data: Vec<u8>, key: &str) -> Result<crate::storage::Stored, String> {
+    let mut w = storage.create(&format!("recovered-{}.{ext}", std::process::id())).map_err(|e| e.to_string())?;
+    w.write(&[data.into()]).map_err(|e| e.to_string())?;
+    w.finish(key, Finalize::default()).map_err(|e| e.to_string())
+}
+
 /// The playlist an HLS segment belongs to, as it was when the segment opened.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PlaylistMeta {
@@ -94,15 +124,7 @@ fn recover_one(rt: &Runtime, name: &str, storage: &Arc<dyn Storage>, p: &Partial
     if data.is_empty() {
         return Ok(None);
     }
-    let info = StreamInfo {
-        domain: meta.domain.clone(),
-        app: meta.app.clone(),
-        name: meta.stream.clone(),
-        params: meta.params.clone(),
-        video_codec: meta.video_codec.clone(),
-        audio_codec: meta.audio_codec.clone(),
-        started_at_ms: meta.start_ms,
-    };
+    let info = meta.stream_info(meta.start_ms);
     let mut file = FileInfo {
         container: meta.format,
         sequence: meta.seq,
@@ -115,15 +137,9 @@ fn recover_one(rt: &Runtime, name: &str, storage: &Arc<dyn Storage>, p: &Partial
         task_id: meta.task_id.clone(),
         random_id: random_id(),
     };
-    let policy = match rt.config.template.get(&meta.template) {
-        Some(t) => rt.policy_for(t),
-        None => rt.policy.clone(),
-    };
+    let policy = policy_of(rt, &meta.template);
     let key = policy.name_file(&info, &file);
-    let hint = format!("recovered-{}.{}", std::process::id(), meta.format.extension());
-    let mut w = storage.create(&hint).map_err(|e| e.to_string())?;
-    w.write(&[data.into()]).map_err(|e| e.to_string())?;
-    let stored = w.finish(&key, Finalize::default()).map_err(|e| e.to_string())?;
+    let stored = store(storage, meta.format.extension(), data, &key)?;
     if let Some(s) = scratch {
         let _ = std::fs::remove_file(s);
     }
@@ -152,10 +168,7 @@ fn recover_hls(
     };
     let mut bytes = 0;
     if !data.is_empty() {
-        let hint = format!("recovered-{}.ts", std::process::id());
-        let mut w = storage.create(&hint).map_err(|e| e.to_string())?;
-        w.write(&[data.into()]).map_err(|e| e.to_string())?;
-        let seg = w.finish(&segment_key(&pl.key, meta.seq), Finalize::default()).map_err(|e| e.to_string())?;
+        let seg = store(storage, "ts", data, &segment_key(&pl.key, meta.seq))?;
         bytes += seg.size;
         // Its length is what the wall clock saw, within the playlist's target.
         let wall = end_ms.saturating_sub(meta.start_ms) as f64 / 1000.0;
@@ -170,15 +183,7 @@ fn recover_hls(
     if playlist.segments.is_empty() {
         return Ok(None);
     }
-    let info = StreamInfo {
-        domain: meta.domain.clone(),
-        app: meta.app.clone(),
-        name: meta.stream.clone(),
-        params: meta.params.clone(),
-        video_codec: meta.video_codec.clone(),
-        audio_codec: meta.audio_codec.clone(),
-        started_at_ms: pl.start_ms,
-    };
+    let info = meta.stream_info(pl.start_ms);
     let duration_ms = (playlist.duration_secs() * 1000.0) as u64;
     let mut file = FileInfo {
         container: Format::Hls,
@@ -192,17 +197,11 @@ fn recover_hls(
         task_id: meta.task_id.clone(),
         random_id: random_id(),
     };
-    let policy = match rt.config.template.get(&meta.template) {
-        Some(t) => rt.policy_for(t),
-        None => rt.policy.clone(),
-    };
+    let policy = policy_of(rt, &meta.template);
     let key = policy.name_file(&info, &file);
     let mut done = rebase_playlist(&playlist, &pl.key, &key);
     done.ended = true;
-    let hint = format!("recovered-{}.m3u8", std::process::id());
-    let mut w = storage.create(&hint).map_err(|e| e.to_string())?;
-    w.write(&[done.render().into()]).map_err(|e| e.to_string())?;
-    let stored = w.finish(&key, Finalize::default()).map_err(|e| e.to_string())?;
+    let stored = store(storage, "m3u8", done.render().into_bytes(), &key)?;
     if stored.key != pl.key {
         if let Err(e) = storage.delete(&pl.key) {
             tracing::warn!(key = %pl.key, error = &e as &dyn std::error::Error, "live playlist not removed");
@@ -274,10 +273,7 @@ impl Recorder {
                     }
                 }
                 if let Some(n) = &rt.notifier {
-                    let policy = match rt.config.template.get(&r.meta.template) {
-                        Some(t) => rt.policy_for(t),
-                        None => rt.policy.clone(),
-                    };
+                    let policy = policy_of(&rt, &r.meta.template);
                     n.file_finished(&*policy, &r.info, &r.file);
                 }
             }
