@@ -1,7 +1,5 @@
 //! Publish authentication (CSS-style and HMAC signed URLs) and the API token, end to end.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -30,13 +28,9 @@ fn publish(src: &std::path::Path, url: &str) -> bool {
 }
 
 fn get(port: u16, path: &str, token: Option<&str>) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\n\r\n").as_bytes()).unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
+    let (_, head, body) = http_raw(port, path, &auth);
+    format!("{head}\r\n\r\n{}", String::from_utf8_lossy(&body))
 }
 
 #[test]

@@ -48,11 +48,8 @@ fn http_listener() -> (String, mpsc::Receiver<(String, Vec<u8>)>) {
 }
 
 fn http_get(port: u16, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
+    let (_, head, body) = http_raw(port, path, "");
+    format!("{head}\r\n\r\n{}", String::from_utf8_lossy(&body))
 }
 
 fn md5_hex(data: &[u8]) -> String {
