@@ -455,3 +455,27 @@ fn files_a_sigkill_left_unfinished_are_recovered_at_the_next_start() {
     assert_eq!(playlists.len(), 1, "the live playlist gave way to the final one: {playlists:?}");
     assert!(std::fs::read_to_string(&playlists[0]).unwrap().contains("#EXT-X-ENDLIST"));
 }
+
+#[test]
+fn a_task_that_was_recording_records_again_after_a_restart() {
+    let src = fixture("tasks-again-restart", 3, true, true);
+    let config = format!("{STORAGE}\n");
+    let mut first = Reel::start("tasks-recording-restart", &config);
+    let id =
+        create_task(&first, json!({"app": "live", "stream": "cam", "end_time": unix_now() + 600, "template": "t"}));
+    ffmpeg_publish(&src, &first.url("live", "cam"), false);
+    wait_for(&first, &format!("/v1/record-tasks/{id}"), Duration::from_secs(10), |v| {
+        v["files"].as_array().unwrap().len() == 1
+    });
+    assert!(first.stop().success());
+    let dir = first.dir.clone();
+    drop(first);
+
+    let reel = Reel::start_in(dir, &config);
+    ffmpeg_publish(&src, &reel.url("live", "cam"), false);
+    let v = wait_for(&reel, &format!("/v1/record-tasks/{id}"), Duration::from_secs(10), |v| {
+        v["files"].as_array().unwrap().len() == 2
+    });
+    assert_ne!(v["files"][0]["key"], v["files"][1]["key"]);
+    assert_eq!(files(&reel.recordings(), "flv").len(), 2, "no rule records this stream: both files are the task's");
+}
