@@ -27,6 +27,16 @@ pub struct CallbackConfig {
     /// Attempts after the first one fails.
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// Only streams of this domain (a `[[rule]]` pattern: `*`, `cam*`, `*.example.com`).
+    #[serde(default = "super::wildcard")]
+    pub domain: String,
+    /// Only streams of this app (a pattern as for `domain`).
+    #[serde(default = "super::wildcard")]
+    pub app: String,
+    /// When set, each request carries `X-Reel-Signature: sha256=<hex HMAC-SHA256(secret, body)>`
+    /// (`env:VAR` reads it from the environment).
+    #[serde(default)]
+    pub secret: Option<String>,
 }
 
 fn default_timeout() -> Duration {
@@ -43,6 +53,22 @@ impl CallbackConfig {
         self.events.as_ref().is_none_or(|e| e.iter().any(|x| x == event))
     }
 
+    /// Whether this callback is for streams of `domain`/`app`.
+    pub fn covers(&self, domain: &str, app: &str) -> bool {
+        super::matches(&self.domain, domain) && super::matches(&self.app, app)
+    }
+
+    /// The signing secret with `env:VAR` resolved.
+    pub fn resolved_secret(&self) -> Result<Option<String>, String> {
+        match &self.secret {
+            None => Ok(None),
+            Some(v) => match v.strip_prefix("env:") {
+                Some(var) => std::env::var(var).map(Some).map_err(|_| format!("environment variable {var} is not set")),
+                None => Ok(Some(v.clone())),
+            },
+        }
+    }
+
     /// Reports every problem with its key (`callback[i].url`, …).
     pub fn validate(&self, index: usize) -> Vec<String> {
         let mut errors = Vec::new();
@@ -53,6 +79,11 @@ impl CallbackConfig {
             if !EVENTS.contains(&e.as_str()) {
                 errors.push(format!("callback[{index}].events: unknown event {e:?} (known: {})", EVENTS.join(", ")));
             }
+        }
+        match self.resolved_secret() {
+            Err(e) => errors.push(format!("callback[{index}].secret: {e}")),
+            Ok(Some(s)) if s.is_empty() => errors.push(format!("callback[{index}].secret must not be empty")),
+            _ => {}
         }
         if self.timeout.is_zero() {
             errors.push(format!("callback[{index}].timeout: must be more than 0"));

@@ -170,8 +170,9 @@ impl Notifier {
     /// request `policy` builds for it. Returns how many were queued.
     pub fn file_finished(&self, policy: &dyn Policy, s: &StreamInfo, f: &FileInfo) -> usize {
         let mut queued = 0;
-        for cb in self.callbacks.iter().filter(|cb| cb.wants(EVENT_RECORD_FILE)) {
-            if let Some(request) = policy.on_file(s, f, &cb.url) {
+        for cb in self.callbacks.iter().filter(|cb| cb.wants(EVENT_RECORD_FILE) && cb.covers(&s.domain, &s.app)) {
+            if let Some(mut request) = policy.on_file(s, f, &cb.url) {
+                sign(&mut request, cb);
                 match self.send(request, cb.timeout, cb.retries) {
                     Ok(_) => queued += 1,
                     Err(e) => {
@@ -281,6 +282,19 @@ async fn deliver(shared: &Arc<Shared>, d: &Delivery) -> bool {
                 return false;
             }
         }
+    }
+}
+
+/// Adds `X-Reel-Event-Id` (the same on every attempt, so a receiver can drop repeats) and,
+/// with a secret, `X-Reel-Signature: sha256=<hex HMAC-SHA256(secret, body)>`.
+fn sign(request: &mut CallbackRequest, cb: &CallbackConfig) {
+    use hmac::{Hmac, Mac};
+    request.headers.push(("X-Reel-Event-Id".into(), format!("{:016x}", fastrand::u64(..))));
+    if let Ok(Some(secret)) = cb.resolved_secret() {
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+        mac.update(&request.body);
+        let hex: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        request.headers.push(("X-Reel-Signature".into(), format!("sha256={hex}")));
     }
 }
 

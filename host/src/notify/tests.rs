@@ -153,9 +153,18 @@ async fn retries_when_nobody_listens() {
 async fn announces_finished_files_with_the_policy() {
     let (url, seen) = server(vec![200]);
     let outbox = recording();
-    let cb = CallbackConfig { url: url.clone(), events: None, timeout: Duration::from_secs(5), retries: 0 };
+    let cb = CallbackConfig {
+        url: url.clone(),
+        events: None,
+        timeout: Duration::from_secs(5),
+        retries: 0,
+        domain: "*".into(),
+        app: "li*".into(),
+        secret: Some("s3cret".into()),
+    };
     let skipped = CallbackConfig { events: Some(vec!["other".into()]), ..cb.clone() };
-    let n = Notifier::new(vec![cb, skipped], outbox.clone(), fast());
+    let other_app = CallbackConfig { app: "radio".into(), ..cb.clone() };
+    let n = Notifier::new(vec![cb, skipped, other_app], outbox.clone(), fast());
     let s = StreamInfo { domain: "d".into(), app: "live".into(), name: "cam".into(), ..Default::default() };
     let f = FileInfo {
         container: Format::Mp4,
@@ -178,6 +187,14 @@ async fn announces_finished_files_with_the_policy() {
     assert_eq!(body["key"], "live/cam/x.mp4");
     assert_eq!(body["size"], 1234);
     assert_eq!(body["task_id"], serde_json::Value::Null);
+    // Signed: HMAC-SHA256 of the raw body with the callback's secret, and an event id.
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"s3cret").unwrap();
+    mac.update(&got.body);
+    let want: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let header = |name: &str| got.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    assert_eq!(header("x-reel-signature"), Some(format!("sha256={want}")));
+    assert_eq!(header("x-reel-event-id").map(|v| v.len()), Some(16));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
