@@ -44,7 +44,22 @@ pub enum CatalogError {
     Query(#[from] sqlx::Error),
     #[error("invalid cursor {0:?}")]
     Cursor(String),
+    #[error("the catalog did not answer within {} s", QUERY_TIMEOUT.as_secs())]
+    Timeout(#[from] tokio::time::error::Elapsed),
 }
+
+/// Longest a query may take: a hung database fails the request instead of holding it (and
+/// the scheduler, and shutdown) forever.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A catalog operation with [`QUERY_TIMEOUT`].
+trait Deadline: Future + Sized {
+    fn within(self) -> tokio::time::Timeout<Self> {
+        tokio::time::timeout(QUERY_TIMEOUT, self)
+    }
+}
+
+impl<F: Future> Deadline for F {}
 
 /// Which database a catalog speaks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -425,7 +440,7 @@ impl Catalog {
 
     /// Whether the database answers (for `/readyz`).
     pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").fetch_one(&self.pool).await.is_ok()
+        sqlx::query("SELECT 1").fetch_one(&self.pool).within().await.is_ok_and(|r| r.is_ok())
     }
 
     pub async fn close(&self) {
@@ -435,17 +450,17 @@ impl Catalog {
     // ---- recordings ----
 
     pub async fn insert_recording(&self, r: &Recording) -> Result<(), CatalogError> {
-        insert(r).execute(&self.pool).await?;
+        insert(r).execute(&self.pool).within().await??;
         Ok(())
     }
 
     /// Inserts many rows in one transaction (benchmarks, imports).
     pub async fn insert_recordings(&self, rows: &[Recording]) -> Result<(), CatalogError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin().within().await??;
         for r in rows {
-            insert(r).execute(&mut *tx).await?;
+            insert(r).execute(&mut *tx).within().await??;
         }
-        tx.commit().await?;
+        tx.commit().within().await??;
         Ok(())
     }
 
@@ -475,7 +490,7 @@ impl Catalog {
         }
         let limit = q.limit.clamp(1, MAX_PAGE);
         sql.push(" ORDER BY start_ms DESC, id DESC LIMIT ?", [Arg::I(i64::from(limit) + 1)]);
-        let rows = sql.query().fetch_all(&self.pool).await?;
+        let rows = sql.query().fetch_all(&self.pool).within().await??;
         let mut items = rows.iter().map(recording_from).collect::<Result<Vec<_>, _>>()?;
         let next = (items.len() > limit as usize).then(|| {
             items.truncate(limit as usize);
@@ -489,7 +504,8 @@ impl Catalog {
         let row = sqlx::query(&format!("SELECT {RECORDING_COLUMNS} FROM recordings WHERE id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
-            .await?;
+            .within()
+            .await??;
         Ok(row.as_ref().map(recording_from).transpose()?)
     }
 
@@ -512,7 +528,8 @@ impl Catalog {
         .bind(storage)
         .bind(spooled_key)
         .execute(&self.pool)
-        .await?;
+        .within()
+        .await??;
         Ok(r.rows_affected() > 0)
     }
 
@@ -526,13 +543,14 @@ impl Catalog {
         .bind(before_ms)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
-        .await?;
+        .within()
+        .await??;
         Ok(rows.iter().map(recording_from).collect::<Result<Vec<_>, _>>()?)
     }
 
     /// Removes a recording's row; whether there was one.
     pub async fn delete_recording(&self, id: &str) -> Result<bool, CatalogError> {
-        let r = sqlx::query("DELETE FROM recordings WHERE id = $1").bind(id).execute(&self.pool).await?;
+        let r = sqlx::query("DELETE FROM recordings WHERE id = $1").bind(id).execute(&self.pool).within().await??;
         Ok(r.rows_affected() > 0)
     }
 
@@ -556,7 +574,8 @@ impl Catalog {
         .bind(t.created_ms)
         .bind(t.updated_ms)
         .execute(&self.pool)
-        .await?;
+        .within()
+        .await??;
         Ok(())
     }
 
@@ -564,7 +583,8 @@ impl Catalog {
         let row = sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM record_tasks WHERE id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
-            .await?;
+            .within()
+            .await??;
         Ok(row.as_ref().map(task_from).transpose()?)
     }
 
@@ -585,7 +605,7 @@ impl Catalog {
         }
         let limit = q.limit.clamp(1, MAX_PAGE);
         sql.push(" ORDER BY created_ms DESC, id DESC LIMIT ?", [Arg::I(i64::from(limit) + 1)]);
-        let rows = sql.query().fetch_all(&self.pool).await?;
+        let rows = sql.query().fetch_all(&self.pool).within().await??;
         let mut items = rows.iter().map(task_from).collect::<Result<Vec<_>, _>>()?;
         let next = (items.len() > limit as usize).then(|| {
             items.truncate(limit as usize);
@@ -602,7 +622,8 @@ impl Catalog {
              ORDER BY created_ms, id"
         ))
         .fetch_all(&self.pool)
-        .await?;
+        .within()
+        .await??;
         Ok(rows.iter().map(task_from).collect::<Result<Vec<_>, _>>()?)
     }
 
@@ -615,7 +636,8 @@ impl Catalog {
         .bind(app)
         .bind(stream)
         .fetch_one(&self.pool)
-        .await?;
+        .within()
+        .await??;
         Ok(row.try_get::<i64, _>("n")?.max(0) as u64)
     }
 
@@ -639,7 +661,8 @@ impl Catalog {
         .bind(now_ms)
         .bind(id)
         .execute(&self.pool)
-        .await?;
+        .within()
+        .await??;
         Ok(r.rows_affected() > 0)
     }
 
@@ -652,12 +675,13 @@ impl Catalog {
                 .bind(&self.node_id)
                 .bind(id)
                 .execute(&self.pool)
-                .await?;
+                .within()
+                .await??;
         Ok(r.rows_affected() > 0)
     }
 
     pub async fn delete_task(&self, id: &str) -> Result<bool, CatalogError> {
-        let r = sqlx::query("DELETE FROM record_tasks WHERE id = $1").bind(id).execute(&self.pool).await?;
+        let r = sqlx::query("DELETE FROM record_tasks WHERE id = $1").bind(id).execute(&self.pool).within().await??;
         Ok(r.rows_affected() > 0)
     }
 }

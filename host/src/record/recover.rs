@@ -45,6 +45,22 @@ pub struct Meta {
 }
 
 impl Meta {
+    /// What the policy names and announces: a file of this stream, size still unknown.
+    fn file_info(&self, container: Format, sequence: u32, start_ms: u64, end_ms: u64, duration_ms: u64) -> FileInfo {
+        FileInfo {
+            container,
+            sequence,
+            start_ms,
+            end_ms,
+            size: 0,
+            duration_ms,
+            key: String::new(),
+            session_id: self.session_id.clone(),
+            task_id: self.task_id.clone(),
+            random_id: random_id(),
+        }
+    }
+
     fn stream_info(&self, started_at_ms: u64) -> StreamInfo {
         StreamInfo {
             domain: self.domain.clone(),
@@ -125,18 +141,8 @@ fn recover_one(rt: &Runtime, name: &str, storage: &Arc<dyn Storage>, p: &Partial
         return Ok(None);
     }
     let info = meta.stream_info(meta.start_ms);
-    let mut file = FileInfo {
-        container: meta.format,
-        sequence: meta.seq,
-        start_ms: meta.start_ms,
-        end_ms,
-        size: data.len() as u64,
-        duration_ms: end_ms - meta.start_ms,
-        key: String::new(),
-        session_id: meta.session_id.clone(),
-        task_id: meta.task_id.clone(),
-        random_id: random_id(),
-    };
+    let mut file = meta.file_info(meta.format, meta.seq, meta.start_ms, end_ms, end_ms - meta.start_ms);
+    file.size = data.len() as u64;
     let policy = policy_of(rt, &meta.template);
     let key = policy.name_file(&info, &file);
     let stored = store(storage, meta.format.extension(), data, &key)?;
@@ -185,18 +191,7 @@ fn recover_hls(
     }
     let info = meta.stream_info(pl.start_ms);
     let duration_ms = (playlist.duration_secs() * 1000.0) as u64;
-    let mut file = FileInfo {
-        container: Format::Hls,
-        sequence: pl.seq,
-        start_ms: pl.start_ms,
-        end_ms,
-        size: 0,
-        duration_ms,
-        key: String::new(),
-        session_id: meta.session_id.clone(),
-        task_id: meta.task_id.clone(),
-        random_id: random_id(),
-    };
+    let mut file = meta.file_info(Format::Hls, pl.seq, pl.start_ms, end_ms, duration_ms);
     let policy = policy_of(rt, &meta.template);
     let key = policy.name_file(&info, &file);
     let mut done = rebase_playlist(&playlist, &pl.key, &key);

@@ -179,19 +179,26 @@ impl Inner {
     async fn upload(&self, local: &Path, key: &str) -> Result<(String, u64, Option<String>), StorageError> {
         let key = self.free_key(key).await?;
         let path = self.path(&key)?;
+        // Async file reads (the blocking pool): this runs on the runtime's workers.
+        use tokio::io::AsyncReadExt;
         let io = |op| move |source| StorageError::Io { op, path: local.display().to_string(), source };
-        let size = std::fs::metadata(local).map_err(io("stat"))?.len();
+        let size = tokio::fs::metadata(local).await.map_err(io("stat"))?.len();
         let result = if size <= PART_BYTES as u64 {
-            let data = std::fs::read(local).map_err(io("read"))?;
+            let data = tokio::fs::read(local).await.map_err(io("read"))?;
             self.store.put(&path, PutPayload::from(Bytes::from(data))).await.map_err(|e| s3_err("upload", &key, e))?
         } else {
-            use std::io::Read;
             let upload = self.store.put_multipart(&path).await.map_err(|e| s3_err("start upload", &key, e))?;
             let mut w = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
-            let mut f = std::fs::File::open(local).map_err(io("open"))?;
+            let mut f = tokio::fs::File::open(local).await.map_err(io("open"))?;
             let mut buf = vec![0u8; PART_BYTES];
             loop {
-                let n = f.read(&mut buf).map_err(io("read"))?;
+                let n = match f.read(&mut buf).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        w.abort().await.ok();
+                        return Err(io("read")(e));
+                    }
+                };
                 if n == 0 {
                     break;
                 }
@@ -203,7 +210,7 @@ impl Inner {
             }
             w.finish().await.map_err(|e| s3_err("complete upload", &key, e))?
         };
-        let _ = std::fs::remove_file(local);
+        let _ = tokio::fs::remove_file(local).await;
         Ok((key, size, result.e_tag))
     }
 
@@ -212,7 +219,6 @@ impl Inner {
         Stored { key, size, location, etag, pending }
     }
 
-    /// Uploads a finished spool file now, or leaves it for the uploader.
     fn is_down(&self) -> bool {
         self.down.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -228,6 +234,7 @@ impl Inner {
         }
     }
 
+    /// Uploads a finished spool file now, or leaves it for the uploader.
     fn send(&self, local: &Path, key: &str, size: u64) -> Stored {
         if self.is_down() {
             return self.stored(key.into(), size, None, true);

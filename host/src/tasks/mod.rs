@@ -302,17 +302,18 @@ impl Tasks {
                     }
                 })
             } else if now >= t.start_ms {
-                let mut here = false;
                 let mut failure = None;
                 for key in live.iter().filter(|k| stream_of(t, k)) {
                     match recorder.attach_task(key, &t.id, &t.template) {
-                        Ok(_) => here |= recorder.task_recordings().iter().any(|(id, _)| id == &t.id),
+                        Ok(_) => {}
                         Err(e) if recorder.runtime().config.template.contains_key(&t.template) => {
                             tracing::debug!(task = %t.id, "not attached: {e}")
                         }
                         Err(e) => failure = Some(e),
                     }
                 }
+                // Recording here: a recording of it runs (a template without formats has none).
+                let here = recorder.task_recordings().iter().any(|(id, _)| id == &t.id);
                 if let Some(reason) = failure {
                     recorder.detach_task(&t.id);
                     tracing::error!(task = %t.id, "record task failed: {reason}");
