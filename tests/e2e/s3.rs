@@ -14,9 +14,9 @@ fn server(bucket: &str) -> S3Server {
     S3Server::start(bucket).unwrap_or_else(|| panic!("SeaweedFS is not installed: run tests/run, which installs it"))
 }
 
-/// Downloads `key` from the bucket into `dir`.
-fn download(s3: &S3Server, key: &str, dir: &Path) -> PathBuf {
-    let store = object_store::aws::AmazonS3Builder::new()
+/// A client of the test server's bucket, apart from Reel's.
+fn client(s3: &S3Server) -> object_store::aws::AmazonS3 {
+    object_store::aws::AmazonS3Builder::new()
         .with_endpoint(&s3.endpoint)
         .with_bucket_name(&s3.bucket)
         .with_region("us-east-1")
@@ -24,7 +24,12 @@ fn download(s3: &S3Server, key: &str, dir: &Path) -> PathBuf {
         .with_secret_access_key(SECRET_KEY)
         .with_allow_http(true)
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// Downloads `key` from the bucket into `dir`.
+fn download(s3: &S3Server, key: &str, dir: &Path) -> PathBuf {
+    let store = client(s3);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let data = rt
         .block_on(async { store.get(&object_store::path::Path::parse(key).unwrap()).await?.bytes().await })
@@ -33,6 +38,17 @@ fn download(s3: &S3Server, key: &str, dir: &Path) -> PathBuf {
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     std::fs::write(&out, data).unwrap();
     out
+}
+
+/// Whether `key` is in the bucket.
+fn exists(s3: &S3Server, key: &str) -> bool {
+    let store = client(s3);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    match rt.block_on(store.head(&object_store::path::Path::parse(key).unwrap())) {
+        Ok(_) => true,
+        Err(object_store::Error::NotFound { .. }) => false,
+        Err(e) => panic!("head {key}: {e}"),
+    }
 }
 
 /// Waits until the catalog lists `n` recordings of `stream`, all with `upload_state`.
@@ -97,6 +113,24 @@ fn recordings_land_in_the_bucket_whole_within_seconds_of_unpublish() {
     let (status, head, body) = http_raw(port, rest, "");
     assert_eq!(status, 200, "{head}");
     assert_eq!(body.len() as u64, flv["size"].as_u64().unwrap());
+    // Deleting the HLS recording removes its playlist and every segment from the bucket (the
+    // playlist is read back to find them).
+    let hls = rows.iter().find(|r| r["format"] == "hls").unwrap();
+    let playlist = std::fs::read_to_string(dl.join(hls["key"].as_str().unwrap())).unwrap();
+    let dir = Path::new(hls["key"].as_str().unwrap()).parent().unwrap().to_path_buf();
+    let (status, _) = reel.api("DELETE", &format!("/v1/recordings/{}", hls["id"].as_str().unwrap()), None);
+    assert_eq!(status, 204, "{}", reel.log_text());
+    let mut gone = vec![hls["key"].as_str().unwrap().to_string()];
+    gone.extend(
+        playlist
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| dir.join(l).to_string_lossy().into_owned()),
+    );
+    assert!(gone.len() > 2, "{playlist}");
+    for key in gone {
+        assert!(!exists(&s3, &key), "{key} is still in the bucket");
+    }
     // Nothing stays in the spool.
     let spool = reel.dir.join("reel-data/spool/bucket");
     assert!(files(&spool, "flv").is_empty() && files(&spool, "mp4").is_empty() && files(&spool, "ts").is_empty());

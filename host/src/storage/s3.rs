@@ -439,8 +439,12 @@ impl Storage for S3Storage {
         }
         let path = self.inner.path(key)?;
         let r = self.inner.rt.block_on(async {
-            let g = self.inner.store.get(&path).await?;
-            g.bytes().await
+            // Only the first `max_bytes` are read (the fs storage's `get` does the same).
+            let size = self.inner.store.head(&path).await?.size;
+            if size == 0 {
+                return Ok(Bytes::new());
+            }
+            self.inner.store.get_range(&path, 0..size.min(max_bytes)).await
         });
         match r {
             Ok(b) => Ok(Some(b[..b.len().min(max_bytes as usize)].to_vec())),
