@@ -23,11 +23,7 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
 ];
 
 /// Imports the table does not allow yet, each with the change that removes it.
-const KNOWN_EXCEPTIONS: &[(&str, &str, &str)] = &[(
-    "record",
-    "notify",
-    "finished files are announced through the notifier until the catalog's outbox carries events",
-)];
+const KNOWN_EXCEPTIONS: &[(&str, &str, &str)] = &[];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {

@@ -223,6 +223,7 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let catalog = reel::catalog::Catalog::open(&config.catalog, &config.server.data_dir, node_id)
         .await
         .context("opening the catalog")?;
+    let deliverer = reel::notify::Deliverer::start(catalog.clone(), (&config.events).into());
     let recorder = Recorder::new(config, Some(catalog.clone())).context("opening storage")?;
     recorder.recover_partials().await;
     let tasks = reel::tasks::Tasks::start(catalog.clone(), recorder.clone()).await.context("reading record tasks")?;
@@ -277,9 +278,10 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
         tracing::error!("connections or recordings still open at the shutdown deadline; exiting without them");
     }
     let left = end.saturating_duration_since(tokio::time::Instant::now()).max(std::time::Duration::from_secs(1));
-    if !recorder.drain_callbacks(left.min(std::time::Duration::from_secs(10))).await {
-        tracing::warn!("some callbacks were not delivered before exit");
+    if !deliverer.drain(left.min(std::time::Duration::from_secs(10))).await {
+        tracing::warn!("some events were not delivered before exit; they stay in the outbox for the next start");
     }
+    deliverer.stop();
     let _ = tokio::time::timeout_at(end + std::time::Duration::from_secs(1), http_task).await;
     catalog.close().await;
     if clean {

@@ -65,8 +65,7 @@ async function check(kind, src) {
 (async () => {
   const params = new URLSearchParams(location.search);
   const results = [];
-  results.push(await check('mp4', params.get('mp4')));
-  results.push(await check('hls', params.get('hls')));
+  for (const [kind, src] of params) results.push(await check(kind, src));
   await fetch('/result', { method: 'POST', body: JSON.stringify(results) });
 })();
 </script>
@@ -175,7 +174,6 @@ fn chromium() -> &'static str {
 
 #[test]
 fn mp4_and_hls_recordings_play_and_seek_in_chromium() {
-    assert!(Path::new(HLS_JS).exists(), "hls.js is installed under tests/browser (tests/run runs npm ci there)");
     let src = fixture("av", 12, true, true);
     let reel = Reel::start("browser", "[storage.local]\nkind = \"fs\"\nroot = \"recordings\"\n[template.default]\nformats = [\"mp4\", \"hls\"]\ninterval = \"30m\"\nhls_segment = \"4s\"\nstorage = \"local\"\n[[rule]]\ntemplate = \"default\"\n");
     ffmpeg_publish(&src, &reel.url("live", "web"), false);
@@ -185,10 +183,29 @@ fn mp4_and_hls_recordings_play_and_seek_in_chromium() {
     assert_eq!(mp4.len(), 1, "{}", reel.log_text());
     let rel = |p: &Path| format!("/{}", p.strip_prefix(&reel.dir).unwrap().display());
 
+    let results = play_in_chromium(&reel.dir, &[("mp4", rel(&mp4[0])), ("hls", rel(&m3u8))]);
+    for r in results.as_array().unwrap() {
+        let kind = r["kind"].as_str().unwrap();
+        assert!(r.get("failure").is_none() && r.get("error").is_none(), "{kind} plays: {r}");
+        assert_eq!(r["fatal"].as_array().map(Vec::len), Some(0), "{kind}: no fatal player error: {r}");
+        assert_eq!((r["width"].as_u64(), r["height"].as_u64()), (Some(320), Some(240)), "{kind}: {r}");
+        let duration = r["duration"].as_f64().unwrap();
+        assert!((duration - 12.0).abs() < 0.2, "{kind}: duration {duration} s of a 12 s source: {r}");
+        assert!(r["seeked_to"].as_f64().unwrap() > 9.0, "{kind}: seeks near the end: {r}");
+        assert!(r["frames"].as_u64().unwrap() > 25, "{kind}: decodes frames: {r}");
+    }
+}
+
+/// Plays each `(kind, path)` (`mp4` in a `<video>`, `hls` through hls.js; paths under `root`)
+/// in headless Chromium, which plays, seeks near the end and plays on; returns what the player
+/// saw of each.
+pub(crate) fn play_in_chromium(root: &Path, sources: &[(&str, String)]) -> serde_json::Value {
+    assert!(Path::new(HLS_JS).exists(), "hls.js is installed under tests/browser (tests/run runs npm ci there)");
+    let query: Vec<String> = sources.iter().map(|(k, p)| format!("{k}={p}")).collect();
     let (tx, rx) = mpsc::channel();
-    let port = serve(reel.dir.clone(), tx);
-    let url = format!("http://127.0.0.1:{port}/?mp4={}&hls={}", rel(&mp4[0]), rel(&m3u8));
-    let profile = reel.dir.join("chromium-profile");
+    let port = serve(root.to_path_buf(), tx);
+    let url = format!("http://127.0.0.1:{port}/?{}", query.join("&"));
+    let profile = root.join("chromium-profile");
     let mut browser = {
         use std::os::unix::process::CommandExt;
         Command::new(chromium())
@@ -214,15 +231,5 @@ fn mp4_and_hls_recordings_play_and_seek_in_chromium() {
     let _ = browser.wait();
     let got = got.expect("the page reports within 90 s");
     eprintln!("the player saw: {got}");
-    let results: serde_json::Value = serde_json::from_str(&got).unwrap();
-    for r in results.as_array().unwrap() {
-        let kind = r["kind"].as_str().unwrap();
-        assert!(r.get("failure").is_none() && r.get("error").is_none(), "{kind} plays: {r}");
-        assert_eq!(r["fatal"].as_array().map(Vec::len), Some(0), "{kind}: no fatal player error: {r}");
-        assert_eq!((r["width"].as_u64(), r["height"].as_u64()), (Some(320), Some(240)), "{kind}: {r}");
-        let duration = r["duration"].as_f64().unwrap();
-        assert!((duration - 12.0).abs() < 0.2, "{kind}: duration {duration} s of a 12 s source: {r}");
-        assert!(r["seeked_to"].as_f64().unwrap() > 9.0, "{kind}: seeks near the end: {r}");
-        assert!(r["frames"].as_u64().unwrap() > 25, "{kind}: decodes frames: {r}");
-    }
+    serde_json::from_str(&got).unwrap()
 }

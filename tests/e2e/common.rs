@@ -205,3 +205,21 @@ pub fn http_raw(port: u16, path: &str, headers: &str) -> (u16, String, Vec<u8>) 
     let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     (status, head, out[split + 4..].to_vec())
 }
+
+/// Polls `GET path` until `done` says so; fails the test after `limit`.
+pub fn wait_for(
+    reel: &Reel,
+    path: &str,
+    limit: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let (status, v) = reel.api("GET", path, None);
+        if status == 200 && done(&v) {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "GET {path} never got there: {status} {v:#}\n{}", reel.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

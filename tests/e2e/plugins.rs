@@ -77,6 +77,7 @@ config = {{ key = "s3cret" }}
 plugins = ["css"]
 [[callback]]
 url = "{url}"
+events = ["file_created"]
 "#,
         dir.join("tencent_css.wasm").display()
     );

@@ -20,18 +20,6 @@ storage = "local"
 "#;
 
 /// Polls `GET path` until `done` holds for its JSON (or panics after `limit`).
-fn wait_for(reel: &Reel, path: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
-    let start = Instant::now();
-    loop {
-        let (status, v) = reel.api("GET", path, None);
-        if status == 200 && done(&v) {
-            return v;
-        }
-        assert!(start.elapsed() < limit, "GET {path} never got there: {status} {v:#}\n{}", reel.log_text());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn recordings(reel: &Reel, query: &str) -> Vec<Value> {
     let (status, v) = reel.api("GET", &format!("/v1/recordings?{query}"), None);
     assert_eq!(status, 200, "{v:#}");

@@ -3,6 +3,7 @@
 //! connections.
 
 mod common;
+mod events;
 mod recordings;
 mod tasks;
 
@@ -31,11 +32,15 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/rules/match", get(rules_match))
         .route("/v1/reload", post(reload))
         .route("/v1/recordings", get(recordings::list))
+        .route("/v1/recordings/index", post(recordings::index))
         .route("/v1/recordings/{id}", get(recordings::get).delete(recordings::delete))
         .route("/v1/recordings/{id}/content", get(recordings::content))
         .route("/v1/record-tasks", get(tasks::list).post(tasks::create))
         .route("/v1/record-tasks/{id}", get(tasks::get).delete(tasks::delete))
         .route("/v1/record-tasks/{id}/stop", post(tasks::stop))
+        .route("/v1/events", get(events::list))
+        .route("/v1/events/{id}", get(events::get))
+        .route("/v1/events/{id}/retry", post(events::retry))
         .fallback(|| async { ApiError::not_found("no such API path") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.clone(), require_token))

@@ -213,3 +213,47 @@ mod tests {
         assert_eq!(byte_range(Some("bytes=-0"), 100), Err(()));
     }
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexBody {
+    domain: Option<String>,
+    app: String,
+    stream: String,
+    start_time: serde_json::Value,
+    end_time: serde_json::Value,
+    name: Option<String>,
+}
+
+/// `POST /v1/recordings/index`: a VOD playlist over the stream's stored HLS segments in the
+/// range → `201 {key, url, storage, segments, discontinuities, duration_ms}`; 404 when there
+/// are none.
+pub async fn index(
+    State(s): State<ApiState>,
+    body: Result<Json<IndexBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    use crate::record::{IndexError, IndexRequest};
+    let Json(b) = body?;
+    let start_ms = super::common::parse_time("start_time", &b.start_time)?;
+    let end_ms = super::common::parse_time("end_time", &b.end_time)?;
+    if end_ms <= start_ms {
+        return Err(ApiError::invalid("end_time", "end_time must be after start_time"));
+    }
+    let req = IndexRequest { domain: b.domain, app: b.app, stream: b.stream, start_ms, end_ms, name: b.name };
+    match s.recorder.write_index(&req).await {
+        Ok(index) => Ok((StatusCode::CREATED, Json(json!(index))).into_response()),
+        Err(IndexError::Invalid(m)) => Err(ApiError::invalid("name", m)),
+        Err(e @ IndexError::Empty { .. }) => Err(ApiError::not_found(e.to_string())),
+        Err(IndexError::Catalog(c)) => Err(c.into()),
+        Err(e) => {
+            let mut message = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(c) = src {
+                message = format!("{message}: {c}");
+                src = c.source();
+            }
+            tracing::error!("index not written: {message}");
+            Err(ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, code: "storage_error", message, field: None })
+        }
+    }
+}

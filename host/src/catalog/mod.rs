@@ -18,10 +18,14 @@ use sqlx::{AnyPool, Row};
 
 use crate::config::CatalogConfig;
 
+mod outbox;
+pub use outbox::{Event, EventQuery, EventStatus, NewEvent};
+
 /// The migrations, in order; a released one is never edited (its checksum is checked).
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "recordings and tasks", include_str!("migrations/0001_recordings_and_tasks.sql")),
     (2, "uploads", include_str!("migrations/0002_uploads.sql")),
+    (3, "events", include_str!("migrations/0003_events.sql")),
 ];
 
 /// Longest wait for a database connection (a down PostgreSQL fails requests, not the node).
@@ -74,6 +78,8 @@ pub struct Catalog {
     pool: AnyPool,
     backend: Backend,
     node_id: String,
+    /// Woken when this node queues events, so delivery starts at once.
+    outbox_wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// One stored file (an HLS recording is its playlist; its segments are not rows).
@@ -426,7 +432,7 @@ impl Catalog {
         let migrator = Migrator::new(Embedded).await.map_err(CatalogError::Migrate)?;
         migrator.run(&pool).await.map_err(CatalogError::Migrate)?;
         tracing::info!(catalog = %redact(&url), node = %node_id, "catalog open");
-        Ok(Self { pool, backend, node_id })
+        Ok(Self { pool, backend, node_id, outbox_wake: Default::default() })
     }
 
     pub fn backend(&self) -> Backend {
@@ -506,6 +512,18 @@ impl Catalog {
             .fetch_optional(&self.pool)
             .within()
             .await??;
+        Ok(row.as_ref().map(recording_from).transpose()?)
+    }
+
+    /// The recording stored at `key` in `storage`.
+    pub async fn recording_at(&self, storage: &str, key: &str) -> Result<Option<Recording>, CatalogError> {
+        let row =
+            sqlx::query(&format!("SELECT {RECORDING_COLUMNS} FROM recordings WHERE storage = $1 AND object_key = $2"))
+                .bind(storage)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .within()
+                .await??;
         Ok(row.as_ref().map(recording_from).transpose()?)
     }
 

@@ -151,6 +151,70 @@ async fn task_states(c: &Catalog) {
     assert_eq!(c.task("0001").await.unwrap(), None);
 }
 
+fn new_event(id: &str, url: &str, created_ms: i64) -> NewEvent {
+    NewEvent {
+        id: id.into(),
+        event: "file_created".into(),
+        domain: "d".into(),
+        app: "live".into(),
+        stream: "cam".into(),
+        task_id: None,
+        created_ms,
+        url: url.into(),
+        headers: vec![("X-Reel-Event-Id".into(), id.into())],
+        // Not UTF-8: kept as base64 and given back byte for byte.
+        body: vec![0xff, 0x00, b'{', b'}'],
+        timeout_ms: 5_000,
+        max_attempts: 0,
+        expires_ms: created_ms + 86_400_000,
+    }
+}
+
+/// Two nodes on one outbox: a due event is leased to one of them at a time, the outcome sticks.
+async fn outbox(a: &Catalog, b: &Catalog) {
+    let events: Vec<NewEvent> = (0..6).map(|i| new_event(&format!("e{i:03}"), "http://x/cb", 1_000 + i)).collect();
+    a.enqueue_events(&events).await.unwrap();
+    let (ca, cb) = tokio::join!(a.claim_events(2_000, 60_000, 4), b.claim_events(2_000, 60_000, 4));
+    let (ca, cb) = (ca.unwrap(), cb.unwrap());
+    assert_eq!(ca.len() + cb.len(), 6, "every event claimed once");
+    assert!(ca.iter().all(|e| !cb.iter().any(|f| f.id == e.id)), "never by both");
+    assert!(a.claim_events(2_000, 60_000, 10).await.unwrap().is_empty(), "leased");
+    let got = a.event("e000").await.unwrap().unwrap();
+    assert_eq!(got.body, vec![0xff, 0x00, b'{', b'}']);
+    assert_eq!(got.headers, vec![("X-Reel-Event-Id".to_string(), "e000".to_string())]);
+    a.event_delivered("e000", 2_100, 200).await.unwrap();
+    a.event_attempt_failed("e001", 2_100, None, "HTTP 410", Some(410)).await.unwrap();
+    b.event_attempt_failed("e002", 2_100, Some(9_000), "HTTP 503", Some(503)).await.unwrap();
+    // The endpoint is down: the rest wait for 9 s; it answers: all due now.
+    assert_eq!(a.defer_events("http://x/cb", 3_000, 9_000).await.unwrap(), 0, "leased rows stay");
+    for id in ["e003", "e004", "e005"] {
+        a.release_event(id, 5_000).await.unwrap();
+    }
+    assert_eq!(a.defer_events("http://x/cb", 3_000, 9_000).await.unwrap(), 3);
+    assert_eq!(a.count_due_events(8_999).await.unwrap(), 0);
+    assert_eq!(b.hurry_events("http://x/cb", 3_000).await.unwrap(), 4);
+    assert_eq!(a.count_due_events(3_000).await.unwrap(), 4);
+    assert_eq!(a.count_events(EventStatus::Delivered).await.unwrap(), 1);
+    let failed =
+        a.events(&EventQuery { status: Some(EventStatus::Failed), limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(failed.items.len(), 1);
+    assert_eq!((failed.items[0].last_status, failed.items[0].last_error.as_deref()), (Some(410), Some("HTTP 410")));
+    let page = a.events(&EventQuery { limit: 4, ..Default::default() }).await.unwrap();
+    assert_eq!(page.items.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["e005", "e004", "e003", "e002"]);
+    let rest = a.events(&EventQuery { limit: 4, cursor: page.next, ..Default::default() }).await.unwrap();
+    assert_eq!(rest.items.len(), 2);
+    assert_eq!(a.retry_event("e001", 4_000, 100_000).await.unwrap(), Some(true));
+    assert_eq!(a.retry_event("e000", 4_000, 100_000).await.unwrap(), Some(false));
+    assert_eq!(a.prune_events(3_000).await.unwrap(), 1, "delivered, finished before 3 s");
+    assert!(a.event("e000").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn the_outbox_leases_events_and_keeps_outcomes() {
+    let a = sqlite("outbox").await;
+    outbox(&a, &a.clone()).await;
+}
+
 #[test]
 fn passwords_stay_out_of_logs() {
     assert_eq!(redact("postgres://reel:secret@db:5432/reel"), "postgres://reel:***@db:5432/reel");
@@ -173,6 +237,7 @@ async fn postgres_speaks_the_same_sql() {
     listing(&a).await;
     task_states(&a).await;
     assert_eq!(b.recording("0001").await.unwrap().unwrap().stream, "cam");
+    outbox(&a, &b).await;
     a.close().await;
     b.close().await;
 }

@@ -8,7 +8,9 @@ mod duration;
 mod plugins;
 
 pub use auth::{Auth, AuthKind};
-pub use callback::{CallbackConfig, EVENTS, EVENT_RECORD_FILE};
+pub use callback::{
+    CallbackConfig, EventsConfig, EVENTS, EVENT_FILE_CREATED, EVENT_RECORD_FILE, EVENT_SEGMENT_CREATED,
+};
 pub use catalog::CatalogConfig;
 pub use duration::{parse_duration, Duration};
 pub use plugins::{
@@ -60,9 +62,12 @@ pub struct Config {
     /// `[policy]`: the default plugin chain and per-call limits.
     #[serde(default)]
     pub policy: PolicyConfig,
-    /// `[[callback]]`: HTTP endpoints told about every finished file.
+    /// `[[callback]]`: HTTP endpoints told about recording events.
     #[serde(default)]
     pub callback: Vec<CallbackConfig>,
+    /// `[events]`: how events reach the callbacks (retries, max age).
+    #[serde(default)]
+    pub events: EventsConfig,
     /// `[[auth]]`: signed publish URLs, per domain and app (off when none matches).
     #[serde(default)]
     pub auth: Vec<Auth>,
@@ -525,6 +530,7 @@ impl Config {
         for (i, cb) in self.callback.iter().enumerate() {
             p.extend(cb.validate(i));
         }
+        p.extend(self.events.validate());
         for (i, r) in self.rule.iter().enumerate() {
             if !self.template.contains_key(&r.template) {
                 p.push(format!(

@@ -1,335 +1,365 @@
-//! Callback delivery: HTTP POSTs announcing finished files, with a timeout and retries.
+//! Delivery from the catalog's outbox: every queued event is POSTed to its callback until it is
+//! delivered, fails for good, or is older than `[events] max_age`.
 //!
-//! The policy builds each request ([`crate::policy::Policy::on_file`]: the built-in JSON or a
-//! plugin's signed request); a [`Notifier`] queues it in an [`Outbox`] and a Tokio worker
-//! delivers it, retrying with exponential backoff (1 s, 2 s, 4 s by default) on transport
-//! errors, 5xx, 408 and 429. Other 4xx answers are final. The queue is in memory
-//! ([`MemoryOutbox`]) for now; a durable outbox implements the same trait.
+//! The recorder writes each event (the exact request: URL, headers with `X-Reel-Event-Id` and
+//! the signature, body) into the catalog before anything is sent; a [`Deliverer`] claims due
+//! events with a lease, so in a fleet one node attempts an event at a time, and a node that dies
+//! mid-attempt leaves it to the next after the lease. Delivery is at least once: a receiver
+//! drops repeats by the event id.
 //!
-//! Metrics: `reel_callbacks_total{result="delivered"|"failed"|"dropped"}` and
-//! `reel_callback_attempts_total`.
+//! - A 2xx delivers. A 4xx other than 408 and 429 is a permanent failure (kept, listed, and
+//!   retried by hand through the API); so is a URL that cannot be requested at all.
+//! - Anything else (refused or reset connections, timeouts, 5xx, 408, 429) is retried with
+//!   exponential backoff and full jitter (`backoff` doubling up to `max_backoff`, each wait drawn
+//!   from its upper half). The backoff is per endpoint: while an endpoint is down its events wait
+//!   together instead of each probing it; when it answers again they are all due at once.
+//!
+//! Metrics: `reel_callbacks_total{result="delivered"|"failed"}`, `reel_callback_attempts_total`.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
-use crate::policy::{CallbackRequest, FileInfo, Policy, StreamInfo};
+use crate::catalog::{Catalog, Event};
+use crate::config::EventsConfig;
 
-pub use crate::config::{CallbackConfig, EVENTS, EVENT_RECORD_FILE};
-
-/// Errors from queueing a callback.
-#[derive(Debug, thiserror::Error)]
-pub enum NotifyError {
-    #[error("callback queue is full ({0} pending); dropping the callback")]
-    QueueFull(usize),
-    #[error("callback notifier is shut down")]
-    Closed,
-}
-
-/// One callback to deliver.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Delivery {
-    /// Assigned by the outbox.
-    pub id: u64,
-    pub request: CallbackRequest,
-    pub timeout: Duration,
-    pub retries: u32,
-}
-
-/// Where deliveries wait. The in-memory [`MemoryOutbox`] loses them on restart; a durable one
-/// (SQLite) stores them on [`Outbox::push`] and forgets them on [`Outbox::finish`].
-pub trait Outbox: Send + Sync + 'static {
-    /// Queues a delivery (its `id` is assigned here).
-    fn push(&self, delivery: Delivery) -> Result<u64, NotifyError>;
-    /// Takes the next delivery to attempt, if any.
-    fn pop(&self) -> Option<Delivery>;
-    /// The delivery `id` was delivered (`true`) or given up on (`false`).
-    fn finish(&self, id: u64, delivered: bool);
-    /// Deliveries waiting.
-    fn len(&self) -> usize;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// A bounded in-memory queue.
-#[derive(Debug)]
-pub struct MemoryOutbox {
-    queue: Mutex<VecDeque<Delivery>>,
-    capacity: usize,
-    next_id: AtomicU64,
-}
-
-impl MemoryOutbox {
-    /// Holds at most `capacity` waiting deliveries; more are refused.
-    pub fn new(capacity: usize) -> MemoryOutbox {
-        MemoryOutbox { queue: Mutex::new(VecDeque::new()), capacity, next_id: AtomicU64::new(1) }
-    }
-}
-
-impl Outbox for MemoryOutbox {
-    fn push(&self, mut delivery: Delivery) -> Result<u64, NotifyError> {
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if q.len() >= self.capacity {
-            return Err(NotifyError::QueueFull(q.len()));
-        }
-        delivery.id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let id = delivery.id;
-        q.push_back(delivery);
-        Ok(id)
-    }
-
-    fn pop(&self) -> Option<Delivery> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
-    }
-
-    fn finish(&self, _id: u64, _delivered: bool) {}
-
-    fn len(&self) -> usize {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-}
-
-/// Tuning that rarely needs changing; tests shorten the backoff.
+/// Tuning of delivery; `[events]` sets most of it.
 #[derive(Clone, Debug)]
-pub struct NotifierOptions {
-    /// Wait before the first retry; doubles for each next one (1 s, 2 s, 4 s).
+pub struct Options {
+    /// Wait before the first retry of an endpoint; doubles for each next one.
     pub backoff: Duration,
-    /// Deliveries in flight at once.
+    pub max_backoff: Duration,
+    /// Requests in flight at once.
     pub concurrency: usize,
+    /// How long a claimed event is this node's alone (longer than any one attempt).
+    pub lease: Duration,
+    /// How often the outbox is read when nothing wakes the deliverer (events other nodes queued,
+    /// retries coming due).
+    pub poll: Duration,
+    /// Delivered events are forgotten after this long.
+    pub keep_delivered: Duration,
 }
 
-impl Default for NotifierOptions {
-    fn default() -> Self {
-        NotifierOptions { backoff: Duration::from_secs(1), concurrency: 8 }
+impl From<&EventsConfig> for Options {
+    fn from(c: &EventsConfig) -> Self {
+        Options {
+            backoff: c.backoff,
+            max_backoff: c.max_backoff,
+            concurrency: c.concurrency,
+            lease: Duration::from_secs(120),
+            poll: Duration::from_millis(500),
+            keep_delivered: c.keep_delivered,
+        }
     }
 }
 
 /// Most response-body bytes read (and discarded) so the connection can be reused.
-const MAX_RESPONSE_BODY: u64 = 64 * 1024;
+const MAX_RESPONSE_BODY: usize = 64 * 1024;
+/// How often delivered events past `keep_delivered` are removed.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// An endpoint that failed: how often in a row, when it may be tried again, and whether one
+/// event is trying it now (the others wait for that probe: a half-open circuit).
+#[derive(Clone, Copy, Debug)]
+struct Down {
+    failures: u32,
+    until_ms: i64,
+    probing: bool,
+}
 
 struct Shared {
-    outbox: Arc<dyn Outbox>,
-    wake: Notify,
-    closed: AtomicBool,
-    /// Deliveries taken from the outbox and not finished.
+    catalog: Catalog,
+    client: reqwest::Client,
+    options: Options,
     in_flight: AtomicUsize,
-    agent: ureq::Agent,
-    options: NotifierOptions,
+    down: Mutex<HashMap<String, Down>>,
+    stop: CancellationToken,
 }
 
-/// Queues callbacks and delivers them from a Tokio task. Dropping it stops the worker: attempts
-/// in flight go on, queued deliveries stay in the outbox (a durable one sends them after a
-/// restart). [`Notifier::drain`] waits for the queue to empty first.
-pub struct Notifier {
+/// Sends the outbox's events from a Tokio task; cheap to clone.
+#[derive(Clone)]
+pub struct Deliverer {
     shared: Arc<Shared>,
-    callbacks: Vec<CallbackConfig>,
 }
 
-impl std::fmt::Debug for Notifier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Notifier")
-            .field("callbacks", &self.callbacks)
-            .field("pending", &self.shared.outbox.len())
-            .finish()
-    }
+/// The HTTP client every outgoing request of the host uses: no redirects, rustls with the
+/// system's roots, connection reuse.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("reel/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(5))
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build()
+        .expect("the TLS backend initialises")
 }
 
-impl Notifier {
-    /// Starts the delivery worker on the current Tokio runtime (panics outside one).
-    pub fn new(callbacks: Vec<CallbackConfig>, outbox: Arc<dyn Outbox>, options: NotifierOptions) -> Notifier {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .user_agent(concat!("reel/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+impl Deliverer {
+    /// Starts delivering on the current Tokio runtime (panics outside one). Events left by an
+    /// earlier run are sent first.
+    pub fn start(catalog: Catalog, options: Options) -> Deliverer {
         let shared = Arc::new(Shared {
-            outbox,
-            wake: Notify::new(),
-            closed: AtomicBool::new(false),
-            in_flight: AtomicUsize::new(0),
-            agent,
+            catalog,
+            client: http_client(),
             options,
+            in_flight: AtomicUsize::new(0),
+            down: Mutex::new(HashMap::new()),
+            stop: CancellationToken::new(),
         });
-        tokio::spawn(worker(shared.clone()));
-        // Deliveries left by a previous run (durable outboxes).
-        shared.wake.notify_one();
-        Notifier { shared, callbacks }
+        tokio::spawn(run(shared.clone()));
+        Deliverer { shared }
     }
 
-    /// The configured callbacks.
-    pub fn callbacks(&self) -> &[CallbackConfig] {
-        &self.callbacks
-    }
-
-    /// Announces a finished file to every callback subscribed to `record_file`, with the
-    /// request `policy` builds for it. Returns how many were queued.
-    pub fn file_finished(&self, policy: &dyn Policy, s: &StreamInfo, f: &FileInfo) -> usize {
-        let mut queued = 0;
-        for cb in self.callbacks.iter().filter(|cb| cb.wants(EVENT_RECORD_FILE) && cb.covers(&s.domain, &s.app)) {
-            if let Some(mut request) = policy.on_file(s, f, &cb.url) {
-                sign(&mut request, cb);
-                match self.send(request, cb.timeout, cb.retries) {
-                    Ok(_) => queued += 1,
-                    Err(e) => {
-                        tracing::warn!(url = %cb.url, key = %f.key, error = &e as &dyn std::error::Error, "callback not queued")
-                    }
-                }
-            }
-        }
-        queued
-    }
-
-    /// Queues one request.
-    pub fn send(&self, request: CallbackRequest, timeout: Duration, retries: u32) -> Result<u64, NotifyError> {
-        if self.shared.closed.load(Ordering::Relaxed) {
-            return Err(NotifyError::Closed);
-        }
-        let r = self.shared.outbox.push(Delivery { id: 0, request, timeout, retries });
-        match &r {
-            Ok(_) => self.shared.wake.notify_one(),
-            Err(_) => metrics::counter!("reel_callbacks_total", "result" => "dropped").increment(1),
-        }
-        r
-    }
-
-    /// Deliveries waiting (not counting those in flight).
-    pub fn pending(&self) -> usize {
-        self.shared.outbox.len()
-    }
-
-    /// Deliveries being attempted (or waiting to retry) right now.
+    /// Attempts in progress.
     pub fn in_flight(&self) -> usize {
         self.shared.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Waits until nothing is queued or in flight, or `timeout` passes (for a graceful
-    /// shutdown). Returns whether everything was delivered or given up on.
+    /// Waits (up to `timeout`) until no event is due and none is being attempted: for a
+    /// graceful shutdown, after the last files were announced. Events waiting for a retry stay
+    /// in the outbox for the next start. Returns whether it got there.
     pub async fn drain(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if self.pending() == 0 && self.in_flight() == 0 {
+            let due = self.shared.catalog.count_due_events(now_ms()).await.unwrap_or(0);
+            if due == 0 && self.in_flight() == 0 {
                 return true;
             }
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
-}
 
-impl Drop for Notifier {
-    fn drop(&mut self) {
-        self.shared.closed.store(true, Ordering::Relaxed);
-        self.shared.wake.notify_one();
+    /// Stops claiming events; attempts in progress finish (their lease ends otherwise).
+    pub fn stop(&self) {
+        self.shared.stop.cancel();
     }
 }
 
-async fn worker(shared: Arc<Shared>) {
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+async fn run(shared: Arc<Shared>) {
     let slots = Arc::new(Semaphore::new(shared.options.concurrency.max(1)));
+    let mut next_prune = tokio::time::Instant::now();
+    let mut failing = false;
     loop {
-        if shared.closed.load(Ordering::Relaxed) {
+        if shared.stop.is_cancelled() {
             return;
         }
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
-        // Counted before it leaves the outbox, so `drain` never sees it in neither place.
-        shared.in_flight.fetch_add(1, Ordering::Relaxed);
-        let Some(delivery) = shared.outbox.pop() else {
-            shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
-            shared.wake.notified().await;
-            continue;
+        if tokio::time::Instant::now() >= next_prune {
+            next_prune += PRUNE_EVERY;
+            let before = now_ms() - shared.options.keep_delivered.as_millis() as i64;
+            match shared.catalog.prune_events(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(events = n, "forgot delivered events"),
+                Err(e) => tracing::warn!(error = &e as &dyn std::error::Error, "cannot prune delivered events"),
+            }
+        }
+        // Claim only what can start now: a claimed event is leased, and other nodes skip it.
+        let first = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = shared.stop.cancelled() => return,
         };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let delivered = deliver(&shared, &delivery).await;
-            shared.outbox.finish(delivery.id, delivered);
-            shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
-        });
+        let free = 1 + slots.available_permits();
+        let now = now_ms();
+        let claimed =
+            shared.catalog.claim_events(now, now + shared.options.lease.as_millis() as i64, free as u32).await;
+        let events = match claimed {
+            Ok(events) => {
+                failing = false;
+                events
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::error!(error = &e as &dyn std::error::Error, "cannot read the event outbox; retrying");
+                }
+                failing = true;
+                Vec::new()
+            }
+        };
+        if events.is_empty() {
+            drop(first);
+            tokio::select! {
+                _ = shared.catalog.events_queued() => {}
+                _ = tokio::time::sleep(shared.options.poll) => {}
+                _ = shared.stop.cancelled() => return,
+            }
+            continue;
+        }
+        let mut permit = Some(first);
+        for ev in events {
+            let p = match permit.take() {
+                Some(p) => p,
+                None => match slots.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            shared.in_flight.fetch_add(1, Ordering::Relaxed);
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                attempt(&shared, ev).await;
+                shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+                drop(p);
+            });
+        }
     }
 }
 
-/// Attempts a delivery until it succeeds, fails for good, or runs out of retries.
-async fn deliver(shared: &Arc<Shared>, d: &Delivery) -> bool {
-    let mut backoff = shared.options.backoff;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        metrics::counter!("reel_callback_attempts_total").increment(1);
-        let (agent, request, timeout) = (shared.agent.clone(), d.request.clone(), d.timeout);
-        let outcome = tokio::task::spawn_blocking(move || post(&agent, &request, timeout))
-            .await
-            .unwrap_or_else(|e| Outcome::Retry(format!("delivery task failed: {e}")));
-        match outcome {
-            Outcome::Delivered => {
-                metrics::counter!("reel_callbacks_total", "result" => "delivered").increment(1);
-                return true;
+/// What one POST came to.
+enum Outcome {
+    Delivered(u16),
+    /// Worth trying again (the status, when there was an answer).
+    Retry(String, Option<u16>),
+    /// Trying again would not help.
+    Fail(String, Option<u16>),
+}
+
+/// The wait before the next try of an endpoint that failed `failures` times in a row: the
+/// backoff doubled per failure, capped, drawn from its upper half.
+fn backoff(o: &Options, failures: u32) -> Duration {
+    let base = o.backoff.saturating_mul(1u32.checked_shl(failures.saturating_sub(1).min(20)).unwrap_or(u32::MAX));
+    let d = base.min(o.max_backoff);
+    d / 2 + d.mul_f64(fastrand::f64() / 2.0)
+}
+
+/// Attempts one claimed event and records the outcome.
+async fn attempt(shared: &Shared, ev: Event) {
+    let catalog = &shared.catalog;
+    let now = now_ms();
+    let record = |r: Result<(), crate::catalog::CatalogError>| {
+        if let Err(e) = r {
+            tracing::error!(event = %ev.id, error = &e as &dyn std::error::Error, "event state not saved (it will be tried again)");
+        }
+    };
+    if ev.expires_ms <= now {
+        let why = format!("not delivered within the max age{}", last_error(&ev));
+        metrics::counter!("reel_callbacks_total", "result" => "failed").increment(1);
+        tracing::warn!(event = %ev.id, url = %ev.url, "{why}");
+        record(catalog.event_attempt_failed(&ev.id, now, None, &why, ev.last_status).await);
+        return;
+    }
+    // A resting endpoint: the event waits with the others; one probes it when the rest ends.
+    let wait = {
+        let mut map = shared.down.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get_mut(&ev.url) {
+            Some(d) if d.until_ms > now => Some(d.until_ms),
+            Some(d) if d.probing => Some(now + shared.options.backoff.as_millis() as i64),
+            Some(d) => {
+                d.probing = true;
+                None
             }
-            Outcome::Retry(why) if attempt <= d.retries => {
-                tracing::debug!(url = %d.request.url, attempt, "callback attempt failed, retrying in {backoff:?}: {why}");
-                tokio::time::sleep(backoff).await;
-                backoff = backoff.saturating_mul(2);
-            }
-            Outcome::Retry(why) | Outcome::Fail(why) => {
+            None => None,
+        }
+    };
+    if let Some(until) = wait {
+        record(catalog.release_event(&ev.id, until).await);
+        return;
+    }
+    metrics::counter!("reel_callback_attempts_total").increment(1);
+    match post(&shared.client, &ev).await {
+        Outcome::Delivered(status) => {
+            metrics::counter!("reel_callbacks_total", "result" => "delivered").increment(1);
+            record(catalog.event_delivered(&ev.id, now_ms(), status).await);
+            answered(shared, &ev).await;
+        }
+        Outcome::Retry(why, status) => {
+            let failures = {
+                let mut map = shared.down.lock().unwrap_or_else(|e| e.into_inner());
+                let d = map.entry(ev.url.clone()).or_insert(Down { failures: 0, until_ms: 0, probing: false });
+                d.failures += 1;
+                d.probing = false;
+                d.until_ms = now_ms() + backoff(&shared.options, d.failures).as_millis() as i64;
+                *d
+            };
+            let attempts = ev.attempts + 1;
+            let out_of_attempts = ev.max_attempts > 0 && attempts >= ev.max_attempts;
+            if out_of_attempts || failures.until_ms >= ev.expires_ms {
                 metrics::counter!("reel_callbacks_total", "result" => "failed").increment(1);
-                tracing::warn!(url = %d.request.url, attempts = attempt, "callback not delivered: {why}");
-                return false;
+                tracing::warn!(event = %ev.id, url = %ev.url, attempts, "callback not delivered: {why}");
+                record(catalog.event_attempt_failed(&ev.id, now_ms(), None, &why, status).await);
+            } else {
+                tracing::debug!(event = %ev.id, url = %ev.url, attempts, "callback attempt failed, next at {}: {why}", failures.until_ms);
+                record(catalog.event_attempt_failed(&ev.id, now_ms(), Some(failures.until_ms), &why, status).await);
+            }
+            if let Err(e) = catalog.defer_events(&ev.url, now_ms(), failures.until_ms).await {
+                tracing::warn!(error = &e as &dyn std::error::Error, "cannot defer waiting events");
+            }
+        }
+        Outcome::Fail(why, status) => {
+            metrics::counter!("reel_callbacks_total", "result" => "failed").increment(1);
+            tracing::warn!(event = %ev.id, url = %ev.url, "callback refused for good: {why}");
+            record(catalog.event_attempt_failed(&ev.id, now_ms(), None, &why, status).await);
+            if status.is_some() {
+                // It answered: whatever this event's fault, the endpoint is up.
+                answered(shared, &ev).await;
             }
         }
     }
 }
 
-/// Adds `X-Reel-Event-Id` (the same on every attempt, so a receiver can drop repeats) and,
-/// with a secret, `X-Reel-Signature: sha256=<hex HMAC-SHA256(secret, body)>`.
-fn sign(request: &mut CallbackRequest, cb: &CallbackConfig) {
-    use hmac::{Hmac, Mac};
-    request.headers.push(("X-Reel-Event-Id".into(), format!("{:016x}", fastrand::u64(..))));
-    if let Ok(Some(secret)) = cb.resolved_secret() {
-        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
-        mac.update(&request.body);
-        let hex: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
-        request.headers.push(("X-Reel-Signature".into(), format!("sha256={hex}")));
+/// The endpoint of `ev` answered: if it had been failing, what waits for it is due now.
+async fn answered(shared: &Shared, ev: &Event) {
+    let was_down = shared.down.lock().unwrap_or_else(|e| e.into_inner()).remove(&ev.url).is_some();
+    if was_down || ev.attempts > 0 {
+        match shared.catalog.hurry_events(&ev.url, now_ms()).await {
+            Ok(n) if n > 0 => tracing::info!(url = %ev.url, events = n, "callback endpoint answers again"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = &e as &dyn std::error::Error, "cannot hurry waiting events"),
+        }
     }
 }
 
-enum Outcome {
-    Delivered,
-    /// Worth trying again.
-    Retry(String),
-    /// Trying again would not help.
-    Fail(String),
+fn last_error(ev: &Event) -> String {
+    ev.last_error.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default()
 }
 
-/// One blocking POST.
-fn post(agent: &ureq::Agent, r: &CallbackRequest, timeout: Duration) -> Outcome {
-    let mut req = agent.post(&r.url);
-    for (k, v) in &r.headers {
+/// One POST with the event's stored request, within its timeout.
+async fn post(client: &reqwest::Client, ev: &Event) -> Outcome {
+    let mut req = client.post(&ev.url).timeout(Duration::from_millis(ev.timeout_ms.max(1) as u64));
+    for (k, v) in &ev.headers {
         req = req.header(k.as_str(), v.as_str());
     }
-    let req = req.config().timeout_global(Some(timeout)).build();
-    match req.send(&r.body[..]) {
-        Ok(mut resp) => {
-            let status = resp.status().as_u16();
-            let _ = resp.body_mut().with_config().limit(MAX_RESPONSE_BODY).read_to_vec();
-            match status {
-                200..=299 => Outcome::Delivered,
-                408 | 429 | 500..=599 => Outcome::Retry(format!("HTTP {status}")),
-                _ => Outcome::Fail(format!("HTTP {status}")),
-            }
+    let resp = match req.body(ev.body.clone()).send().await {
+        Ok(r) => r,
+        Err(e) if e.is_builder() => return Outcome::Fail(error_text(&e), None),
+        Err(e) => return Outcome::Retry(error_text(&e), None),
+    };
+    let status = resp.status().as_u16();
+    // Read a little of the answer so the connection is reused; a long one is cut off.
+    let mut resp = resp;
+    let mut read = 0;
+    while read < MAX_RESPONSE_BODY {
+        match resp.chunk().await {
+            Ok(Some(c)) => read += c.len(),
+            _ => break,
         }
-        Err(e) => match e {
-            ureq::Error::BadUri(_) | ureq::Error::Http(_) | ureq::Error::RequireHttpsOnly(_) => {
-                Outcome::Fail(e.to_string())
-            }
-            e => Outcome::Retry(e.to_string()),
-        },
     }
+    match status {
+        200..=299 => Outcome::Delivered(status),
+        408 | 429 | 500..=599 => Outcome::Retry(format!("HTTP {status}"), Some(status)),
+        _ => Outcome::Fail(format!("HTTP {status}"), Some(status)),
+    }
+}
+
+/// A client error with its causes (reqwest's own text is often only "error sending request").
+fn error_text(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use super::*;
-use crate::policy::{Builtin, Format};
+use crate::catalog::{EventStatus, NewEvent};
+use crate::config::{CallbackConfig, CatalogConfig};
 
 /// A request as the test server saw it.
 #[derive(Debug)]
@@ -49,62 +50,63 @@ fn server(statuses: Vec<u16>) -> (String, mpsc::Receiver<Seen>) {
     (url, rx)
 }
 
-/// An outbox that remembers how each delivery ended.
-struct Recording {
-    inner: MemoryOutbox,
-    finished: Mutex<Vec<(u64, bool)>>,
+async fn catalog() -> Catalog {
+    let d = std::env::temp_dir().join(format!("reel-notify-{}-{}", std::process::id(), fastrand::u32(..)));
+    Catalog::open(&CatalogConfig::default(), &d, "node-a".into()).await.unwrap()
 }
 
-impl Outbox for Recording {
-    fn push(&self, d: Delivery) -> Result<u64, NotifyError> {
-        self.inner.push(d)
-    }
-    fn pop(&self) -> Option<Delivery> {
-        self.inner.pop()
-    }
-    fn finish(&self, id: u64, delivered: bool) {
-        self.finished.lock().unwrap().push((id, delivered));
-    }
-    fn len(&self) -> usize {
-        self.inner.len()
+fn fast() -> Options {
+    Options {
+        backoff: Duration::from_millis(40),
+        max_backoff: Duration::from_millis(200),
+        concurrency: 2,
+        lease: Duration::from_secs(30),
+        poll: Duration::from_millis(20),
+        keep_delivered: Duration::from_secs(3600),
     }
 }
 
-fn recording() -> Arc<Recording> {
-    Arc::new(Recording { inner: MemoryOutbox::new(16), finished: Mutex::new(Vec::new()) })
-}
-
-async fn wait_finished(o: &Recording, n: usize) -> Vec<(u64, bool)> {
-    let start = Instant::now();
-    loop {
-        let f = o.finished.lock().unwrap().clone();
-        if f.len() >= n || start.elapsed() > Duration::from_secs(10) {
-            return f;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-fn fast() -> NotifierOptions {
-    NotifierOptions { backoff: Duration::from_millis(20), concurrency: 2 }
-}
-
-fn request(url: &str) -> CallbackRequest {
-    CallbackRequest {
-        url: url.to_owned(),
+fn event(url: &str, max_attempts: u32) -> NewEvent {
+    let now = now_ms();
+    NewEvent {
+        id: crate::catalog::new_id(),
+        event: "file_created".into(),
+        domain: "d".into(),
+        app: "live".into(),
+        stream: "cam".into(),
+        task_id: None,
+        created_ms: now,
+        url: url.into(),
         headers: vec![("content-type".into(), "application/json".into()), ("X-Sign".into(), "abc".into())],
         body: br#"{"hello":"world"}"#.to_vec(),
+        timeout_ms: 5_000,
+        max_attempts,
+        expires_ms: now + 60_000,
+    }
+}
+
+/// Waits until `id` is no longer pending.
+async fn settled(c: &Catalog, id: &str) -> crate::catalog::Event {
+    let start = Instant::now();
+    loop {
+        let e = c.event(id).await.unwrap().unwrap();
+        if e.status != EventStatus::Pending || start.elapsed() > Duration::from_secs(10) {
+            return e;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retries_after_a_500_then_delivers() {
+async fn retries_after_a_500_then_delivers_the_stored_request() {
     let (url, seen) = server(vec![500, 200]);
-    let outbox = recording();
-    let n = Notifier::new(vec![], outbox.clone(), fast());
+    let c = catalog().await;
+    let d = Deliverer::start(c.clone(), fast());
+    let e = event(&url, 0);
     let started = Instant::now();
-    let id = n.send(request(&url), Duration::from_secs(5), 3).unwrap();
-    assert_eq!(wait_finished(&outbox, 1).await, vec![(id, true)]);
+    c.enqueue_events(std::slice::from_ref(&e)).await.unwrap();
+    let got = settled(&c, &e.id).await;
+    assert_eq!((got.status, got.attempts, got.last_status), (EventStatus::Delivered, 2, Some(200)));
     assert!(started.elapsed() >= Duration::from_millis(20), "waited the backoff");
     for _ in 0..2 {
         let s = seen.recv_timeout(Duration::from_secs(1)).unwrap();
@@ -113,133 +115,101 @@ async fn retries_after_a_500_then_delivers() {
         assert!(s.headers.contains(&("content-type".into(), "application/json".into())));
         assert_eq!(s.body, br#"{"hello":"world"}"#);
     }
+    assert!(d.drain(Duration::from_secs(2)).await);
+    d.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_404_is_final() {
+async fn a_404_is_final_and_kept_until_retried_by_hand() {
     let (url, seen) = server(vec![404, 200]);
-    let outbox = recording();
-    let n = Notifier::new(vec![], outbox.clone(), fast());
-    let id = n.send(request(&url), Duration::from_secs(5), 3).unwrap();
-    assert_eq!(wait_finished(&outbox, 1).await, vec![(id, false)]);
+    let c = catalog().await;
+    let d = Deliverer::start(c.clone(), fast());
+    let e = event(&url, 0);
+    c.enqueue_events(std::slice::from_ref(&e)).await.unwrap();
+    let got = settled(&c, &e.id).await;
+    assert_eq!((got.status, got.attempts, got.last_status), (EventStatus::Failed, 1, Some(404)));
+    assert_eq!(got.last_error.as_deref(), Some("HTTP 404"));
     assert!(seen.recv_timeout(Duration::from_secs(1)).is_ok());
-    assert!(seen.recv_timeout(Duration::from_millis(100)).is_err(), "no second attempt");
+    assert!(seen.recv_timeout(Duration::from_millis(150)).is_err(), "no second attempt");
+    // By hand: due again, delivered by the next answer.
+    assert_eq!(c.retry_event(&e.id, now_ms(), now_ms() + 60_000).await.unwrap(), Some(true));
+    let got = settled(&c, &e.id).await;
+    assert_eq!((got.status, got.attempts), (EventStatus::Delivered, 2));
+    assert_eq!(c.retry_event(&e.id, now_ms(), now_ms()).await.unwrap(), Some(false), "delivered stays delivered");
+    assert_eq!(c.retry_event("0000000000000000", now_ms(), now_ms()).await.unwrap(), None);
+    d.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gives_up_after_the_retries() {
+async fn gives_up_after_the_retries_a_callback_allows() {
     let (url, seen) = server(vec![503, 500, 502, 200]);
-    let outbox = recording();
-    let n = Notifier::new(vec![], outbox.clone(), fast());
-    let started = Instant::now();
-    let id = n.send(request(&url), Duration::from_secs(5), 2).unwrap();
-    assert_eq!(wait_finished(&outbox, 1).await, vec![(id, false)]);
-    // Backoff 20 ms, then 40 ms.
-    assert!(started.elapsed() >= Duration::from_millis(60));
+    let c = catalog().await;
+    let d = Deliverer::start(c.clone(), fast());
+    let e = event(&url, 3);
+    c.enqueue_events(std::slice::from_ref(&e)).await.unwrap();
+    let got = settled(&c, &e.id).await;
+    assert_eq!((got.status, got.attempts, got.last_status), (EventStatus::Failed, 3, Some(502)));
     assert_eq!(seen.try_iter().count(), 3);
+    d.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retries_when_nobody_listens() {
+async fn an_event_past_its_max_age_fails() {
     // Bind then drop: a port that refuses connections.
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let outbox = recording();
-    let n = Notifier::new(vec![], outbox.clone(), fast());
-    let id = n.send(request(&format!("http://127.0.0.1:{port}/")), Duration::from_secs(1), 1).unwrap();
-    assert_eq!(wait_finished(&outbox, 1).await, vec![(id, false)]);
+    let c = catalog().await;
+    let d = Deliverer::start(c.clone(), fast());
+    let mut e = event(&format!("http://127.0.0.1:{port}/"), 0);
+    e.expires_ms = now_ms() + 300;
+    c.enqueue_events(std::slice::from_ref(&e)).await.unwrap();
+    let got = settled(&c, &e.id).await;
+    assert_eq!(got.status, EventStatus::Failed);
+    assert!(got.attempts >= 1);
+    assert!(got.last_error.as_deref().unwrap_or("").contains("error sending request"), "{:?}", got.last_error);
+    d.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn announces_finished_files_with_the_policy() {
-    let (url, seen) = server(vec![200]);
-    let outbox = recording();
-    let cb = CallbackConfig {
-        url: url.clone(),
-        events: None,
-        timeout: Duration::from_secs(5),
-        retries: 0,
-        domain: "*".into(),
-        app: "li*".into(),
-        secret: Some("s3cret".into()),
-    };
-    let skipped = CallbackConfig { events: Some(vec!["other".into()]), ..cb.clone() };
-    let other_app = CallbackConfig { app: "radio".into(), ..cb.clone() };
-    let n = Notifier::new(vec![cb, skipped, other_app], outbox.clone(), fast());
-    let s = StreamInfo { domain: "d".into(), app: "live".into(), name: "cam".into(), ..Default::default() };
-    let f = FileInfo {
-        container: Format::Mp4,
-        sequence: 2,
-        start_ms: 1_000,
-        end_ms: 61_000,
-        size: 1234,
-        duration_ms: 60_000,
-        key: "live/cam/x.mp4".into(),
-        session_id: "s1".into(),
-        task_id: None,
-        random_id: "r".into(),
-    };
-    assert_eq!(n.file_finished(&Builtin, &s, &f), 1);
-    assert_eq!(wait_finished(&outbox, 1).await.len(), 1);
-    let got = seen.recv_timeout(Duration::from_secs(1)).unwrap();
-    let body: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
-    assert_eq!(body["event"], "record_file");
-    assert_eq!(body["container"], "mp4");
-    assert_eq!(body["key"], "live/cam/x.mp4");
-    assert_eq!(body["size"], 1234);
-    assert_eq!(body["task_id"], serde_json::Value::Null);
-    // Signed: HMAC-SHA256 of the raw body with the callback's secret, and an event id.
-    use hmac::{Hmac, Mac};
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"s3cret").unwrap();
-    mac.update(&got.body);
-    let want: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
-    let header = |name: &str| got.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    assert_eq!(header("x-reel-signature"), Some(format!("sha256={want}")));
-    assert_eq!(header("x-reel-event-id").map(|v| v.len()), Some(16));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drains_before_shutdown() {
-    let (url, seen) = server(vec![500, 200, 200, 200]);
-    let n = Notifier::new(vec![], Arc::new(MemoryOutbox::new(8)), fast());
-    for _ in 0..3 {
-        n.send(request(&url), Duration::from_secs(5), 2).unwrap();
+async fn a_down_endpoint_is_probed_not_flooded_and_everything_goes_when_it_returns() {
+    // 503 for the first 4 connections, then 200 for all.
+    let (url, seen) = server([vec![503; 4], vec![200; 40]].concat());
+    let c = catalog().await;
+    let d = Deliverer::start(c.clone(), fast());
+    let events: Vec<NewEvent> = (0..30).map(|_| event(&url, 0)).collect();
+    c.enqueue_events(&events).await.unwrap();
+    for e in &events {
+        assert_eq!(settled(&c, &e.id).await.status, EventStatus::Delivered);
     }
-    assert!(n.drain(Duration::from_secs(10)).await);
-    assert_eq!((n.pending(), n.in_flight()), (0, 0));
-    assert_eq!(seen.try_iter().count(), 4, "three deliveries, one retried");
-    drop(n);
+    let requests = seen.try_iter().count();
+    assert!(requests < 30 + 4 + 8, "{requests} requests: the down endpoint was probed, not retried per event");
+    assert_eq!(c.count_events(EventStatus::Delivered).await.unwrap(), 30);
+    d.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dropped_notifier_sends_nothing_new() {
-    let outbox = Arc::new(MemoryOutbox::new(8));
-    let n = Notifier::new(vec![], outbox.clone(), fast());
-    drop(n);
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    // What a durable outbox would still hold after a restart.
-    outbox
-        .push(Delivery { id: 0, request: request("http://127.0.0.1:9/"), timeout: Duration::from_secs(1), retries: 0 })
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(outbox.len(), 1);
-}
-
-#[test]
-fn the_memory_outbox_is_bounded() {
-    let o = MemoryOutbox::new(2);
-    let d = Delivery { id: 0, request: request("http://x/"), timeout: Duration::from_secs(1), retries: 0 };
-    assert_eq!(o.push(d.clone()).unwrap(), 1);
-    assert_eq!(o.push(d.clone()).unwrap(), 2);
-    assert!(matches!(o.push(d), Err(NotifyError::QueueFull(2))));
-    assert_eq!(o.pop().unwrap().id, 1);
-    assert_eq!(o.len(), 1);
+async fn events_left_by_an_earlier_run_are_sent_at_start() {
+    let (url, seen) = server(vec![200]);
+    let c = catalog().await;
+    let e = event(&url, 0);
+    c.enqueue_events(std::slice::from_ref(&e)).await.unwrap();
+    // A lease of a node that died lapses, then the event is claimed again.
+    let now = now_ms();
+    assert_eq!(c.claim_events(now, now + 100, 10).await.unwrap().len(), 1);
+    assert!(c.claim_events(now, now + 100, 10).await.unwrap().is_empty(), "leased");
+    let d = Deliverer::start(c.clone(), fast());
+    assert_eq!(settled(&c, &e.id).await.status, EventStatus::Delivered);
+    assert_eq!(seen.try_iter().count(), 1);
+    d.stop();
 }
 
 #[test]
 fn callback_config_defaults_and_validation() {
     let c: CallbackConfig = toml::from_str(r#"url = "https://example.com/cb""#).unwrap();
-    assert_eq!((c.timeout, c.retries, c.events.clone()), (Duration::from_secs(5), 3, None));
-    assert!(c.wants("record_file"));
+    assert_eq!((c.timeout, c.retries, c.events.clone()), (Duration::from_secs(5), None, None));
+    assert!(c.wants("file_created") && c.wants("record_ended"));
+    assert!(!c.wants("segment_created"), "segment events only when asked for");
+    let named: CallbackConfig = toml::from_str("url = \"http://x\"\nevents = [\"record_file\"]").unwrap();
+    assert!(named.wants("file_created"), "record_file is file_created's earlier name");
     assert!(c.validate(0).is_empty());
     let c: CallbackConfig = toml::from_str(
         r#"
@@ -255,10 +225,4 @@ retries = 1
     assert_eq!(errors.len(), 2, "{errors:?}");
     assert!(errors[0].starts_with("callback[3].url"));
     assert!(toml::from_str::<CallbackConfig>("url = \"http://x\"\nretry = 1").is_err(), "unknown keys are errors");
-}
-
-#[test]
-fn the_notifier_can_be_shared_across_threads() {
-    fn shared<T: Send + Sync + 'static>() {}
-    shared::<Notifier>();
 }

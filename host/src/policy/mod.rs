@@ -15,7 +15,7 @@
 //! let policy = registry.policy(template.plugins.as_deref());
 //! let rule = policy.select_rule(&stream, &candidates);
 //! let key = policy.name_file(&stream, &file);
-//! notifier.file_finished(&*policy, &stream, &finished_file);
+//! let request = policy.on_file(&stream, &finished_file, &callback.url);
 //! ```
 //!
 //! A plugin decision takes about 20 µs and at most `[policy] deadline` (50 ms). The methods may
@@ -142,6 +142,11 @@ pub trait Policy: Send + Sync {
     fn name_file(&self, s: &StreamInfo, f: &FileInfo) -> String;
     /// The request announcing a finished file to `callback_url`, or `None` to send nothing.
     fn on_file(&self, s: &StreamInfo, f: &FileInfo, callback_url: &str) -> Option<CallbackRequest>;
+    /// Whether a plugin builds the callback requests ([`Policy::on_file`]); without one the
+    /// recorder sends its own event JSON.
+    fn builds_callbacks(&self) -> bool {
+        false
+    }
 }
 
 /// The decisions, as plugins export them.

@@ -237,4 +237,8 @@ impl Policy for Chain {
         )
         .unwrap_or_else(|| Builtin.on_file(s, f, callback_url))
     }
+
+    fn builds_callbacks(&self) -> bool {
+        self.plugins.iter().any(|p| p.exports(Interface::Callbacks))
+    }
 }

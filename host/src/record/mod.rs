@@ -6,6 +6,8 @@
 //! of where files and HLS segments begin and end). `remux` drives the same segmenter and
 //! outputs over a file.
 
+mod events;
+mod index;
 mod output;
 mod recover;
 pub mod remux;
@@ -23,12 +25,12 @@ use crate::catalog::Catalog;
 use crate::config::{Config, Template};
 use crate::media::avc::{AvcConfig, HevcConfig};
 use crate::media::{Codec, Frame, FrameKind};
-use crate::notify::{MemoryOutbox, Notifier, NotifierOptions, Outbox};
 pub use crate::policy::StreamInfo;
 use crate::policy::{Candidate, Policy, PolicyError, Registry};
 pub use crate::storage::Located;
 use crate::storage::{self, Storage};
 
+pub use index::{Index, IndexError, IndexRequest};
 pub use stream::StreamStats;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,9 +40,6 @@ pub enum RecordError {
     #[error(transparent)]
     Policy(#[from] PolicyError),
 }
-
-/// Callbacks waiting in memory at most (a full queue drops new ones, counted in metrics).
-const OUTBOX_CAPACITY: usize = 10_000;
 
 /// Longest app or stream name accepted, in bytes.
 pub const MAX_NAME_LEN: usize = 255;
@@ -88,19 +87,11 @@ pub struct Runtime {
     pub registry: Arc<Registry>,
     /// The default plugin chain (`[policy] plugins`), falling back to the built-in policy.
     pub policy: Arc<dyn Policy>,
-    /// Sends `[[callback]]`s; none when no callback is configured.
-    pub notifier: Option<Arc<Notifier>>,
 }
 
 impl Runtime {
-    /// Opens storage, loads plugins and (inside a Tokio runtime, when callbacks are
-    /// configured) starts the callback sender, with its own in-memory queue.
+    /// Opens storage and loads plugins.
     pub fn new(config: Config) -> Result<Self, RecordError> {
-        Self::with_outbox(config, Arc::new(MemoryOutbox::new(OUTBOX_CAPACITY)))
-    }
-
-    /// Like [`Runtime::new`], delivering callbacks from `outbox` (kept across reloads).
-    pub fn with_outbox(config: Config, outbox: Arc<dyn Outbox>) -> Result<Self, RecordError> {
         let mut storages = HashMap::new();
         for (name, s) in &config.storage {
             let st = storage::open(name, s, &config.server.data_dir)
@@ -109,9 +100,7 @@ impl Runtime {
         }
         let registry = Arc::new(Registry::new(&config.plugins, &config.policy, &config.server.data_dir)?);
         let policy = registry.policy(None);
-        let notifier = (!config.callback.is_empty())
-            .then(|| Arc::new(Notifier::new(config.callback.clone(), outbox, NotifierOptions::default())));
-        Ok(Self { config: Arc::new(config), storages, registry, policy, notifier })
+        Ok(Self { config: Arc::new(config), storages, registry, policy })
     }
 
     /// The plugin chain deciding for streams of `template`.
@@ -271,13 +260,14 @@ impl Hub {
     }
 }
 
-/// Keeps the catalog's upload state as spooled files reach their object storage.
-fn watch_uploads(rt: &Runtime, catalog: Option<&Catalog>) {
+/// Keeps the catalog's upload state as spooled files reach their object storage, and queues
+/// an `upload_failed` event for a refused one.
+fn watch_uploads(rt: &Runtime, live: &Arc<RwLock<Arc<Runtime>>>, catalog: Option<&Catalog>) {
     let (Some(catalog), Ok(handle)) = (catalog, tokio::runtime::Handle::try_current()) else { return };
     for st in rt.storages.values() {
-        let (catalog, handle) = (catalog.clone(), handle.clone());
+        let (catalog, handle, live) = (catalog.clone(), handle.clone(), Arc::downgrade(live));
         st.on_upload(Arc::new(move |ev: &storage::UploadEvent| {
-            let (catalog, ev) = (catalog.clone(), ev.clone());
+            let (catalog, ev, live) = (catalog.clone(), ev.clone(), live.clone());
             handle.spawn(async move {
                 let r = match &ev.result {
                     Ok(stored) => {
@@ -288,7 +278,12 @@ fn watch_uploads(rt: &Runtime, catalog: Option<&Catalog>) {
                     Err(reason) => {
                         metrics::counter!("reel_upload_failures_total", "storage" => ev.storage.clone()).increment(1);
                         tracing::error!(storage = %ev.storage, key = %ev.spooled_key, "upload refused: {reason}");
-                        catalog.set_upload(&ev.storage, &ev.spooled_key, &ev.spooled_key, None, "failed").await
+                        let r = catalog.set_upload(&ev.storage, &ev.spooled_key, &ev.spooled_key, None, "failed").await;
+                        if let Some(live) = live.upgrade() {
+                            let config = live.read().unwrap_or_else(|e| e.into_inner()).config.clone();
+                            upload_failed(&catalog, &config, &ev.storage, &ev.spooled_key, reason).await;
+                        }
+                        r
                     }
                 };
                 if let Err(e) = r {
@@ -296,6 +291,42 @@ fn watch_uploads(rt: &Runtime, catalog: Option<&Catalog>) {
                 }
             });
         }));
+    }
+}
+
+/// Queues `upload_failed` for the recording stored at `key`.
+async fn upload_failed(catalog: &Catalog, config: &Config, storage: &str, key: &str, reason: &str) {
+    let row = catalog.recording_at(storage, key).await.ok().flatten();
+    let stream = StreamInfo {
+        domain: row.as_ref().map(|r| r.domain.clone()).unwrap_or_default(),
+        app: row.as_ref().map(|r| r.app.clone()).unwrap_or_default(),
+        name: row.as_ref().map(|r| r.stream.clone()).unwrap_or_default(),
+        ..Default::default()
+    };
+    let mut fields = serde_json::Map::new();
+    if let Some(r) = &row {
+        fields.insert("recording_id".into(), r.id.clone().into());
+        fields.insert("format".into(), r.format.clone().into());
+    }
+    fields.insert("storage".into(), storage.into());
+    fields.insert("key".into(), key.into());
+    fields.insert("reason".into(), reason.into());
+    let task_id = row.as_ref().and_then(|r| r.task_id.clone());
+    let spec = events::Spec { kind: "upload_failed", stream: &stream, task_id: task_id.as_deref(), fields, file: None };
+    queue_events(catalog, events::rows(config, &spec, crate::media::time::now_ms())).await;
+}
+
+/// Writes `rows` to the outbox; an event the catalog refuses is logged and counted.
+async fn queue_events(catalog: &Catalog, rows: Vec<crate::catalog::NewEvent>) {
+    if rows.is_empty() {
+        return;
+    }
+    for r in &rows {
+        metrics::counter!("reel_events_total", "event" => r.event.clone()).increment(1);
+    }
+    if let Err(e) = catalog.enqueue_events(&rows).await {
+        metrics::counter!("reel_catalog_errors_total").increment(rows.len() as u64);
+        tracing::error!(event = %rows[0].event, stream = %rows[0].stream, error = &e as &dyn std::error::Error, "event not queued");
     }
 }
 
@@ -310,7 +341,6 @@ struct Live {
 }
 
 struct Inner {
-    outbox: Arc<dyn Outbox>,
     runtime: Arc<RwLock<Arc<Runtime>>>,
     active: Mutex<BTreeMap<StreamKey, Live>>,
     tracker: TaskTracker,
@@ -363,13 +393,12 @@ impl Drop for StreamHandle {
 impl Recorder {
     /// A recorder writing what it records into `catalog` (none: files are only announced).
     pub fn new(config: Config, catalog: Option<Catalog>) -> Result<Self, RecordError> {
-        let outbox: Arc<dyn Outbox> = Arc::new(MemoryOutbox::new(OUTBOX_CAPACITY));
-        let runtime = Runtime::with_outbox(config, outbox.clone())?;
-        watch_uploads(&runtime, catalog.as_ref());
+        let rt = Runtime::new(config)?;
+        let runtime = Arc::new(RwLock::new(Arc::new(rt)));
+        watch_uploads(&runtime.read().unwrap_or_else(|e| e.into_inner()), &runtime, catalog.as_ref());
         Ok(Self {
             inner: Arc::new(Inner {
-                outbox,
-                runtime: Arc::new(RwLock::new(Arc::new(runtime))),
+                runtime,
                 active: Mutex::new(BTreeMap::new()),
                 tracker: TaskTracker::new(),
                 next_session: AtomicU64::new(1),
@@ -395,18 +424,32 @@ impl Recorder {
     /// Swaps configuration, plugins and callbacks; recordings in progress keep theirs until
     /// their next file. On error the running configuration stays.
     pub fn reload(&self, config: Config) -> Result<(), RecordError> {
-        let runtime = Runtime::with_outbox(config, self.inner.outbox.clone())?;
-        watch_uploads(&runtime, self.inner.catalog.as_ref());
+        let runtime = Runtime::new(config)?;
+        watch_uploads(&runtime, &self.inner.runtime, self.inner.catalog.as_ref());
         *self.inner.runtime.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(runtime);
         Ok(())
     }
 
-    /// Waits (up to `timeout`) for queued callbacks to be delivered.
-    pub async fn drain_callbacks(&self, timeout: std::time::Duration) -> bool {
-        match self.runtime().notifier.clone() {
-            Some(n) => n.drain(timeout).await,
-            None => true,
+    /// Queues a task's event (`task_completed`, `task_failed`) for the callbacks.
+    pub async fn task_event(&self, kind: &'static str, task: &crate::catalog::Task) {
+        let Some(catalog) = &self.inner.catalog else { return };
+        let stream = StreamInfo {
+            domain: task.domain.clone(),
+            app: task.app.clone(),
+            name: task.stream.clone(),
+            ..Default::default()
+        };
+        let mut fields = serde_json::Map::new();
+        fields.insert("template".into(), task.template.clone().into());
+        fields.insert("status".into(), task.status.name().into());
+        fields.insert("start_time".into(), events::rfc3339(task.start_ms.max(0) as u64).into());
+        fields.insert("end_time".into(), events::rfc3339(task.end_ms.max(0) as u64).into());
+        if let Some(r) = &task.reason {
+            fields.insert("reason".into(), r.clone().into());
         }
+        let spec = events::Spec { kind, stream: &stream, task_id: Some(&task.id), fields, file: None };
+        let rows = events::rows(&self.runtime().config, &spec, crate::media::time::now_ms());
+        queue_events(catalog, rows).await;
     }
 
     pub fn active(&self) -> Vec<(StreamKey, ActiveStream)> {

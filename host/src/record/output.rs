@@ -258,7 +258,7 @@ pub fn rebase_playlist(playlist: &Playlist, from_key: &str, to_key: &str) -> Pla
 }
 
 /// The key `uri` names, relative to the playlist at `playlist_key`.
-fn resolve(playlist_key: &str, uri: &str) -> String {
+pub(crate) fn resolve(playlist_key: &str, uri: &str) -> String {
     let mut parts: Vec<&str> = playlist_key.split('/').collect();
     parts.pop();
     for c in uri.split('/') {

@@ -106,6 +106,8 @@ struct Recovered {
     info: StreamInfo,
     file: FileInfo,
     storage: String,
+    /// Where a user finds it (a path, or a URL).
+    location: String,
 }
 
 fn mtime_ms(path: &Path) -> Option<u64> {
@@ -152,7 +154,7 @@ fn recover_one(rt: &Runtime, name: &str, storage: &Arc<dyn Storage>, p: &Partial
     file.key = stored.key.clone();
     file.size = stored.size;
     tracing::info!(storage = %name, key = %stored.key, bytes = stored.size, from = %p.path.display(), "recovered an unfinished file");
-    Ok(Some(Recovered { meta, info, file, storage: name.to_string() }))
+    Ok(Some(Recovered { meta, info, file, storage: name.to_string(), location: stored.location }))
 }
 
 /// An unfinished HLS segment: cut to whole TS packets, stored as the playlist's next segment;
@@ -205,7 +207,7 @@ fn recover_hls(
     file.key = stored.key.clone();
     file.size = bytes + stored.size;
     tracing::info!(storage = %name, key = %stored.key, segments = done.segments.len(), from = %p.path.display(), "recovered an unfinished file");
-    Ok(Some(Recovered { meta, info, file, storage: name.to_string() }))
+    Ok(Some(Recovered { meta, info, file, storage: name.to_string(), location: stored.location }))
 }
 
 impl Recorder {
@@ -239,8 +241,21 @@ impl Recorder {
                 recovered += 1;
                 metrics::counter!("reel_files_recovered_total").increment(1);
                 if let Some(catalog) = self.catalog() {
+                    let id = new_id();
+                    let policy = policy_of(&rt, &r.meta.template);
+                    let mut fields = super::events::file_fields(&r.file, &r.storage, &r.location, Some(&id));
+                    fields.insert("template".into(), r.meta.template.clone().into());
+                    fields.insert("recovered".into(), true.into());
+                    let spec = super::events::Spec {
+                        kind: crate::config::EVENT_FILE_CREATED,
+                        stream: &r.info,
+                        task_id: r.meta.task_id.as_deref(),
+                        fields,
+                        file: Some((&*policy, &r.file)),
+                    };
+                    let events = super::events::rows(&rt.config, &spec, crate::media::time::now_ms());
                     let row = Recording {
-                        id: new_id(),
+                        id,
                         domain: r.meta.domain.clone(),
                         app: r.meta.app.clone(),
                         stream: r.meta.stream.clone(),
@@ -266,10 +281,7 @@ impl Recorder {
                     if let Err(e) = catalog.insert_recording(&row).await {
                         tracing::error!(key = %row.key, error = &e as &dyn std::error::Error, "recovered file not catalogued");
                     }
-                }
-                if let Some(n) = &rt.notifier {
-                    let policy = policy_of(&rt, &r.meta.template);
-                    n.file_finished(&*policy, &r.info, &r.file);
+                    super::queue_events(catalog, events).await;
                 }
             }
         }

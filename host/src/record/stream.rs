@@ -10,10 +10,13 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::task::TaskTracker;
 
+use serde_json::{Map, Value};
+
+use super::events::{self, file_fields};
 use super::output::{rebase_playlist, relative_uri, segment_key, Body, Event, Output};
 use super::segmenter::Piece;
-use super::{Msg, Runtime};
-use crate::catalog::{new_id, Catalog, Recording};
+use super::{queue_events, Msg, Runtime};
+use crate::catalog::{new_id, Catalog, NewEvent, Recording};
 use crate::config::{Format, Template};
 use crate::media::time::now_ms;
 use crate::media::{Frame, FrameKind};
@@ -96,6 +99,36 @@ impl Ctx {
         }
     }
 
+    /// The outbox rows of an event about this recording.
+    fn event(&self, kind: &'static str, mut fields: Map<String, Value>, file: Option<&FileInfo>) -> Vec<NewEvent> {
+        fields.entry("session_id").or_insert_with(|| self.session_id.clone().into());
+        fields.entry("template").or_insert_with(|| self.template_name.clone().into());
+        let spec = events::Spec {
+            kind,
+            stream: &self.info,
+            task_id: self.task_id.as_deref(),
+            fields,
+            file: file.map(|f| (&*self.policy as &dyn Policy, f)),
+        };
+        events::rows(&self.rt.config, &spec, now_ms())
+    }
+
+    /// Queues an event about this recording (in a tracked task: shutdown waits for it).
+    fn emit(&self, kind: &'static str, fields: Map<String, Value>) {
+        let rows = self.event(kind, fields, None);
+        if let (false, Some(catalog)) = (rows.is_empty(), self.catalog.clone()) {
+            self.tracker.spawn(async move { queue_events(&catalog, rows).await });
+        }
+    }
+
+    /// Queues `record_failed`: data was lost (`reason`); the recording may go on.
+    fn failed(&self, format: Format, reason: String) {
+        let mut fields = Map::new();
+        fields.insert("format".into(), format.name().into());
+        fields.insert("reason".into(), reason.into());
+        self.emit("record_failed", fields);
+    }
+
     /// Counts, logs, catalogs and announces a stored file.
     fn announce(&self, mut fi: FileInfo, stored: &Stored, failed: bool, piece: &Piece, storage: &str) {
         self.stats.files.fetch_add(1, Ordering::Relaxed);
@@ -105,9 +138,12 @@ impl Ctx {
         fi.key = stored.key.clone();
         tracing::info!(app = %self.info.app, stream = %self.info.name, format = fi.container.name(), file = %stored.location,
             bytes = stored.size, duration_s = fi.duration_ms as f64 / 1000.0, failed, "file closed");
+        let id = new_id();
+        let fields = file_fields(&fi, storage, &stored.location, self.catalog.is_some().then_some(id.as_str()));
+        let events = self.event(crate::config::EVENT_FILE_CREATED, fields, Some(&fi));
         if let Some(catalog) = &self.catalog {
             let row = Recording {
-                id: new_id(),
+                id,
                 domain: self.info.domain.clone(),
                 app: self.info.app.clone(),
                 stream: self.info.name.clone(),
@@ -136,10 +172,8 @@ impl Ctx {
                     metrics::counter!("reel_catalog_errors_total").increment(1);
                     tracing::error!(key = %row.key, error = &e as &dyn std::error::Error, "recording not catalogued");
                 }
+                queue_events(&catalog, events).await;
             });
-        }
-        if let Some(n) = &self.rt.notifier {
-            n.file_finished(&*self.policy, &self.info, &fi);
         }
     }
 }
@@ -235,6 +269,9 @@ impl StreamTask {
         let mut next_flush = Instant::now() + flush_every;
         let mut batch = Vec::with_capacity(256);
         let started = Instant::now();
+        let mut fields = Map::new();
+        fields.insert("formats".into(), self.slots.iter().map(|s| Value::from(s.out.format.name())).collect());
+        self.ctx.emit("record_started", fields);
         loop {
             tokio::select! {
                 n = rx.recv_many(&mut batch, 256) => {
@@ -263,6 +300,12 @@ impl StreamTask {
             }
         }
         let failed = self.overflow.load(Ordering::Acquire);
+        if failed {
+            for s in &self.slots {
+                self.ctx
+                    .failed(s.out.format, "the recording fell behind its queue (storage too slow?) and ended".into());
+            }
+        }
         let now = now_ms();
         for i in 0..self.slots.len() {
             let mut events = std::mem::take(&mut self.events);
@@ -277,6 +320,13 @@ impl StreamTask {
             bytes = s.bytes.load(Ordering::Relaxed), files = s.files.load(Ordering::Relaxed),
             task = ?self.ctx.task_id, error = failed, "recording ended"
         );
+        let mut fields = Map::new();
+        fields.insert("duration_ms".into(), (started.elapsed().as_millis() as u64).into());
+        fields.insert("frames".into(), s.frames.load(Ordering::Relaxed).into());
+        fields.insert("bytes".into(), s.bytes.load(Ordering::Relaxed).into());
+        fields.insert("files".into(), s.files.load(Ordering::Relaxed).into());
+        fields.insert("failed".into(), failed.into());
+        self.ctx.emit("record_ended", fields);
     }
 
     async fn on_frame(&mut self, f: Frame, now: u64) {
@@ -359,15 +409,18 @@ impl StreamTask {
                 if let Err(e) = r {
                     tracing::error!(%stream, format = format.name(), error = &e as &dyn std::error::Error, "write failed, the file ends here");
                     body.write_failed = true;
+                    self.ctx.failed(format, format!("write failed, the file ends here: {}", chain(&e)));
                 }
             }
             Ok(Err(e)) => {
                 tracing::error!(%stream, format = format.name(), error = &e as &dyn std::error::Error, "cannot create file");
                 body.write_failed = true;
+                self.ctx.failed(format, format!("cannot create file: {}", chain(&e)));
             }
             Err(e) => {
                 tracing::error!(%stream, format = format.name(), error = &e as &dyn std::error::Error, "write task failed");
                 body.write_failed = true;
+                self.ctx.failed(format, format!("write task failed: {e}"));
             }
         }
     }
@@ -439,6 +492,7 @@ impl StreamTask {
                     Ok(w) => w,
                     Err(e) => {
                         tracing::error!(%stream, error = &e as &dyn std::error::Error, "cannot create file");
+                        ctx.failed(format, format!("cannot create file: {}", chain(&e)));
                         return;
                     }
                 },
@@ -462,6 +516,7 @@ impl StreamTask {
                 Err(e) => {
                     metrics::counter!("reel_file_errors_total", "format" => format.name()).increment(1);
                     tracing::error!(%stream, format = format.name(), %key, error = &e as &dyn std::error::Error, "closing file failed");
+                    ctx.failed(format, format!("closing {key} failed: {}", chain(&e)));
                 }
             }
         });
@@ -501,6 +556,7 @@ impl StreamTask {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 tracing::error!(%stream, error = &e as &dyn std::error::Error, "HLS segment lost");
+                self.ctx.failed(Format::Hls, format!("HLS segment {} lost: {}", piece.seq, chain(&e)));
                 return;
             }
             Err(e) => {
@@ -510,6 +566,16 @@ impl StreamTask {
         };
         hls.live_key = Some(live.clone());
         hls.bytes += stored.size;
+        let mut fields = Map::new();
+        fields.insert("storage".into(), slot.storage_name.clone().into());
+        fields.insert("key".into(), stored.key.clone().into());
+        fields.insert("url".into(), stored.location.clone().into());
+        fields.insert("playlist".into(), live.clone().into());
+        fields.insert("sequence".into(), piece.seq.into());
+        fields.insert("size".into(), stored.size.into());
+        fields.insert("duration_ms".into(), piece.duration_ms.into());
+        fields.insert("start_time".into(), events::rfc3339(body.opened_ms).into());
+        self.ctx.emit(crate::config::EVENT_SEGMENT_CREATED, fields);
         hls.playlist.segments.push(Segment {
             uri: relative_uri(&live, &stored.key),
             duration_secs: piece.duration_ms as f64 / 1000.0,
@@ -575,4 +641,16 @@ impl StreamTask {
             }
         }
     }
+}
+
+/// An error and its sources, `: `-separated (for event reasons).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
 }

@@ -131,7 +131,7 @@ impl Storage for FsStorage {
         Ok(Stored {
             key: key.into(),
             size: data.len() as u64,
-            location: path.display().to_string(),
+            location: std::path::absolute(&path).unwrap_or_else(|_| path.clone()).display().to_string(),
             etag: None,
             pending: false,
         })
@@ -282,7 +282,13 @@ impl FileWriter for FsFile {
         if let Some(m) = meta {
             let _ = fs::remove_file(m);
         }
-        Ok(Stored { key, size, location: dest.display().to_string(), etag: None, pending: false })
+        Ok(Stored {
+            key,
+            size,
+            location: std::path::absolute(&dest).unwrap_or_else(|_| dest.clone()).display().to_string(),
+            etag: None,
+            pending: false,
+        })
     }
 
     fn abort(self: Box<Self>) {

@@ -296,11 +296,16 @@ impl Tasks {
         for t in &tasks {
             let result = if now >= t.end_ms {
                 recorder.detach_task(&t.id);
-                catalog.set_task_status(&t.id, TaskStatus::Completed, None, now).await.map(|done| {
-                    if done {
+                match catalog.set_task_status(&t.id, TaskStatus::Completed, None, now).await {
+                    Ok(true) => {
                         tracing::info!(task = %t.id, "record task completed");
+                        let done = Task { status: TaskStatus::Completed, updated_ms: now, ..t.clone() };
+                        recorder.task_event("task_completed", &done).await;
+                        Ok(())
                     }
-                })
+                    Ok(false) => Ok(()),
+                    Err(e) => Err(e),
+                }
             } else if now >= t.start_ms {
                 let mut failure = None;
                 for key in live.iter().filter(|k| stream_of(t, k)) {
@@ -317,7 +322,16 @@ impl Tasks {
                 if let Some(reason) = failure {
                     recorder.detach_task(&t.id);
                     tracing::error!(task = %t.id, "record task failed: {reason}");
-                    catalog.set_task_status(&t.id, TaskStatus::Failed, Some(&reason), now).await.map(|_| ())
+                    match catalog.set_task_status(&t.id, TaskStatus::Failed, Some(&reason), now).await {
+                        Ok(true) => {
+                            let failed =
+                                Task { status: TaskStatus::Failed, reason: Some(reason), updated_ms: now, ..t.clone() };
+                            recorder.task_event("task_failed", &failed).await;
+                            Ok(())
+                        }
+                        Ok(false) => Ok(()),
+                        Err(e) => Err(e),
+                    }
                 } else if here && t.status != TaskStatus::Recording {
                     catalog.set_task_status(&t.id, TaskStatus::Recording, None, now).await.map(|_| ())
                 } else if here
