@@ -223,10 +223,12 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     let catalog = reel::catalog::Catalog::open(&config.catalog, &config.server.data_dir, node_id)
         .await
         .context("opening the catalog")?;
-    let deliverer = reel::notify::Deliverer::start(catalog.clone(), (&config.events).into());
+    let http_client = reel::notify::http_client();
+    let deliverer = reel::notify::Deliverer::start(catalog.clone(), (&config.events).into(), http_client.clone());
     let recorder = Recorder::new(config, Some(catalog.clone())).context("opening storage")?;
     recorder.recover_partials().await;
     let tasks = reel::tasks::Tasks::start(catalog.clone(), recorder.clone()).await.context("reading record tasks")?;
+    tasks.set_http_client(http_client);
 
     let rtmp =
         tokio::net::TcpListener::bind(rtmp_addr).await.with_context(|| format!("binding RTMP on {rtmp_addr}"))?;

@@ -48,9 +48,64 @@ pub async fn create(
             end_ms,
             template: b.template,
             note: b.note,
+            url: None,
         })
         .await?;
     Ok((StatusCode::CREATED, Json(json!({"task_id": t.id, "task": t}))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullBody {
+    url: String,
+    domain: Option<String>,
+    app: String,
+    stream: String,
+    start_time: Option<serde_json::Value>,
+    end_time: Option<serde_json::Value>,
+    template: String,
+    note: Option<String>,
+}
+
+/// `POST /v1/pull-tasks` → `201 {"task_id": …}`: pull `url` into `app/stream` from
+/// `start_time` (default now) to `end_time` (default 24 hours later).
+pub async fn create_pull(
+    State(s): State<ApiState>,
+    body: Result<Json<PullBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(b) = body?;
+    let start_ms = match &b.start_time {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => Some(parse_time("start_time", v)?),
+    };
+    let end_ms = match &b.end_time {
+        None | Some(serde_json::Value::Null) => {
+            start_ms.unwrap_or_else(crate::tasks::now_ms) + crate::tasks::MAX_WINDOW_MS
+        }
+        Some(v) => parse_time("end_time", v)?,
+    };
+    let t = s
+        .tasks
+        .create(NewTask {
+            domain: b.domain,
+            app: b.app,
+            stream: b.stream,
+            start_ms,
+            end_ms,
+            template: b.template,
+            note: b.note,
+            url: Some(b.url),
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!({"task_id": t.id, "task": t}))).into_response())
+}
+
+/// `GET /v1/pull-tasks`: as `GET /v1/record-tasks`, the pull tasks only.
+pub async fn list_pull(
+    s: State<ApiState>,
+    q: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    listing(s, q, true).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,10 +119,19 @@ pub struct ListParams {
     cursor: Option<String>,
 }
 
-/// `GET /v1/record-tasks`: newest first, paged like recordings.
+/// `GET /v1/record-tasks`: newest first, paged like recordings (pull tasks are listed under
+/// `/v1/pull-tasks`).
 pub async fn list(
+    s: State<ApiState>,
+    q: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    listing(s, q, false).await
+}
+
+async fn listing(
     State(s): State<ApiState>,
     q: Result<Query<ListParams>, QueryRejection>,
+    pull: bool,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(p) = q?;
     let status = match p.status.as_deref() {
@@ -83,7 +147,8 @@ pub async fn list(
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::invalid("limit", format!("limit must be 1 to {MAX_PAGE}")));
     }
-    let q = TaskQuery { domain: p.domain, app: p.app, stream: p.stream, status, limit, cursor: p.cursor };
+    let q =
+        TaskQuery { pull: Some(pull), domain: p.domain, app: p.app, stream: p.stream, status, limit, cursor: p.cursor };
     let page = s.tasks.list(&q).await?;
     Ok(Json(json!({"tasks": page.items, "next_cursor": page.next})))
 }

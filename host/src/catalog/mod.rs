@@ -26,6 +26,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "recordings and tasks", include_str!("migrations/0001_recordings_and_tasks.sql")),
     (2, "uploads", include_str!("migrations/0002_uploads.sql")),
     (3, "events", include_str!("migrations/0003_events.sql")),
+    (4, "pull tasks", include_str!("migrations/0004_pull_tasks.sql")),
 ];
 
 /// Longest wait for a database connection (a down PostgreSQL fails requests, not the node).
@@ -204,11 +205,15 @@ pub struct Task {
     pub node_id: Option<String>,
     pub created_ms: i64,
     pub updated_ms: i64,
+    /// A pull task's source (`rtmp://…`, `http(s)://…`); `None` for a record task.
+    pub url: Option<String>,
 }
 
 /// A task listing's filters.
 #[derive(Clone, Debug, Default)]
 pub struct TaskQuery {
+    /// `Some(true)`: pull tasks only; `Some(false)`: record tasks only.
+    pub pull: Option<bool>,
     pub domain: Option<String>,
     pub app: Option<String>,
     pub stream: Option<String>,
@@ -352,13 +357,14 @@ fn task_from(r: &AnyRow) -> Result<Task, sqlx::Error> {
         node_id: r.try_get("node_id")?,
         created_ms: r.try_get("created_ms")?,
         updated_ms: r.try_get("updated_ms")?,
+        url: r.try_get("source_url")?,
     })
 }
 
 const RECORDING_COLUMNS: &str = "id, domain, app, stream, format, storage, object_key, size, duration_ms, \
      first_ts_ms, last_ts_ms, start_ms, end_ms, session_id, task_id, template, node_id, video_codec, audio_codec, failed, etag, upload_state";
-const TASK_COLUMNS: &str =
-    "id, domain, app, stream, start_ms, end_ms, template, note, status, reason, node_id, created_ms, updated_ms";
+const TASK_COLUMNS: &str = "id, domain, app, stream, start_ms, end_ms, template, note, status, reason, node_id, \
+     created_ms, updated_ms, source_url";
 
 /// The statement that adds `r`.
 fn insert(r: &Recording) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
@@ -576,7 +582,7 @@ impl Catalog {
 
     pub async fn insert_task(&self, t: &Task) -> Result<(), CatalogError> {
         sqlx::query(&format!(
-            "INSERT INTO record_tasks ({TASK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+            "INSERT INTO record_tasks ({TASK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
         ))
         .bind(&t.id)
         .bind(&t.domain)
@@ -591,6 +597,7 @@ impl Catalog {
         .bind(t.node_id.as_deref())
         .bind(t.created_ms)
         .bind(t.updated_ms)
+        .bind(t.url.as_deref())
         .execute(&self.pool)
         .within()
         .await??;
@@ -609,6 +616,11 @@ impl Catalog {
     /// Tasks matching `q`, newest created first, one page.
     pub async fn tasks(&self, q: &TaskQuery) -> Result<Page<Task>, CatalogError> {
         let mut sql = Sql::new(&format!("SELECT {TASK_COLUMNS} FROM record_tasks WHERE 1 = 1"));
+        match q.pull {
+            Some(true) => sql.push(" AND source_url IS NOT NULL", []),
+            Some(false) => sql.push(" AND source_url IS NULL", []),
+            None => &mut sql,
+        };
         for (col, v) in [("app", &q.app), ("stream", &q.stream), ("domain", &q.domain)] {
             if let Some(v) = v {
                 sql.push(&format!(" AND {col} = ?"), [Arg::S(v.clone())]);
@@ -701,6 +713,34 @@ impl Catalog {
     pub async fn delete_task(&self, id: &str) -> Result<bool, CatalogError> {
         let r = sqlx::query("DELETE FROM record_tasks WHERE id = $1").bind(id).execute(&self.pool).within().await??;
         Ok(r.rows_affected() > 0)
+    }
+
+    /// Takes or renews this node's lease on an active pull task until `until_ms`: granted when
+    /// no other node holds an unexpired one. Returns whether this node holds it now.
+    pub async fn lease_task(&self, id: &str, now_ms: i64, until_ms: i64) -> Result<bool, CatalogError> {
+        let r = sqlx::query(
+            "UPDATE record_tasks SET lease_node = $2, lease_until_ms = $4 WHERE id = $1 \
+             AND status IN ('scheduled', 'waiting', 'recording') AND (lease_node = $2 OR lease_until_ms <= $3)",
+        )
+        .bind(id)
+        .bind(&self.node_id)
+        .bind(now_ms)
+        .bind(until_ms)
+        .execute(&self.pool)
+        .within()
+        .await??;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Gives up this node's lease on a task (another node may take it at once).
+    pub async fn release_task(&self, id: &str) -> Result<(), CatalogError> {
+        sqlx::query("UPDATE record_tasks SET lease_until_ms = 0 WHERE id = $1 AND lease_node = $2")
+            .bind(id)
+            .bind(&self.node_id)
+            .execute(&self.pool)
+            .within()
+            .await??;
+        Ok(())
     }
 }
 

@@ -52,6 +52,7 @@ fn task(id: &str, created_ms: i64) -> Task {
         node_id: None,
         created_ms,
         updated_ms: created_ms,
+        url: None,
     }
 }
 

@@ -74,6 +74,52 @@ pub struct Config {
     /// `[catalog]`: where recordings and record tasks are kept.
     #[serde(default)]
     pub catalog: CatalogConfig,
+    /// `[pull]`: how pull tasks fetch their sources.
+    #[serde(default)]
+    pub pull: PullConfig,
+}
+
+/// `[pull]`: retries and deadlines of pull tasks.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullConfig {
+    /// Tries after a failed connect or a dropped source before the task fails (a source that
+    /// delivered media and then dropped starts a fresh count).
+    #[serde(default = "default_pull_retries")]
+    pub retries: u32,
+    /// Wait before the first retry; doubles for each next one (1 s, 2 s, 4 s).
+    #[serde(default = "default_pull_backoff")]
+    pub backoff: Duration,
+    /// Connecting, and everything up to the first media (RTMP play, the HTTP answer's head).
+    #[serde(default = "default_pull_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// A source that sends nothing for this long has dropped.
+    #[serde(default = "default_pull_read_timeout")]
+    pub read_timeout: Duration,
+}
+
+impl Default for PullConfig {
+    fn default() -> Self {
+        Self {
+            retries: default_pull_retries(),
+            backoff: default_pull_backoff(),
+            connect_timeout: default_pull_connect_timeout(),
+            read_timeout: default_pull_read_timeout(),
+        }
+    }
+}
+
+fn default_pull_retries() -> u32 {
+    3
+}
+fn default_pull_backoff() -> Duration {
+    Duration::from_millis(1000)
+}
+fn default_pull_connect_timeout() -> Duration {
+    Duration::from_millis(5000)
+}
+fn default_pull_read_timeout() -> Duration {
+    Duration::from_millis(10_000)
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -8,6 +8,7 @@ pub mod conn;
 pub mod handshake;
 mod link;
 mod media_in;
+pub mod pull;
 pub mod session;
 
 pub use chunk::{ChunkError, ChunkReader, ChunkWriter, RawMessage};

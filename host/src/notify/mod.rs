@@ -101,10 +101,11 @@ pub fn http_client() -> reqwest::Client {
 impl Deliverer {
     /// Starts delivering on the current Tokio runtime (panics outside one). Events left by an
     /// earlier run are sent first.
-    pub fn start(catalog: Catalog, options: Options) -> Deliverer {
+    /// `client` is the node's HTTP client ([`http_client`]).
+    pub fn start(catalog: Catalog, options: Options, client: reqwest::Client) -> Deliverer {
         let shared = Arc::new(Shared {
             catalog,
-            client: http_client(),
+            client,
             options,
             in_flight: AtomicUsize::new(0),
             down: Mutex::new(HashMap::new()),

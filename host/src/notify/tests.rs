@@ -101,7 +101,7 @@ async fn settled(c: &Catalog, id: &str) -> crate::catalog::Event {
 async fn retries_after_a_500_then_delivers_the_stored_request() {
     let (url, seen) = server(vec![500, 200]);
     let c = catalog().await;
-    let d = Deliverer::start(c.clone(), fast());
+    let d = Deliverer::start(c.clone(), fast(), http_client());
     let e = event(&url, 0);
     let started = Instant::now();
     c.enqueue_events(std::slice::from_ref(&e)).await.unwrap();
@@ -123,7 +123,7 @@ async fn retries_after_a_500_then_delivers_the_stored_request() {
 async fn a_404_is_final_and_kept_until_retried_by_hand() {
     let (url, seen) = server(vec![404, 200]);
     let c = catalog().await;
-    let d = Deliverer::start(c.clone(), fast());
+    let d = Deliverer::start(c.clone(), fast(), http_client());
     let e = event(&url, 0);
     c.enqueue_events(std::slice::from_ref(&e)).await.unwrap();
     let got = settled(&c, &e.id).await;
@@ -144,7 +144,7 @@ async fn a_404_is_final_and_kept_until_retried_by_hand() {
 async fn gives_up_after_the_retries_a_callback_allows() {
     let (url, seen) = server(vec![503, 500, 502, 200]);
     let c = catalog().await;
-    let d = Deliverer::start(c.clone(), fast());
+    let d = Deliverer::start(c.clone(), fast(), http_client());
     let e = event(&url, 3);
     c.enqueue_events(std::slice::from_ref(&e)).await.unwrap();
     let got = settled(&c, &e.id).await;
@@ -158,7 +158,7 @@ async fn an_event_past_its_max_age_fails() {
     // Bind then drop: a port that refuses connections.
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let c = catalog().await;
-    let d = Deliverer::start(c.clone(), fast());
+    let d = Deliverer::start(c.clone(), fast(), http_client());
     let mut e = event(&format!("http://127.0.0.1:{port}/"), 0);
     e.expires_ms = now_ms() + 300;
     c.enqueue_events(std::slice::from_ref(&e)).await.unwrap();
@@ -174,7 +174,7 @@ async fn a_down_endpoint_is_probed_not_flooded_and_everything_goes_when_it_retur
     // 503 for the first 4 connections, then 200 for all.
     let (url, seen) = server([vec![503; 4], vec![200; 40]].concat());
     let c = catalog().await;
-    let d = Deliverer::start(c.clone(), fast());
+    let d = Deliverer::start(c.clone(), fast(), http_client());
     let events: Vec<NewEvent> = (0..30).map(|_| event(&url, 0)).collect();
     c.enqueue_events(&events).await.unwrap();
     for e in &events {
@@ -196,7 +196,7 @@ async fn events_left_by_an_earlier_run_are_sent_at_start() {
     let now = now_ms();
     assert_eq!(c.claim_events(now, now + 100, 10).await.unwrap().len(), 1);
     assert!(c.claim_events(now, now + 100, 10).await.unwrap().is_empty(), "leased");
-    let d = Deliverer::start(c.clone(), fast());
+    let d = Deliverer::start(c.clone(), fast(), http_client());
     assert_eq!(settled(&c, &e.id).await.status, EventStatus::Delivered);
     assert_eq!(seen.try_iter().count(), 1);
     d.stop();

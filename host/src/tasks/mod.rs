@@ -9,6 +9,7 @@
 //! [`TaskSource`]); a stream already live when its window opens is recorded from its next
 //! keyframe.
 
+mod pull;
 pub mod retention;
 
 use std::sync::{Arc, RwLock};
@@ -35,6 +36,8 @@ pub const MAX_LEAD_MS: i64 = 30 * 24 * 3600 * 1000;
 pub const MAX_ACTIVE_PER_STREAM: u64 = 16;
 /// Longest `note`, in bytes.
 pub const MAX_NOTE_LEN: usize = 1024;
+/// Longest pull source URL, in bytes.
+pub const MAX_URL_LEN: usize = 2048;
 
 /// Why a task request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +69,8 @@ pub struct NewTask {
     pub end_ms: i64,
     pub template: String,
     pub note: Option<String>,
+    /// A pull task's source: `rtmp://…` or `http(s)://…` (HTTP-FLV).
+    pub url: Option<String>,
 }
 
 struct Inner {
@@ -75,6 +80,10 @@ struct Inner {
     cache: RwLock<Vec<Task>>,
     /// Wakes the scheduler early (a task was created or stopped here).
     wake: tokio::sync::Notify,
+    /// The pull tasks this node pulls, each with what stops it.
+    pullers: std::sync::Mutex<std::collections::HashMap<String, CancellationToken>>,
+    /// The HTTP client pull sources use (set at start; a default one otherwise).
+    http: std::sync::OnceLock<reqwest::Client>,
 }
 
 /// The record tasks of this node's catalog; cheap to clone.
@@ -111,7 +120,14 @@ impl Tasks {
     pub async fn start(catalog: Catalog, recorder: Recorder) -> Result<Self, CatalogError> {
         let active = catalog.active_tasks().await?;
         let tasks = Tasks {
-            inner: Arc::new(Inner { catalog, recorder, cache: RwLock::new(active), wake: Default::default() }),
+            inner: Arc::new(Inner {
+                catalog,
+                recorder,
+                cache: RwLock::new(active),
+                wake: Default::default(),
+                pullers: Default::default(),
+                http: Default::default(),
+            }),
         };
         tasks.inner.recorder.set_task_source(Arc::new(tasks.clone()));
         Ok(tasks)
@@ -126,6 +142,15 @@ impl Tasks {
 
     pub fn catalog(&self) -> &Catalog {
         &self.inner.catalog
+    }
+
+    /// The HTTP client pull tasks read HTTP-FLV with (the one the node's callbacks use).
+    pub fn set_http_client(&self, client: reqwest::Client) {
+        let _ = self.inner.http.set(client);
+    }
+
+    fn http_client(&self) -> reqwest::Client {
+        self.inner.http.get_or_init(reqwest::Client::new).clone()
     }
 
     /// Checks and stores a new task; it starts recording at once when its window has begun
@@ -156,6 +181,12 @@ impl Tasks {
         }
         if start_ms - now > MAX_LEAD_MS {
             return Err(invalid("start_time", "start_time is more than 30 days ahead"));
+        }
+        if let Some(url) = &n.url {
+            if url.len() > MAX_URL_LEN {
+                return Err(invalid("url", format!("url is longer than {MAX_URL_LEN} bytes")));
+            }
+            crate::ingest::pull::check_url(url).map_err(|e| invalid("url", e.to_string()))?;
         }
         if n.note.as_ref().is_some_and(|s| s.len() > MAX_NOTE_LEN) {
             return Err(invalid("note", format!("note is longer than {MAX_NOTE_LEN} bytes")));
@@ -192,6 +223,7 @@ impl Tasks {
             node_id: None,
             created_ms: now,
             updated_ms: now,
+            url: n.url,
         };
         self.inner.catalog.insert_task(&task).await?;
         self.inner.cache.write().unwrap_or_else(|e| e.into_inner()).push(task.clone());
@@ -251,6 +283,7 @@ impl Tasks {
     /// Drops a task from the cache and ends its recordings here.
     fn forget(&self, id: &str) {
         self.inner.cache.write().unwrap_or_else(|e| e.into_inner()).retain(|t| t.id != id);
+        self.stop_puller(id);
         let n = self.inner.recorder.detach_task(id);
         if n > 0 {
             tracing::info!(task = %id, recordings = n, "record task ended");
@@ -264,7 +297,10 @@ impl Tasks {
             tokio::select! {
                 _ = tokio::time::sleep(REFRESH) => {}
                 _ = self.inner.wake.notified() => {}
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    self.stop_pullers().await;
+                    return;
+                }
             }
             match self.inner.catalog.active_tasks().await {
                 Ok(active) => *self.inner.cache.write().unwrap_or_else(|e| e.into_inner()) = active,
@@ -285,6 +321,7 @@ impl Tasks {
         let recorder = &self.inner.recorder;
         let catalog = &self.inner.catalog;
         let tasks = self.inner.cache.read().unwrap_or_else(|e| e.into_inner()).clone();
+        self.pull_round(&tasks, now).await;
         let live: Vec<StreamKey> = recorder.active().into_iter().map(|(k, _)| k).collect();
         let recording = recorder.task_recordings();
         // Recordings of tasks no longer active (stopped or deleted on another node).
