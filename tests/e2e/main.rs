@@ -13,6 +13,7 @@ mod formats;
 mod index;
 mod limits;
 mod plugins;
+mod pull;
 mod remux;
 mod s3;
 mod slow_plugin;
