@@ -15,6 +15,7 @@ mod limits;
 mod plugins;
 mod pull;
 mod remux;
+mod resume;
 mod s3;
 mod slow_plugin;
 mod tasks;

@@ -393,7 +393,16 @@ pub struct Template {
     /// they end; `"0"` (the default) keeps them forever.
     #[serde(default = "keep_forever")]
     pub retention: Duration,
+    /// A stream published again within this long after its publisher left (unpublish or a
+    /// dropped connection) continues the same recording: the HLS playlist goes on after an
+    /// `#EXT-X-DISCONTINUITY`, FLV, MP4 and AAC files go on when the codec configuration is
+    /// unchanged. `"0"` (the default) ends the recording with the publish. At most 30 min.
+    #[serde(default = "keep_forever")]
+    pub resume_window: Duration,
 }
+
+/// Longest `resume_window`.
+pub const MAX_RESUME_WINDOW_MS: u64 = 30 * 60 * 1000;
 
 fn keep_forever() -> Duration {
     Duration::from_millis(0)
@@ -536,6 +545,9 @@ impl Config {
                     t.storage,
                     list(self.storage.keys())
                 ));
+            }
+            if t.resume_window.as_millis() > MAX_RESUME_WINDOW_MS {
+                p.push(format!("template.{name}.resume_window must be at most 30m"));
             }
             if t.interval.as_millis() < 1000 {
                 p.push(format!("template.{name}.interval must be at least 1s"));

@@ -330,6 +330,57 @@ async fn queue_events(catalog: &Catalog, rows: Vec<crate::catalog::NewEvent>) {
     }
 }
 
+/// What continues a parked recording: the new publish's frames and identity.
+pub(crate) struct Resume {
+    pub rx: mpsc::Receiver<Msg>,
+    pub info: StreamInfo,
+    pub stats: Arc<StreamStats>,
+}
+
+/// Which recording a new publish continues: the stream, the task (none: the rules') and the
+/// template.
+type ParkKey = (StreamKey, Option<String>, String);
+
+/// Recordings whose publisher left inside their resume window, waiting for it to come back.
+#[derive(Default)]
+pub(crate) struct Parking {
+    waiting: Mutex<HashMap<ParkKey, (tokio::sync::oneshot::Sender<Resume>, Arc<AtomicBool>)>>,
+    /// Shutdown: parked recordings end now.
+    pub stopping: tokio_util::sync::CancellationToken,
+}
+
+impl Parking {
+    /// Parks a recording; the receiver yields the publish that continues it.
+    pub fn park(&self, key: ParkKey, overflow: Arc<AtomicBool>) -> tokio::sync::oneshot::Receiver<Resume> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        lock(&self.waiting).insert(key, (tx, overflow));
+        rx
+    }
+
+    /// The window passed: forgets a parked recording.
+    pub fn unpark(&self, key: &ParkKey) {
+        let mut w = lock(&self.waiting);
+        if w.get(key).is_some_and(|(tx, _)| tx.is_closed()) {
+            w.remove(key);
+        }
+    }
+
+    /// Ends the parked recordings of task `task_id` now (stopped or ended).
+    fn end_task(&self, task_id: &str) -> usize {
+        let mut w = lock(&self.waiting);
+        let before = w.len();
+        w.retain(|(_, t, _), _| t.as_deref() != Some(task_id));
+        before - w.len()
+    }
+
+    /// Hands a new publish to the recording parked under `key` (its overflow flag comes
+    /// back); the publish comes back when there is none.
+    fn take(&self, key: &ParkKey, resume: Resume) -> Result<Arc<AtomicBool>, Resume> {
+        let Some((tx, overflow)) = lock(&self.waiting).remove(key) else { return Err(resume) };
+        tx.send(resume).map(|()| overflow)
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -341,6 +392,7 @@ struct Live {
 }
 
 struct Inner {
+    parking: Arc<Parking>,
     runtime: Arc<RwLock<Arc<Runtime>>>,
     active: Mutex<BTreeMap<StreamKey, Live>>,
     tracker: TaskTracker,
@@ -398,6 +450,7 @@ impl Recorder {
         watch_uploads(&runtime.read().unwrap_or_else(|e| e.into_inner()), &runtime, catalog.as_ref());
         Ok(Self {
             inner: Arc::new(Inner {
+                parking: Arc::default(),
                 runtime,
                 active: Mutex::new(BTreeMap::new()),
                 tracker: TaskTracker::new(),
@@ -481,6 +534,36 @@ impl Recorder {
             return Ok(None);
         }
         let (tx, rx) = mpsc::channel(rt.config.server.queue_frames);
+        if !wait_key {
+            // A publish again inside the resume window continues the recording it left.
+            let info = &hub.info;
+            let key = (
+                StreamKey { domain: info.domain.clone(), app: info.app.clone(), name: info.name.clone() },
+                of.task_id.clone(),
+                of.template.clone(),
+            );
+            let resume = Resume { rx, info: info.clone(), stats: hub.stats.clone() };
+            match self.inner.parking.take(&key, resume) {
+                Ok(overflow) => {
+                    tracing::info!(app = %info.app, stream = %info.name, template = %of.template, task = ?of.task_id,
+                        session = %hub.session_id, "publish again inside the resume window: the recording goes on");
+                    return Ok(Some(Sink { of, tx, overflow, wait_key }));
+                }
+                Err(back) => return self.start_new(rt, hub, of, template, (tx, back.rx), wait_key),
+            }
+        }
+        self.start_new(rt, hub, of, template, (tx, rx), wait_key)
+    }
+
+    fn start_new(
+        &self,
+        rt: &Arc<Runtime>,
+        hub: &Hub,
+        of: RecordingOf,
+        template: Template,
+        (tx, rx): (mpsc::Sender<Msg>, mpsc::Receiver<Msg>),
+        wait_key: bool,
+    ) -> Result<Option<Sink>, String> {
         if wait_key {
             // Started mid-stream: the headers it would have seen come first.
             for f in hub.metadata.iter().chain(&hub.video_config).chain(&hub.audio_config) {
@@ -502,6 +585,7 @@ impl Recorder {
             hub.stats.clone(),
             self.inner.tracker.clone(),
             self.inner.catalog.clone(),
+            self.inner.parking.clone(),
         );
         self.inner.tracker.spawn(task.run(rx));
         Ok(Some(Sink { of, tx, overflow, wait_key }))
@@ -598,7 +682,7 @@ impl Recorder {
             h.sinks.retain(|s| s.of.task_id.as_deref() != Some(task_id));
             n += before - h.sinks.len();
         }
-        n
+        n + self.inner.parking.end_task(task_id)
     }
 
     /// `(task id, stream)` of every task recording on this node now.
@@ -669,6 +753,8 @@ impl Recorder {
 
     /// Waits until every recording has closed its files (after publishers are gone).
     pub async fn drain(&self) {
+        // Recordings waiting in their resume window end now.
+        self.inner.parking.stopping.cancel();
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
     }

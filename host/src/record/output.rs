@@ -157,6 +157,19 @@ impl Output {
         self.actions = actions;
     }
 
+    /// The publisher left and may come back ([`Segmenter::pause`]).
+    pub fn pause(&mut self, now_ms: u64, events: &mut Vec<Event>) {
+        let mut actions = std::mem::take(&mut self.actions);
+        self.segmenter.pause(&mut actions);
+        self.apply(&mut actions, now_ms, events);
+        self.actions = actions;
+    }
+
+    /// A new publish continues the recording ([`Segmenter::resume`]).
+    pub fn resume(&mut self) {
+        self.segmenter.resume();
+    }
+
     /// The stream ended: closes what is open.
     pub fn finish(&mut self, now_ms: u64, events: &mut Vec<Event>) {
         let mut actions = std::mem::take(&mut self.actions);

@@ -167,6 +167,9 @@ pub struct Segmenter {
     next_segment: u32,
     /// A jump was seen: the next HLS cut point closes the segment, the next one is marked.
     jumped: bool,
+    /// A new publish continues this recording ([`Segmenter::resume`]): until its first sample,
+    /// headers equal to the kept ones are not written again.
+    resuming: bool,
 }
 
 impl Segmenter {
@@ -185,6 +188,7 @@ impl Segmenter {
             next_file: 0,
             next_segment: 0,
             jumped: false,
+            resuming: false,
         }
     }
 
@@ -218,7 +222,8 @@ impl Segmenter {
                 if f.is_metadata() {
                     self.metadata = Some(f.clone());
                 }
-                if self.file.is_some() {
+                // A resumed publish's metadata is kept for the next file, not written mid-file.
+                if self.file.is_some() && !self.resuming {
                     out.push(Action::Write(f.clone()));
                 }
             }
@@ -230,6 +235,21 @@ impl Segmenter {
     /// Ends the stream: closes the open segment and file.
     pub fn finish(&mut self, out: &mut Vec<Action>) {
         self.close(Cut::End, None, out);
+    }
+
+    /// The publisher left, and may come back: the open HLS segment closes (its playlist stays
+    /// open); an open file stays open.
+    pub fn pause(&mut self, out: &mut Vec<Action>) {
+        self.close_segment(Cut::End, None, out);
+    }
+
+    /// A new publish continues the recording (its timestamps already follow on from the last
+    /// ones): the next HLS segment is marked discontinuous, headers equal to the kept ones are
+    /// not written again, and a changed one ends the open file (not an HLS playlist, which
+    /// carries it after the discontinuity).
+    pub fn resume(&mut self) {
+        self.jumped = true;
+        self.resuming = true;
     }
 
     /// Closes the open file now because its output failed; the next sample opens file
@@ -245,11 +265,12 @@ impl Segmenter {
         }
         let slot = if video { &mut self.video_config } else { &mut self.audio_config };
         let changed = slot.as_ref().is_some_and(|old| old.tag != f.tag);
+        let same = slot.is_some() && !changed;
         *slot = Some(f.clone());
-        if self.file.is_none() {
-            return; // replayed when the next file opens
+        if self.file.is_none() || (self.resuming && same) {
+            return; // replayed when the next file opens, or already in the file
         }
-        if changed && self.layout.split_on_config_change {
+        if changed && (self.layout.split_on_config_change || self.resuming && self.layout.segment_ms.is_none()) {
             self.close(Cut::ConfigChange, None, out);
         } else {
             out.push(Action::Write(f.clone()));
@@ -257,6 +278,7 @@ impl Segmenter {
     }
 
     fn push_sample(&mut self, f: &Frame, out: &mut Vec<Action>) {
+        self.resuming = false;
         if f.kind == FrameKind::Video {
             self.has_video = true;
         }
@@ -452,6 +474,40 @@ mod tests {
     /// 25 fps video with a keyframe every `gop` frames, from `from_ms`, `n` frames.
     fn video(from_ms: i64, n: i64, gop: i64, cts: i32) -> Vec<Frame> {
         (0..n).map(|i| if i % gop == 0 { key(from_ms + i * 40, cts) } else { inter(from_ms + i * 40, cts) }).collect()
+    }
+
+    #[test]
+    fn a_resumed_publish_goes_on_without_repeating_its_headers() {
+        for (layout, want) in [
+            // The file goes on: no header, metadata or new file.
+            (FILES, "F0 h w w w w w w"),
+            // The segment closes at the pause; the next is marked discontinuous.
+            (HLS, "F0 S0 h w w w /S0 120e S1! w w w"),
+        ] {
+            let mut s = Segmenter::new(layout);
+            let mut out = Vec::new();
+            for f in [vconf(b"A"), key(0, 0), inter(40, 0), inter(80, 0)] {
+                s.push(&f, &mut out);
+            }
+            s.pause(&mut out);
+            s.resume();
+            for f in [metadata(), vconf(b"A"), key(120, 0), inter(160, 0), inter(200, 0)] {
+                s.push(&f, &mut out);
+            }
+            assert_eq!(render(&out), want, "{layout:?}");
+        }
+        // A changed configuration ends the file; the next opens with it.
+        let mut s = Segmenter::new(FILES);
+        let mut out = Vec::new();
+        for f in [vconf(b"A"), key(0, 0)] {
+            s.push(&f, &mut out);
+        }
+        s.pause(&mut out);
+        s.resume();
+        for f in [vconf(b"B"), key(40, 0)] {
+            s.push(&f, &mut out);
+        }
+        assert_eq!(render(&out), "F0 h w /F0 20c F1 h w");
     }
 
     #[test]

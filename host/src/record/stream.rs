@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use super::events::{self, file_fields};
 use super::output::{rebase_playlist, relative_uri, segment_key, Body, Event, Output};
 use super::segmenter::Piece;
-use super::{queue_events, Msg, Runtime};
+use super::{queue_events, Msg, Parking, Resume, Runtime, StreamKey};
 use crate::catalog::{new_id, Catalog, NewEvent, Recording};
 use crate::config::{Format, Template};
 use crate::media::time::now_ms;
@@ -208,6 +208,18 @@ pub(crate) struct StreamTask {
     has_video: bool,
     /// Temporary files created, for unique names.
     created: u64,
+    /// Where it waits for its publisher to come back, and for how long at most.
+    parking: Arc<Parking>,
+    resume_window_ms: u64,
+    /// Added to every timestamp: a resumed publish follows on from the last frame.
+    offset: i64,
+    /// The latest timestamp written (after `offset`), the main track's latest and the spacing
+    /// of its last frames: where a resumed publish starts.
+    last_dts: Option<i64>,
+    last_main: Option<i64>,
+    last_step: i64,
+    /// The next media frame sets `offset` (a publish resumed).
+    rebase: bool,
 }
 
 impl StreamTask {
@@ -222,19 +234,23 @@ impl StreamTask {
         stats: Arc<StreamStats>,
         tracker: TaskTracker,
         catalog: Option<Catalog>,
+        parking: Arc<Parking>,
     ) -> Self {
         let storage = rt.storages.get(&template.storage).cloned();
         let policy = rt.policy_for(&template);
         let mut slots = Vec::new();
+        let mut resume_window_ms = 0u64;
         if let Some(storage) = storage {
             let default = Plan {
                 interval_ms: template.interval.as_millis(),
                 hls_segment_ms: template.hls_segment.as_millis().min(u64::from(u32::MAX)) as u32,
-                resume_window_ms: 0,
+                resume_window_ms: template.resume_window.as_millis().min(u64::from(u32::MAX)) as u32,
             };
             for &format in &template.formats {
                 // Segmentation is a policy decision, made once per stream and format.
                 let plan = policy.plan(&info, format, default);
+                resume_window_ms =
+                    resume_window_ms.max(u64::from(plan.resume_window_ms).min(crate::config::MAX_RESUME_WINDOW_MS));
                 let out = Output::new(format, plan.interval_ms, u64::from(plan.hls_segment_ms));
                 slots.push(Slot {
                     out,
@@ -259,19 +275,122 @@ impl StreamTask {
             session_id: ids.session_id,
             stats,
         };
-        Self { ctx, live, tracker, slots, events: Vec::new(), overflow, has_video: false, created: 0 }
+        Self {
+            ctx,
+            live,
+            tracker,
+            slots,
+            events: Vec::new(),
+            overflow,
+            has_video: false,
+            created: 0,
+            parking,
+            resume_window_ms,
+            offset: 0,
+            last_dts: None,
+            last_main: None,
+            last_step: 40,
+            rebase: false,
+        }
     }
 
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+    /// Where this recording parks: its stream, task and template.
+    fn park_key(&self) -> (StreamKey, Option<String>, String) {
+        let i = &self.ctx.info;
+        (
+            StreamKey { domain: i.domain.clone(), app: i.app.clone(), name: i.name.clone() },
+            self.ctx.task_id.clone(),
+            self.ctx.template_name.clone(),
+        )
+    }
+
+    /// The publisher left: inside a resume window, closes the open HLS segment, writes what is
+    /// pending, and waits for the same stream to be published again. Returns its frames, or
+    /// `None` when the window passes (or the node shuts down).
+    async fn wait_for_resume(&mut self) -> Option<mpsc::Receiver<Msg>> {
+        if self.resume_window_ms == 0 || self.slots.is_empty() || self.parking.stopping.is_cancelled() {
+            return None;
+        }
+        let key = self.park_key();
+        let back = self.parking.park(key.clone(), self.overflow.clone());
+        let now = now_ms();
+        for i in 0..self.slots.len() {
+            let mut events = std::mem::take(&mut self.events);
+            self.slots[i].out.pause(now, &mut events);
+            self.handle(i, &mut events, false).await;
+            self.events = events;
+            self.flush(i).await;
+        }
+        tracing::info!(app = %self.ctx.info.app, stream = %self.ctx.info.name, task = ?self.ctx.task_id,
+            window_s = self.resume_window_ms / 1000, "publisher gone; the recording waits for it to come back");
+        let window = std::time::Duration::from_millis(self.resume_window_ms);
+        let resumed = tokio::select! {
+            r = back => r.ok(),
+            _ = tokio::time::sleep(window) => None,
+            _ = self.parking.stopping.cancelled() => None,
+        };
+        let Some(Resume { rx, info, stats }) = resumed else {
+            self.parking.unpark(&key);
+            return None;
+        };
+        // The new publish's parameters and counters; the files and their names go on.
+        self.ctx.info.params = info.params;
+        self.ctx.stats = stats;
+        for s in &mut self.slots {
+            s.out.resume();
+        }
+        self.rebase = true;
+        Some(rx)
+    }
+
+    /// Moves `f` onto the recording's timeline: after a resume, the first media frame follows
+    /// the last written one by the main track's frame spacing.
+    fn retime(&mut self, mut f: Frame) -> Frame {
+        if self.rebase {
+            if f.is_sample() {
+                let last = self.last_dts.unwrap_or(f.dts);
+                self.offset = last + self.last_step - f.dts;
+                self.rebase = false;
+            } else {
+                f.dts = self.last_dts.unwrap_or(f.dts);
+                return f;
+            }
+        }
+        f.dts += self.offset;
+        if f.is_sample() {
+            if f.kind == FrameKind::Video || !self.has_video {
+                if let Some(step) = self.last_main.map(|l| f.dts - l).filter(|s| (1..=200).contains(s)) {
+                    self.last_step = step;
+                }
+                self.last_main = Some(f.dts);
+            }
+            self.last_dts = Some(self.last_dts.map_or(f.dts, |l| l.max(f.dts)));
+        }
+        f
+    }
+
+    pub async fn run(mut self, rx: mpsc::Receiver<Msg>) {
+        let started = Instant::now();
+        let mut fields = Map::new();
+        fields.insert("formats".into(), self.slots.iter().map(|s| Value::from(s.out.format.name())).collect());
+        self.ctx.emit("record_started", fields);
+        let mut rx = Some(rx);
+        while let Some(r) = rx.take() {
+            self.receive(r).await;
+            if !self.overflow.load(Ordering::Acquire) {
+                rx = self.wait_for_resume().await;
+            }
+        }
+        self.end(started).await;
+    }
+
+    /// Records one publish's frames until its publisher leaves.
+    async fn receive(&mut self, mut rx: mpsc::Receiver<Msg>) {
         let server = &self.ctx.rt.config.server;
         let flush_every = server.flush_interval.std();
         let flush_bytes = server.flush_bytes;
         let mut next_flush = Instant::now() + flush_every;
         let mut batch = Vec::with_capacity(256);
-        let started = Instant::now();
-        let mut fields = Map::new();
-        fields.insert("formats".into(), self.slots.iter().map(|s| Value::from(s.out.format.name())).collect());
-        self.ctx.emit("record_started", fields);
         loop {
             tokio::select! {
                 n = rx.recv_many(&mut batch, 256) => {
@@ -280,6 +399,7 @@ impl StreamTask {
                     }
                     let now = now_ms();
                     for Msg::Frame(f) in batch.drain(..) {
+                        let f = self.retime(f);
                         self.on_frame(f, now).await;
                     }
                     if self.overflow.load(Ordering::Acquire) {
@@ -299,6 +419,10 @@ impl StreamTask {
                 }
             }
         }
+    }
+
+    /// The recording ends: its files close, are stored and announced.
+    async fn end(mut self, started: Instant) {
         let failed = self.overflow.load(Ordering::Acquire);
         if failed {
             for s in &self.slots {
