@@ -340,11 +340,13 @@ pub(crate) struct Resume {
 /// Which recording a new publish continues: the stream, the task (none: the rules') and the
 /// template.
 type ParkKey = (StreamKey, Option<String>, String);
+/// A parked recording: where its next publish goes, and its overflow flag.
+type Parked = (tokio::sync::oneshot::Sender<Resume>, Arc<AtomicBool>);
 
 /// Recordings whose publisher left inside their resume window, waiting for it to come back.
 #[derive(Default)]
 pub(crate) struct Parking {
-    waiting: Mutex<HashMap<ParkKey, (tokio::sync::oneshot::Sender<Resume>, Arc<AtomicBool>)>>,
+    waiting: Mutex<HashMap<ParkKey, Parked>>,
     /// Shutdown: parked recordings end now.
     pub stopping: tokio_util::sync::CancellationToken,
 }
@@ -375,9 +377,9 @@ impl Parking {
 
     /// Hands a new publish to the recording parked under `key` (its overflow flag comes
     /// back); the publish comes back when there is none.
-    fn take(&self, key: &ParkKey, resume: Resume) -> Result<Arc<AtomicBool>, Resume> {
-        let Some((tx, overflow)) = lock(&self.waiting).remove(key) else { return Err(resume) };
-        tx.send(resume).map(|()| overflow)
+    fn take(&self, key: &ParkKey, resume: Resume) -> Result<Arc<AtomicBool>, Box<Resume>> {
+        let Some((tx, overflow)) = lock(&self.waiting).remove(key) else { return Err(Box::new(resume)) };
+        tx.send(resume).map(|()| overflow).map_err(Box::new)
     }
 }
 
