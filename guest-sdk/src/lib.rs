@@ -308,6 +308,7 @@ pub fn file_vars<'a>(s: &'a StreamInfo, f: &'a FileInfo) -> FileVars<'a> {
         end_ms: f.end_ms,
         random_id: &f.random_id,
         ext: f.container.ext(),
+        task_id: f.task_id.as_deref().unwrap_or(""),
     }
 }
 

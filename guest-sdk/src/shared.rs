@@ -53,7 +53,9 @@ fn is_var_name(s: &str) -> bool {
 /// `{Domain}` `{AppName}` `{StreamName}` (alias `{StreamID}`) `{Sequence}` `{RandomID}` `{ext}`
 /// `{EscapedStartTime}` `{EscapedEndTime}` (`2026-11-22-13-05-09`, UTC), and the parts
 /// `{StartYear}` `{StartMonth}` `{StartDay}` `{StartHour}` `{StartMinute}` `{StartSecond}`,
-/// `{EndYear}` … `{EndSecond}` (zero-padded, UTC). `{StartTime}`/`{EndTime}` are Unix seconds.
+/// `{EndYear}` … `{EndSecond}` (zero-padded, UTC), `{StartMillisecond}` `{EndMillisecond}`
+/// (3 digits). `{StartTime}`/`{EndTime}` and `{UnixTimestamp}` (the start) are Unix seconds;
+/// `{Date}` is the start's `2026-11-22`; `{TaskId}` the record task's id (empty without one).
 #[derive(Clone, Copy, Debug)]
 pub struct FileVars<'a> {
     pub domain: &'a str,
@@ -65,6 +67,53 @@ pub struct FileVars<'a> {
     pub random_id: &'a str,
     /// `flv`, `m3u8`, `mp4` or `aac`.
     pub ext: &'a str,
+    /// The record task's id; empty when the rules record the stream.
+    pub task_id: &'a str,
+}
+
+/// Every variable a name template may use.
+pub const NAME_VARIABLES: &[&str] = &[
+    "Domain",
+    "AppName",
+    "StreamName",
+    "StreamID",
+    "Sequence",
+    "RandomID",
+    "ext",
+    "TaskId",
+    "Date",
+    "UnixTimestamp",
+    "EscapedStartTime",
+    "EscapedEndTime",
+    "StartTime",
+    "EndTime",
+    "StartYear",
+    "StartMonth",
+    "StartDay",
+    "StartHour",
+    "StartMinute",
+    "StartSecond",
+    "StartMillisecond",
+    "EndYear",
+    "EndMonth",
+    "EndDay",
+    "EndHour",
+    "EndMinute",
+    "EndSecond",
+    "EndMillisecond",
+];
+
+/// The `{Name}` variables of `template` that [`FileVars`] does not know, in order.
+pub fn unknown_variables(template: &str) -> Vec<String> {
+    let unknown = std::cell::RefCell::new(Vec::<String>::new());
+    expand(template, |n| {
+        let mut u = unknown.borrow_mut();
+        if !NAME_VARIABLES.contains(&n) && !u.iter().any(|x| x == n) {
+            u.push(n.to_string());
+        }
+        Some(String::new())
+    });
+    unknown.into_inner()
 }
 
 impl FileVars<'_> {
@@ -80,6 +129,7 @@ impl FileVars<'_> {
                 "Minute" => format!("{:02}", c.minute),
                 "Second" => format!("{:02}", c.second),
                 "Time" => (ms / 1000).to_string(),
+                "Millisecond" => format!("{:03}", c.millis),
                 _ => return None,
             })
         };
@@ -92,6 +142,12 @@ impl FileVars<'_> {
             "ext" => Some(self.ext.to_owned()),
             "EscapedStartTime" => Some(escaped_time(self.start_ms)),
             "EscapedEndTime" => Some(escaped_time(self.end_ms)),
+            "TaskId" => Some(self.task_id.to_owned()),
+            "UnixTimestamp" => Some((self.start_ms / 1000).to_string()),
+            "Date" => {
+                let c = civil(self.start_ms);
+                Some(format!("{:04}-{:02}-{:02}", c.year, c.month, c.day))
+            }
             _ => {
                 if let Some(part) = name.strip_prefix("Start") {
                     time_part(self.start_ms, part)
@@ -261,6 +317,7 @@ mod tests {
             end_ms: 1_795_354_509_000,   // 2026-11-22T13:35:09Z
             random_id: "r4nd",
             ext: "flv",
+            task_id: "t1",
         }
     }
 
@@ -278,6 +335,17 @@ mod tests {
         let v = vars();
         let t = "{Domain}/{StreamID}_{StartYear}{StartMonth}{StartDay}{StartHour}{StartMinute}{StartSecond}_{EndHour}{EndMinute}-{Sequence}-{RandomID}-{StartTime}";
         assert_eq!(expand(t, |n| v.get(n)), "push.example.com/cam1_20261122130509_1335-7-r4nd-1795352709");
+    }
+
+    #[test]
+    fn expands_the_task_date_and_milliseconds() {
+        let v = vars();
+        let t = "{Date}/{TaskId}/{UnixTimestamp}.{StartMillisecond}-{EndMillisecond}";
+        assert_eq!(expand(t, |n| v.get(n)), "2026-11-22/t1/1795352709.120-000");
+        for name in NAME_VARIABLES {
+            assert!(v.get(name).is_some(), "{name}");
+        }
+        assert_eq!(unknown_variables("{AppName}/{Nope}/{Date}/{Nope}/{x"), ["Nope"]);
     }
 
     #[test]

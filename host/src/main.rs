@@ -188,6 +188,11 @@ fn remux(
 fn serve(config_path: Option<PathBuf>, check: bool) -> Result<()> {
     let config = load_config(&config_path)?;
     if check {
+        for (name, t) in &config.template {
+            if let Some(p) = &t.name {
+                reel::policy::check_name_template(p).map_err(|e| anyhow::anyhow!("template.{name}.name: {e}"))?;
+            }
+        }
         println!("configuration is valid");
         return Ok(());
     }

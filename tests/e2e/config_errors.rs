@@ -34,6 +34,14 @@ fn rule_naming_a_missing_template_is_refused() {
 }
 
 #[test]
+fn an_unknown_name_variable_is_refused_naming_it() {
+    let cfg = "[storage.l]\nkind = \"fs\"\nroot = \"r\"\n[template.t]\nformats = [\"flv\"]\nstorage = \"l\"\nname = \"{AppName}/{StreamNmae}\"\n";
+    let (ok, err) = serve_with("bad-name", cfg);
+    assert!(!ok);
+    assert!(err.contains("template.t.name: unknown variable {StreamNmae}"), "{err}");
+}
+
+#[test]
 fn missing_file_is_refused() {
     let out = Command::new(REEL).args(["serve", "--config", "/nonexistent/reel.toml"]).output().unwrap();
     assert!(!out.status.success());

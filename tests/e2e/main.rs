@@ -12,6 +12,7 @@ mod flv_record;
 mod formats;
 mod index;
 mod limits;
+mod naming;
 mod plugins;
 mod pull;
 mod remux;

@@ -399,6 +399,15 @@ pub struct Template {
     /// unchanged. `"0"` (the default) ends the recording with the publish. At most 30 min.
     #[serde(default = "keep_forever")]
     pub resume_window: Duration,
+    /// The storage key of each file with the seeds' variables (`{AppName}/{StreamName}/{Date}/
+    /// {EscapedStartTime}.{ext}`; `.{ext}` is added when absent); a naming plugin decides
+    /// instead when the template's chain has one. Unset: the built-in name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// HLS: a new playlist this often (ApsaraVideo's m3u8 recording cycle); `"0"` (the
+    /// default): one playlist per publish.
+    #[serde(default = "keep_forever")]
+    pub hls_interval: Duration,
 }
 
 /// Longest `resume_window`.
@@ -545,6 +554,9 @@ impl Config {
                     t.storage,
                     list(self.storage.keys())
                 ));
+            }
+            if t.hls_interval.as_millis() != 0 && t.hls_interval.as_millis() < 1000 {
+                p.push(format!("template.{name}.hls_interval must be 0 or at least 1s"));
             }
             if t.resume_window.as_millis() > MAX_RESUME_WINDOW_MS {
                 p.push(format!("template.{name}.resume_window must be at most 30m"));

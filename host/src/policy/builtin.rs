@@ -25,6 +25,34 @@ pub fn sanitize(s: &str) -> String {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Builtin;
 
+/// The key of `f` under a template's `name` pattern: the publisher-chosen names made safe as
+/// for the default name, `.{ext}` added when the pattern names no `{ext}`. `None` when the
+/// result is not a valid key (the default name is used then).
+pub fn name_with(pattern: &str, s: &StreamInfo, f: &FileInfo) -> Option<String> {
+    let v = FileVars::of(s, f);
+    let (domain, app, stream) = (sanitize(v.domain), sanitize(v.app), sanitize(v.stream));
+    let safe = FileVars { domain: &domain, app: &app, stream: &stream, ..v };
+    let mut key = expand(pattern, |n| safe.get(n));
+    if !pattern.contains("{ext}") {
+        key.push('.');
+        key.push_str(safe.ext);
+    }
+    super::check_key(&key).ok().map(|()| key)
+}
+
+/// Checks a template's `name` pattern: every `{Variable}` must be one of
+/// [`shared::NAME_VARIABLES`].
+pub fn check_name_template(pattern: &str) -> Result<(), String> {
+    let unknown = shared::unknown_variables(pattern);
+    if pattern.trim().is_empty() {
+        return Err("is empty".into());
+    }
+    match unknown.first() {
+        None => Ok(()),
+        Some(u) => Err(format!("unknown variable {{{u}}} (known: {})", shared::NAME_VARIABLES.join(", "))),
+    }
+}
+
 impl FileVars<'_> {
     /// The path variables of `f`, a file of stream `s`.
     pub fn of<'a>(s: &'a StreamInfo, f: &'a FileInfo) -> FileVars<'a> {
@@ -37,6 +65,7 @@ impl FileVars<'_> {
             end_ms: f.end_ms,
             random_id: &f.random_id,
             ext: f.container.extension(),
+            task_id: f.task_id.as_deref().unwrap_or(""),
         }
     }
 }

@@ -33,7 +33,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use builtin::{expand, sanitize, Builtin, FileVars, DEFAULT_NAME_TEMPLATE};
+pub use builtin::{check_name_template, expand, name_with, sanitize, Builtin, FileVars, DEFAULT_NAME_TEMPLATE};
 pub use registry::Registry;
 pub use wasm::{LoadError, RuntimeError};
 
@@ -145,6 +145,11 @@ pub trait Policy: Send + Sync {
     /// Whether a plugin builds the callback requests ([`Policy::on_file`]); without one the
     /// recorder sends its own event JSON.
     fn builds_callbacks(&self) -> bool {
+        false
+    }
+    /// Whether a plugin names the files ([`Policy::name_file`]); without one a template's
+    /// `name` pattern applies.
+    fn decides_naming(&self) -> bool {
         false
     }
 }

@@ -241,4 +241,8 @@ impl Policy for Chain {
     fn builds_callbacks(&self) -> bool {
         self.plugins.iter().any(|p| p.exports(Interface::Callbacks))
     }
+
+    fn decides_naming(&self) -> bool {
+        self.plugins.iter().any(|p| p.exports(Interface::Naming))
+    }
 }

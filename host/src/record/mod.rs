@@ -26,7 +26,7 @@ use crate::config::{Config, Template};
 use crate::media::avc::{AvcConfig, HevcConfig};
 use crate::media::{Codec, Frame, FrameKind};
 pub use crate::policy::StreamInfo;
-use crate::policy::{Candidate, Policy, PolicyError, Registry};
+use crate::policy::{self, Candidate, Policy, PolicyError, Registry};
 pub use crate::storage::Located;
 use crate::storage::{self, Storage};
 
@@ -39,6 +39,8 @@ pub enum RecordError {
     Storage { name: String, source: storage::StorageError },
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    #[error("template.{template}.name: {message}")]
+    Name { template: String, message: String },
 }
 
 /// Longest app or stream name accepted, in bytes.
@@ -92,6 +94,12 @@ pub struct Runtime {
 impl Runtime {
     /// Opens storage and loads plugins.
     pub fn new(config: Config) -> Result<Self, RecordError> {
+        for (name, t) in &config.template {
+            if let Some(p) = &t.name {
+                policy::check_name_template(p)
+                    .map_err(|message| RecordError::Name { template: name.clone(), message })?;
+            }
+        }
         let mut storages = HashMap::new();
         for (name, s) in &config.storage {
             let st = storage::open(name, s, &config.server.data_dir)
@@ -327,6 +335,24 @@ async fn queue_events(catalog: &Catalog, rows: Vec<crate::catalog::NewEvent>) {
     if let Err(e) = catalog.enqueue_events(&rows).await {
         metrics::counter!("reel_catalog_errors_total").increment(rows.len() as u64);
         tracing::error!(event = %rows[0].event, stream = %rows[0].stream, error = &e as &dyn std::error::Error, "event not queued");
+    }
+}
+
+/// The storage key of `f`: the template's `name` pattern unless a naming plugin of `policy`
+/// decides, else the policy's name.
+pub(crate) fn name_file(
+    config: &Config,
+    template: &str,
+    policy: &dyn Policy,
+    s: &StreamInfo,
+    f: &policy::FileInfo,
+) -> String {
+    let pattern = config.template.get(template).and_then(|t| t.name.as_deref());
+    match pattern {
+        Some(p) if !policy.decides_naming() => {
+            crate::policy::name_with(p, s, f).unwrap_or_else(|| policy.name_file(s, f))
+        }
+        _ => policy.name_file(s, f),
     }
 }
 

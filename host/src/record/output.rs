@@ -33,8 +33,10 @@ pub fn relative_uri(playlist: &str, target: &str) -> String {
 /// The layout a format is cut with, from its plan.
 pub fn layout(format: Format, interval_ms: u64, hls_segment_ms: u64) -> Layout {
     match format {
-        // One playlist per publish; HLS files are its segments.
-        Format::Hls => Layout { file_ms: 0, segment_ms: Some(hls_segment_ms.max(1)), split_on_config_change: false },
+        // A playlist per publish (`interval_ms` 0) or per cycle; HLS files are its segments.
+        Format::Hls => {
+            Layout { file_ms: interval_ms, segment_ms: Some(hls_segment_ms.max(1)), split_on_config_change: false }
+        }
         Format::Mp4 => Layout { file_ms: interval_ms, segment_ms: None, split_on_config_change: true },
         Format::Flv | Format::Aac => Layout { file_ms: interval_ms, segment_ms: None, split_on_config_change: false },
     }

@@ -146,7 +146,7 @@ fn recover_one(rt: &Runtime, name: &str, storage: &Arc<dyn Storage>, p: &Partial
     let mut file = meta.file_info(meta.format, meta.seq, meta.start_ms, end_ms, end_ms - meta.start_ms);
     file.size = data.len() as u64;
     let policy = policy_of(rt, &meta.template);
-    let key = policy.name_file(&info, &file);
+    let key = super::name_file(&rt.config, &meta.template, &*policy, &info, &file);
     let stored = store(storage, meta.format.extension(), data, &key)?;
     if let Some(s) = scratch {
         let _ = std::fs::remove_file(s);
@@ -195,7 +195,7 @@ fn recover_hls(
     let duration_ms = (playlist.duration_secs() * 1000.0) as u64;
     let mut file = meta.file_info(Format::Hls, pl.seq, pl.start_ms, end_ms, duration_ms);
     let policy = policy_of(rt, &meta.template);
-    let key = policy.name_file(&info, &file);
+    let key = super::name_file(&rt.config, &meta.template, &*policy, &info, &file);
     let mut done = rebase_playlist(&playlist, &pl.key, &key);
     done.ended = true;
     let stored = store(storage, "m3u8", done.render().into_bytes(), &key)?;

@@ -99,6 +99,11 @@ impl Ctx {
         }
     }
 
+    /// The storage key of `fi` (the template's `name`, a naming plugin, or the built-in name).
+    fn key(&self, fi: &FileInfo) -> String {
+        super::name_file(&self.rt.config, &self.template_name, &*self.policy, &self.info, fi)
+    }
+
     /// The outbox rows of an event about this recording.
     fn event(&self, kind: &'static str, mut fields: Map<String, Value>, file: Option<&FileInfo>) -> Vec<NewEvent> {
         fields.entry("session_id").or_insert_with(|| self.session_id.clone().into());
@@ -248,6 +253,11 @@ impl StreamTask {
             };
             for &format in &template.formats {
                 // Segmentation is a policy decision, made once per stream and format.
+                // HLS cuts playlists by its own cycle (none by default).
+                let default = match format {
+                    Format::Hls => Plan { interval_ms: template.hls_interval.as_millis(), ..default },
+                    _ => default,
+                };
                 let plan = policy.plan(&info, format, default);
                 resume_window_ms =
                     resume_window_ms.max(u64::from(plan.resume_window_ms).min(crate::config::MAX_RESUME_WINDOW_MS));
@@ -560,7 +570,7 @@ impl StreamTask {
                     if let Some(hls) = &mut self.slots[i].out.hls {
                         // While recording, the playlist sits at the name its start gives.
                         let fi = self.ctx.file_info(Format::Hls, seq, now, now);
-                        hls.live_key = Some(self.ctx.policy.name_file(&self.ctx.info, &fi));
+                        hls.live_key = Some(self.ctx.key(&fi));
                         hls.playlist = Playlist::new(hls.playlist.target_duration);
                         hls.bytes = 0;
                     }
@@ -633,7 +643,7 @@ impl StreamTask {
             let mut fi = ctx.file_info(format, piece.seq, start_ms, end_ms);
             fi.duration_ms = piece.duration_ms;
             fi.size = w.written();
-            let key = ctx.policy.name_file(&ctx.info, &fi);
+            let key = ctx.key(&fi);
             let Rewrite { head, ranges, tail } = rewrite.unwrap_or_default();
             match w.finish(&key, Finalize { head: &head, ranges: &ranges, tail: &tail }) {
                 Ok(stored) => ctx.announce(fi, &stored, failed, &piece, &storage_name),
@@ -727,7 +737,7 @@ impl StreamTask {
         let mut fi = self.ctx.file_info(Format::Hls, piece.seq, slot.file_start_ms, now_ms());
         fi.duration_ms = piece.duration_ms;
         fi.size = hls.bytes;
-        let key = self.ctx.policy.name_file(&self.ctx.info, &fi);
+        let key = self.ctx.key(&fi);
         let mut playlist = rebase_playlist(&hls.playlist, &live, &key);
         playlist.ended = true;
         let storage = slot.storage.clone();
