@@ -27,7 +27,10 @@ extern crate self as reel_plugin;
 mod shared;
 mod time;
 
-pub use shared::{is_wildcard, most_specific, safe_component, FileVars, Json, DEFAULT_NAME_TEMPLATE};
+pub use shared::{
+    is_wildcard, most_specific, safe_component, unknown_variables, FileVars, Json, DEFAULT_NAME_TEMPLATE,
+    NAME_VARIABLES,
+};
 pub use time::{civil, escaped_time, Civil};
 
 #[doc(hidden)]

@@ -19,7 +19,7 @@ use sqlx::{AnyPool, Row};
 use crate::config::CatalogConfig;
 
 mod outbox;
-pub use outbox::{Event, EventQuery, EventStatus, NewEvent};
+pub use outbox::{Event, EventOutcome, EventQuery, EventStatus, NewEvent};
 
 /// The migrations, in order; a released one is never edited (its checksum is checked).
 const MIGRATIONS: &[(i64, &str, &str)] = &[

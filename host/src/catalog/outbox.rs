@@ -86,6 +86,31 @@ pub struct Event {
     pub node_id: String,
 }
 
+/// How an attempt at an event ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventOutcome {
+    Delivered {
+        id: String,
+        at_ms: i64,
+        status: u16,
+    },
+    /// Tried again at `next_ms`.
+    Retry {
+        id: String,
+        at_ms: i64,
+        next_ms: i64,
+        error: String,
+        status: Option<u16>,
+    },
+    /// Given up on for good.
+    Failed {
+        id: String,
+        at_ms: i64,
+        error: String,
+        status: Option<u16>,
+    },
+}
+
 /// An events listing's filters.
 #[derive(Clone, Debug, Default)]
 pub struct EventQuery {
@@ -219,17 +244,7 @@ impl Catalog {
 
     /// Records an attempt that delivered `id`.
     pub async fn event_delivered(&self, id: &str, now_ms: i64, status: u16) -> Result<(), CatalogError> {
-        sqlx::query(
-            "UPDATE events SET status = 'delivered', attempts = attempts + 1, finished_ms = $2, last_status = $3, \
-             last_error = NULL, lease_node = NULL, lease_until_ms = 0 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(now_ms)
-        .bind(i64::from(status))
-        .execute(&self.pool)
-        .within()
-        .await??;
-        Ok(())
+        self.finish_events(&[EventOutcome::Delivered { id: id.into(), at_ms: now_ms, status }]).await
     }
 
     /// Records a failed attempt of `id`: tried again at `next_ms`, or, with `next_ms` `None`,
@@ -242,23 +257,48 @@ impl Catalog {
         error: &str,
         status: Option<u16>,
     ) -> Result<(), CatalogError> {
-        let (new_status, finished) = match next_ms {
-            Some(_) => ("pending", None),
-            None => ("failed", Some(now_ms)),
+        let outcome = match next_ms {
+            Some(next_ms) => EventOutcome::Retry { id: id.into(), at_ms: now_ms, next_ms, error: error.into(), status },
+            None => EventOutcome::Failed { id: id.into(), at_ms: now_ms, error: error.into(), status },
         };
-        sqlx::query(
-            "UPDATE events SET status = $2, attempts = attempts + 1, next_ms = $3, finished_ms = $4, \
-             last_error = $5, last_status = $6, lease_node = NULL, lease_until_ms = 0 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(new_status)
-        .bind(next_ms.unwrap_or(now_ms))
-        .bind(finished)
-        .bind(short(error))
-        .bind(status.map(i64::from))
-        .execute(&self.pool)
-        .within()
-        .await??;
+        self.finish_events(&[outcome]).await
+    }
+
+    /// Records the outcomes of attempts, in one transaction (a deliverer batches them).
+    pub async fn finish_events(&self, outcomes: &[EventOutcome]) -> Result<(), CatalogError> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().within().await??;
+        for o in outcomes {
+            let q = match o {
+                EventOutcome::Delivered { id, at_ms, status } => sqlx::query(
+                    "UPDATE events SET status = 'delivered', attempts = attempts + 1, finished_ms = $2, \
+                     last_status = $3, last_error = NULL, lease_node = NULL, lease_until_ms = 0 WHERE id = $1",
+                )
+                .bind(id.as_str())
+                .bind(*at_ms)
+                .bind(i64::from(*status)),
+                EventOutcome::Retry { id, next_ms, error, status, .. } => sqlx::query(
+                    "UPDATE events SET attempts = attempts + 1, next_ms = $2, last_error = $3, last_status = $4, \
+                     lease_node = NULL, lease_until_ms = 0 WHERE id = $1",
+                )
+                .bind(id.as_str())
+                .bind(*next_ms)
+                .bind(short(error))
+                .bind(status.map(i64::from)),
+                EventOutcome::Failed { id, at_ms, error, status } => sqlx::query(
+                    "UPDATE events SET status = 'failed', attempts = attempts + 1, finished_ms = $2, \
+                     last_error = $3, last_status = $4, lease_node = NULL, lease_until_ms = 0 WHERE id = $1",
+                )
+                .bind(id.as_str())
+                .bind(*at_ms)
+                .bind(short(error))
+                .bind(status.map(i64::from)),
+            };
+            q.execute(&mut *tx).within().await??;
+        }
+        tx.commit().within().await??;
         Ok(())
     }
 

@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::{Catalog, Event};
+use crate::catalog::{Catalog, Event, EventOutcome};
 use crate::config::EventsConfig;
 
 /// Tuning of delivery; `[events]` sets most of it.
@@ -78,6 +78,27 @@ struct Shared {
     in_flight: AtomicUsize,
     down: Mutex<HashMap<String, Down>>,
     stop: CancellationToken,
+    /// Outcomes of attempts, written to the catalog in batches by one writer task.
+    outcomes: tokio::sync::mpsc::Sender<EventOutcome>,
+}
+
+/// Outcomes written in one transaction at most.
+const OUTCOME_BATCH: usize = 256;
+
+/// Writes attempt outcomes as they come, many per transaction. One that cannot be written
+/// leaves its event leased: it is attempted again when the lease ends (at least once).
+async fn write_outcomes(catalog: Catalog, mut rx: tokio::sync::mpsc::Receiver<EventOutcome>) {
+    let mut batch = Vec::with_capacity(OUTCOME_BATCH);
+    while rx.recv_many(&mut batch, OUTCOME_BATCH).await > 0 {
+        if let Err(e) = catalog.finish_events(&batch).await {
+            tracing::error!(
+                events = batch.len(),
+                error = &e as &dyn std::error::Error,
+                "event outcomes not saved (the events will be tried again)"
+            );
+        }
+        batch.clear();
+    }
 }
 
 /// Sends the outbox's events from a Tokio task; cheap to clone.
@@ -103,7 +124,10 @@ impl Deliverer {
     /// earlier run are sent first.
     /// `client` is the node's HTTP client ([`http_client`]).
     pub fn start(catalog: Catalog, options: Options, client: reqwest::Client) -> Deliverer {
+        let (outcomes, rx) = tokio::sync::mpsc::channel(4 * OUTCOME_BATCH);
+        tokio::spawn(write_outcomes(catalog.clone(), rx));
         let shared = Arc::new(Shared {
+            outcomes,
             catalog,
             client,
             options,
@@ -241,11 +265,16 @@ async fn attempt(shared: &Shared, ev: Event) {
             tracing::error!(event = %ev.id, error = &e as &dyn std::error::Error, "event state not saved (it will be tried again)");
         }
     };
+    let finish = |o: EventOutcome| async {
+        if shared.outcomes.send(o).await.is_err() {
+            tracing::error!(event = %ev.id, "event outcome not saved: the writer stopped (it will be tried again)");
+        }
+    };
     if ev.expires_ms <= now {
         let why = format!("not delivered within the max age{}", last_error(&ev));
         metrics::counter!("reel_callbacks_total", "result" => "failed").increment(1);
         tracing::warn!(event = %ev.id, url = %ev.url, "{why}");
-        record(catalog.event_attempt_failed(&ev.id, now, None, &why, ev.last_status).await);
+        finish(EventOutcome::Failed { id: ev.id.clone(), at_ms: now, error: why, status: ev.last_status }).await;
         return;
     }
     // A resting endpoint: the event waits with the others; one probes it when the rest ends.
@@ -269,7 +298,7 @@ async fn attempt(shared: &Shared, ev: Event) {
     match post(&shared.client, &ev).await {
         Outcome::Delivered(status) => {
             metrics::counter!("reel_callbacks_total", "result" => "delivered").increment(1);
-            record(catalog.event_delivered(&ev.id, now_ms(), status).await);
+            finish(EventOutcome::Delivered { id: ev.id.clone(), at_ms: now_ms(), status }).await;
             answered(shared, &ev).await;
         }
         Outcome::Retry(why, status) => {
@@ -286,10 +315,11 @@ async fn attempt(shared: &Shared, ev: Event) {
             if out_of_attempts || failures.until_ms >= ev.expires_ms {
                 metrics::counter!("reel_callbacks_total", "result" => "failed").increment(1);
                 tracing::warn!(event = %ev.id, url = %ev.url, attempts, "callback not delivered: {why}");
-                record(catalog.event_attempt_failed(&ev.id, now_ms(), None, &why, status).await);
+                finish(EventOutcome::Failed { id: ev.id.clone(), at_ms: now_ms(), error: why, status }).await;
             } else {
                 tracing::debug!(event = %ev.id, url = %ev.url, attempts, "callback attempt failed, next at {}: {why}", failures.until_ms);
-                record(catalog.event_attempt_failed(&ev.id, now_ms(), Some(failures.until_ms), &why, status).await);
+                let next_ms = failures.until_ms;
+                finish(EventOutcome::Retry { id: ev.id.clone(), at_ms: now_ms(), next_ms, error: why, status }).await;
             }
             if let Err(e) = catalog.defer_events(&ev.url, now_ms(), failures.until_ms).await {
                 tracing::warn!(error = &e as &dyn std::error::Error, "cannot defer waiting events");
@@ -298,7 +328,7 @@ async fn attempt(shared: &Shared, ev: Event) {
         Outcome::Fail(why, status) => {
             metrics::counter!("reel_callbacks_total", "result" => "failed").increment(1);
             tracing::warn!(event = %ev.id, url = %ev.url, "callback refused for good: {why}");
-            record(catalog.event_attempt_failed(&ev.id, now_ms(), None, &why, status).await);
+            finish(EventOutcome::Failed { id: ev.id.clone(), at_ms: now_ms(), error: why, status }).await;
             if status.is_some() {
                 // It answered: whatever this event's fault, the endpoint is up.
                 answered(shared, &ev).await;
