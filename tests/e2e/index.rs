@@ -12,17 +12,32 @@ fn an_index_over_two_publishes_plays_in_ffmpeg_and_chromium() {
     let src = fixture("index", 6, true, true);
     let reel = Reel::start(
         "index",
-        "[storage.local]\nkind = \"fs\"\nroot = \"recordings\"\n[template.default]\nformats = [\"hls\"]\nhls_segment = \"2s\"\nstorage = \"local\"\n[[rule]]\ntemplate = \"default\"\n",
+        "[storage.local]\nkind = \"fs\"\nroot = \"recordings\"\n[template.default]\nformats = [\"hls\"]\nhls_segment = \"2s\"\ndaily_index = true\nstorage = \"local\"\n[[rule]]\ntemplate = \"default\"\n",
     );
     let t0 = unix_now() - 1;
     for _ in 0..2 {
         ffmpeg_publish(&src, &reel.url("live", "cam"), false);
         std::thread::sleep(Duration::from_millis(1100));
     }
-    wait_for(&reel, "/v1/recordings?app=live&stream=cam&format=hls", Duration::from_secs(15), |v| {
+    let rows = wait_for(&reel, "/v1/recordings?app=live&stream=cam&format=hls", Duration::from_secs(15), |v| {
         v["recordings"].as_array().unwrap().len() == 2
     });
     let t1 = unix_now() + 1;
+
+    // The template's daily index: both publishes of the day, rewritten as each playlist closed.
+    let start = std::time::UNIX_EPOCH + Duration::from_millis(rows["recordings"][1]["start_ms"].as_u64().unwrap());
+    let date = humantime::format_rfc3339_seconds(start).to_string()[..10].to_string();
+    let daily = reel.recordings().join(format!("live/cam/{date}.m3u8"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&daily).unwrap_or_default();
+        if text.matches("#EXT-X-DISCONTINUITY").count() == 1 {
+            assert!(text.ends_with("#EXT-X-ENDLIST\n") && text.matches(".ts").count() == 6, "{text}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "daily index {}: {text}", daily.display());
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     let (status, v) = reel.api(
         "POST",

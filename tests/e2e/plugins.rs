@@ -109,6 +109,52 @@ events = ["file_created"]
 }
 
 #[test]
+fn mps_names_files_and_sends_its_own_signed_notification() {
+    let dir = plugins_dir();
+    let (url, rx) = http_listener();
+    let config = format!(
+        r#"
+[storage.local]
+kind = "fs"
+root = "recordings"
+[template.default]
+formats = ["mp4"]
+storage = "local"
+[[rule]]
+template = "default"
+[plugins.mps]
+path = "{}"
+config = {{ key = "k3y", url_prefix = "https://vod.example.com/" }}
+[policy]
+plugins = ["mps"]
+[[callback]]
+url = "{url}"
+events = ["file_created"]
+"#,
+        dir.join("mps.wasm").display()
+    );
+    let reel = Reel::start("mps-callback", &config);
+    let src = fixture("av", 4, true, true);
+    ffmpeg_publish(&src, &reel.url("live", "mpsstream"), false);
+    let (head, body) =
+        rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("no callback: {}", reel.log_text()));
+    assert!(head.starts_with("POST /record-callback"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("x-reel-event-id:"), "the outbox's id rides along: {head}");
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["NotificationType"], "LiveRecordResult", "{v}");
+    assert_eq!(v["SessionContext"], "live/mpsstream");
+    let t = v["Timestamp"].as_i64().unwrap();
+    assert_eq!(v["Sign"].as_str().unwrap(), md5_hex(format!("k3y{t}").as_bytes()), "Sign = md5(key + Timestamp)");
+    let file = &v["LiveRecordResultInfo"]["FileResults"][0];
+    let key = file["Url"].as_str().unwrap().strip_prefix("https://vod.example.com/").unwrap();
+    // Named by the plugin: {AppName}/{StreamName}/{rand}/…
+    assert!(key.starts_with("live/mpsstream/") && key.ends_with("_0.mp4"), "{key}");
+    let size = std::fs::metadata(reel.recordings().join(key)).unwrap().len();
+    assert_eq!(file["Size"].as_u64(), Some(size));
+    assert_eq!(file["Container"], "mp4");
+}
+
+#[test]
 fn misbehaving_plugins_fall_back_and_are_counted() {
     let dir = plugins_dir();
     let src = fixture("av", 4, true, true);

@@ -295,3 +295,54 @@ fn bad_sources_fail_with_a_clear_reason() {
     assert!(reel.log_text().contains("pull task failed"));
     assert_eq!(reel.api("GET", "/healthz", None).0, 200, "Reel goes on");
 }
+
+#[test]
+fn in_a_fleet_one_node_pulls_and_another_takes_over_when_it_dies() {
+    let Some(pg) = reel_test_support::postgres::Postgres::start() else {
+        panic!("PostgreSQL is not installed: run tests/run, which installs it");
+    };
+    let src = fixture("pull-fleet", 40, true, true);
+    let config = |node: &str| format!("{TEMPLATE}\n[catalog]\nurl = \"{}\"\nnode_id = \"{node}\"\n", pg.url);
+    let mut nodes =
+        vec![Reel::start("pull-fleet-a", &config("node-a")), Reel::start("pull-fleet-b", &config("node-b"))];
+    let nginx_dir = nodes[0].dir.join("nginx");
+    std::fs::create_dir_all(&nginx_dir).unwrap();
+    let nginx = Nginx::start(&nginx_dir).expect("nginx with its RTMP module (tests/run installs it)");
+    let origin = format!("rtmp://127.0.0.1:{}/live/origin", nginx.port);
+    let publisher = {
+        let (src, origin) = (src.clone(), origin.clone());
+        std::thread::spawn(move || ffmpeg_publish(&src, &origin, true))
+    };
+    let id = create_pull(
+        &nodes[0],
+        json!({"url": origin, "app": "live", "stream": "fleet", "template": "t", "end_time": unix_now() + 120}),
+    );
+    let path = format!("/v1/pull-tasks/{id}");
+    let v = wait_for(&nodes[1], &path, Duration::from_secs(15), |v| v["status"] == "recording");
+    let holder = v["node_id"].as_str().unwrap().to_string();
+    let (dead, alive) = if holder == "node-a" { (0, 1) } else { (1, 0) };
+    // Only the holder pulls: the other node has no such stream.
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, streams) = nodes[alive].api("GET", "/v1/streams", None);
+    assert_eq!(streams["streams"].as_array().map(Vec::len), Some(0), "{streams:#}");
+    // The holder dies without a word; the other takes over within the lease (10 s) and a round.
+    let killed = Instant::now();
+    nodes[dead].child.take().unwrap().kill().unwrap();
+    let other = if holder == "node-a" { "node-b" } else { "node-a" };
+    wait_for(&nodes[alive], &path, Duration::from_secs(20), |v| v["status"] == "recording" && v["node_id"] == other);
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(16), "took over after {took:?}");
+    eprintln!("{other} took the pull task over {took:?} after {holder} died");
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, _) = nodes[alive].api("POST", &format!("{path}/stop"), None);
+    assert_eq!(status, 200);
+    let rows = wait_for(&nodes[alive], &format!("/v1/recordings?task_id={id}"), Duration::from_secs(10), |v| {
+        v["recordings"].as_array().unwrap().iter().any(|r| r["node_id"] == other)
+    });
+    let row = rows["recordings"].as_array().unwrap().iter().find(|r| r["node_id"] == other).unwrap().clone();
+    let file = nodes[alive].recordings().join(row["key"].as_str().unwrap());
+    assert_eq!(decode_errors(&file), "");
+    assert!(row["duration_ms"].as_u64().unwrap() >= 1500, "{row}");
+    drop(nginx);
+    let _ = publisher;
+}

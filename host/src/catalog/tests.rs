@@ -210,6 +210,39 @@ async fn outbox(a: &Catalog, b: &Catalog) {
     assert!(a.event("e000").await.unwrap().is_none());
 }
 
+/// One node holds a pull task's lease at a time; it lapses when not renewed.
+async fn leases(a: &Catalog, b: &Catalog) {
+    let t = Task {
+        id: "pull1".into(),
+        status: TaskStatus::Waiting,
+        url: Some("rtmp://x/live/y".into()),
+        ..task("pull1", 5)
+    };
+    a.insert_task(&t).await.unwrap();
+    assert!(a.lease_task("pull1", 1_000, 11_000).await.unwrap());
+    assert!(!b.lease_task("pull1", 2_000, 12_000).await.unwrap(), "held by a");
+    assert!(a.lease_task("pull1", 5_000, 15_000).await.unwrap(), "renewed by its holder");
+    assert!(!b.lease_task("pull1", 14_999, 24_999).await.unwrap());
+    assert!(b.lease_task("pull1", 15_000, 25_000).await.unwrap(), "lapsed: b takes over");
+    assert!(!a.lease_task("pull1", 16_000, 26_000).await.unwrap());
+    b.release_task("pull1").await.unwrap();
+    assert!(a.lease_task("pull1", 16_000, 26_000).await.unwrap(), "given back");
+    a.set_task_status("pull1", TaskStatus::Failed, Some("x"), 17_000).await.unwrap();
+    assert!(!a.lease_task("pull1", 30_000, 40_000).await.unwrap(), "an ended task is leased to nobody");
+    assert_eq!(a.task("pull1").await.unwrap().unwrap().url.as_deref(), Some("rtmp://x/live/y"));
+    let pulls = a.tasks(&TaskQuery { pull: Some(true), limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(pulls.items.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["pull1"]);
+}
+
+#[tokio::test]
+async fn pull_task_leases_go_to_one_node_at_a_time() {
+    // Two nodes on one SQLite file.
+    let d = dir("leases");
+    let a = Catalog::open(&CatalogConfig::default(), &d, "node-a".into()).await.unwrap();
+    let b = Catalog::open(&CatalogConfig::default(), &d, "node-b".into()).await.unwrap();
+    leases(&a, &b).await;
+}
+
 #[tokio::test]
 async fn the_outbox_leases_events_and_keeps_outcomes() {
     let a = sqlite("outbox").await;
@@ -239,6 +272,7 @@ async fn postgres_speaks_the_same_sql() {
     task_states(&a).await;
     assert_eq!(b.recording("0001").await.unwrap().unwrap().stream, "cam");
     outbox(&a, &b).await;
+    leases(&a, &b).await;
     a.close().await;
     b.close().await;
 }

@@ -408,6 +408,10 @@ pub struct Template {
     /// default): one playlist per publish.
     #[serde(default = "keep_forever")]
     pub hls_interval: Duration,
+    /// HLS: keep `{AppName}/{StreamName}/{Date}.m3u8`, a VOD index over the day's (UTC)
+    /// segments of the stream, rewritten as each playlist closes.
+    #[serde(default)]
+    pub daily_index: bool,
 }
 
 /// Longest `resume_window`.

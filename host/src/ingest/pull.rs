@@ -17,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 use super::chunk::RawMessage;
 use super::client::{ClientEvent, ClientSession, Role, RtmpUrl};
 use super::media_in::{MediaEvent, MediaIn};
-use crate::media::{flv, Frame};
+use crate::media::flv;
+/// What a pull delivers: the frames a pushed stream gives.
+pub use crate::media::Frame;
 
 /// Where pulled frames go. An error ends the pull (the stream was refused).
 pub trait FrameSink: Send {

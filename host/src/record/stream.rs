@@ -172,12 +172,18 @@ impl Ctx {
                 upload_state: if stored.pending { "spooled" } else { "stored" }.into(),
             };
             let catalog = catalog.clone();
+            let daily_index = fi.container == Format::Hls
+                && self.rt.config.template.get(&self.template_name).is_some_and(|t| t.daily_index);
+            let daily = daily_index.then(|| self.rt.clone());
             self.tracker.spawn(async move {
                 if let Err(e) = catalog.insert_recording(&row).await {
                     metrics::counter!("reel_catalog_errors_total").increment(1);
                     tracing::error!(key = %row.key, error = &e as &dyn std::error::Error, "recording not catalogued");
                 }
                 queue_events(&catalog, events).await;
+                if let Some(rt) = daily {
+                    super::index::daily(&catalog, &rt, &row.domain, &row.app, &row.stream, row.start_ms as u64).await;
+                }
             });
         }
     }

@@ -17,8 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{now_ms, Tasks};
 use crate::catalog::{Task, TaskStatus};
-use crate::ingest::pull::{pull, FrameSink, PullEnd, PullLimits};
-use crate::media::Frame;
+use crate::ingest::pull::{pull, Frame, FrameSink, PullEnd, PullLimits};
 use crate::record::{Recorder, StreamHandle, StreamInfo};
 
 /// How long a node's claim on a pull task lasts unless renewed.
@@ -35,7 +34,7 @@ struct Publish<'a> {
 impl FrameSink for Publish<'_> {
     fn frame(&mut self, f: Frame) -> Result<(), String> {
         if self.handle.is_none() {
-            let info = StreamInfo { started_at_ms: crate::media::time::now_ms(), ..self.info.clone() };
+            let info = StreamInfo { started_at_ms: now_ms().max(0) as u64, ..self.info.clone() };
             let handle = self.recorder.publish(info).map_err(|r| format!("{}: {}", r.code, r.description))?;
             self.handle = Some(handle);
         }

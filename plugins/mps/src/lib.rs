@@ -9,8 +9,14 @@
 //!
 //! `{rand}` is drawn fresh for every file; `validate` refuses a `path` without `{rand}` or
 //! `{RandomID}`. The extension is appended.
+//!
+//! Callbacks are MPS's live-stream processing notification for a recorded file:
+//! `{"NotificationType": "LiveRecordResult", "TaskId", "LiveRecordResultInfo": {"RecordOver",
+//! "FileResults": [{"Url", "Size", "Duration", "StartTime", "EndTime", "Container"}]},
+//! "SessionId", "SessionContext", "Timestamp", "Sign"}` with `Sign = md5(key + Timestamp)`
+//! (config `key`, required for callbacks; `Timestamp` is the expiry, now + `sign_ttl`, 600 s).
 
-use reel_plugin::{Config, Container, Context, FileInfo, Plan, StreamInfo};
+use reel_plugin::{Config, Container, Context, FileInfo, Json, Plan, Request, StreamInfo};
 
 pub const PATH: &str = "{AppName}/{StreamName}/{rand}/{StartYear}-{StartMonth}-{StartDay}-{StartHour}-{StartMinute}-{StartSecond}_{Sequence}";
 const RAND_LENGTH: i64 = 8;
@@ -58,4 +64,40 @@ impl reel_plugin::Segmentation for Mps {
     }
 }
 
-reel_plugin::export!(Mps: naming, segmentation, setup);
+impl reel_plugin::Callbacks for Mps {
+    fn on_file(ctx: &Context, s: &StreamInfo, f: &FileInfo, url: &str) -> Result<Option<Request>, String> {
+        let config = ctx.config();
+        let key =
+            config.text("key").ok_or("config key `key` is not set: MPS notifications are signed with md5(key + Timestamp)")?;
+        let ttl = config.integer("sign_ttl").filter(|t| *t > 0).unwrap_or(600) as u64;
+        let t = ctx.now_secs() + ttl;
+        let sign = reel_plugin::md5_hex(format!("{key}{t}").as_bytes());
+        let file_url = format!("{}{}", config.text("url_prefix").unwrap_or(""), f.key);
+        let file = Json::new()
+            .str("Url", &file_url)
+            .int("Size", f.size)
+            .int("Duration", f.duration_ms.div_ceil(1000))
+            .int("StartTime", f.start_ms / 1000)
+            .int("EndTime", f.end_ms / 1000)
+            .str("Container", f.container.ext())
+            .finish();
+        let info = Json::new().raw("RecordOver", "true").raw("FileResults", &format!("[{file}]")).finish();
+        let task = f.task_id.as_deref().unwrap_or(&f.session_id);
+        let body = Json::new()
+            .str("NotificationType", "LiveRecordResult")
+            .str("TaskId", task)
+            .raw("LiveRecordResultInfo", &info)
+            .str("SessionId", &f.session_id)
+            .str("SessionContext", &format!("{}/{}", s.app, s.name))
+            .int("Timestamp", t)
+            .str("Sign", &sign)
+            .finish();
+        Ok(Some(Request {
+            url: url.to_owned(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.into_bytes(),
+        }))
+    }
+}
+
+reel_plugin::export!(Mps: naming, segmentation, callbacks, setup);
