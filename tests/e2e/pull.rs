@@ -303,8 +303,7 @@ fn in_a_fleet_one_node_pulls_and_another_takes_over_when_it_dies() {
     };
     let src = fixture("pull-fleet", 40, true, true);
     let config = |node: &str| format!("{TEMPLATE}\n[catalog]\nurl = \"{}\"\nnode_id = \"{node}\"\n", pg.url);
-    let mut nodes =
-        vec![Reel::start("pull-fleet-a", &config("node-a")), Reel::start("pull-fleet-b", &config("node-b"))];
+    let mut nodes = [Reel::start("pull-fleet-a", &config("node-a")), Reel::start("pull-fleet-b", &config("node-b"))];
     let nginx_dir = nodes[0].dir.join("nginx");
     std::fs::create_dir_all(&nginx_dir).unwrap();
     let nginx = Nginx::start(&nginx_dir).expect("nginx with its RTMP module (tests/run installs it)");
