@@ -153,7 +153,7 @@ fn check_describes_every_shipped_plugin() {
     for (file, exports) in [
         ("tencent_css", "naming, callbacks, setup"),
         ("aliyun_oss", "rules, naming, callbacks, setup"),
-        ("mps", "segmentation, naming, setup"),
+        ("mps", "segmentation, naming, callbacks, setup"),
         ("misbehave", "rules, segmentation, naming, callbacks, setup"),
         ("defaults", "rules, segmentation, naming, callbacks, setup"),
     ] {
@@ -408,15 +408,22 @@ fn the_first_plugin_exporting_a_decision_makes_it() {
     let dir = fixtures!();
     let r = registry(
         dir,
-        &[("mps", "mps", ""), ("tencent", "tencent_css", r#"key = "k""#), ("aliyun", "aliyun_oss", r#"key = "k""#)],
+        &[
+            ("mps", "mps", r#"key = "k""#),
+            ("tencent", "tencent_css", r#"key = "k""#),
+            ("aliyun", "aliyun_oss", r#"key = "k""#),
+        ],
     )
     .unwrap();
     let (s, f) = (stream(), file(Format::Flv));
-    // Default chain: mps names, tencent calls back, aliyun picks rules.
+    // Default chain: mps names and calls back, aliyun picks rules.
     let p = r.policy(None);
     assert!(p.name_file(&s, &f).starts_with("live/cam1/"));
-    assert!(String::from_utf8(p.on_file(&s, &f, "http://cb/").unwrap().body).unwrap().contains("\"event_type\":100"));
+    assert!(String::from_utf8(p.on_file(&s, &f, "http://cb/").unwrap().body).unwrap().contains("\"LiveRecordResult\""));
     assert_eq!(p.select_rule(&s, &[candidates()[1].clone(), candidates()[3].clone()]).as_deref(), Some("app"));
+    // tencent first: it calls back.
+    let p = r.policy(Some(&["tencent".to_string(), "mps".to_string()]));
+    assert!(String::from_utf8(p.on_file(&s, &f, "http://cb/").unwrap().body).unwrap().contains("\"event_type\":100"));
     // A template's own list.
     let p = r.policy(Some(&["aliyun".to_string(), "tencent".to_string()]));
     assert!(p.name_file(&s, &f).starts_with("record/live/cam1/"));
