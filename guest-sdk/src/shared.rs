@@ -175,12 +175,25 @@ pub fn safe_component(s: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// The built-in storage key of a file ([`DEFAULT_NAME_TEMPLATE`], with the publisher-chosen
-/// names made safe by [`safe_component`]).
+/// The built-in storage key of a file: [`DEFAULT_NAME_TEMPLATE`], under a `{Domain}/` folder
+/// when the stream was published to a host name (so that one app/stream under two domains
+/// never shares a folder); a stream published to an IP address, or with no domain, has no
+/// such folder. Publisher-chosen names are made safe by [`safe_component`].
 pub fn default_name(v: &FileVars<'_>) -> String {
     let (domain, app, stream) = (safe_component(v.domain), safe_component(v.app), safe_component(v.stream));
     let safe = FileVars { domain: &domain, app: &app, stream: &stream, ..*v };
-    expand(DEFAULT_NAME_TEMPLATE, |n| safe.get(n))
+    let key = expand(DEFAULT_NAME_TEMPLATE, |n| safe.get(n));
+    if is_host_name(v.domain) {
+        format!("{domain}/{key}")
+    } else {
+        key
+    }
+}
+
+/// Whether a stream's domain is a host name (not empty, not an IP address).
+pub fn is_host_name(domain: &str) -> bool {
+    let bare = domain.trim_start_matches('[').trim_end_matches(']');
+    !domain.is_empty() && bare.parse::<std::net::IpAddr>().is_err()
 }
 
 /// True for a rule pattern that matches anything: empty (Tencent) or `*` (Aliyun).
@@ -359,10 +372,22 @@ mod tests {
 
     #[test]
     fn default_names_stay_inside_the_root() {
-        let v = FileVars { app: "..", stream: "a/../../b", ..vars() };
+        let v = FileVars { app: "..", stream: "a/../../b", domain: "", ..vars() };
         assert_eq!(default_name(&v), "_/a_.._.._b/2026-11-22-13-05-09_2026-11-22-13-35-09.flv");
-        let v = FileVars { app: "", stream: "Kamera 1 ü@x\\y", ..vars() };
+        let v = FileVars { app: "", stream: "Kamera 1 ü@x\\y", domain: "10.0.0.7", ..vars() };
         assert_eq!(default_name(&v), "_/Kamera_1_ü@x_y/2026-11-22-13-05-09_2026-11-22-13-35-09.flv");
+        let v = FileVars { domain: "../..", ..vars() };
+        assert!(default_name(&v).split('/').all(|c| c != ".." && c != "."), "{}", default_name(&v));
+    }
+
+    #[test]
+    fn default_names_keep_domains_apart() {
+        let at = |domain| default_name(&FileVars { domain, ..vars() });
+        assert_eq!(at("push.example.com"), "push.example.com/live/cam1/2026-11-22-13-05-09_2026-11-22-13-35-09.flv");
+        assert_eq!(at("localhost"), "localhost/live/cam1/2026-11-22-13-05-09_2026-11-22-13-35-09.flv");
+        for no_folder in ["", "127.0.0.1", "::1", "[::1]"] {
+            assert_eq!(at(no_folder), "live/cam1/2026-11-22-13-05-09_2026-11-22-13-35-09.flv", "{no_folder:?}");
+        }
     }
 
     #[test]

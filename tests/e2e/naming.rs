@@ -63,3 +63,19 @@ template = "named"
     }
     assert!((total - 10.0).abs() < 0.3, "{total} s in all");
 }
+
+#[test]
+fn one_app_and_stream_under_two_domains_never_share_a_folder() {
+    let src = fixture("domains", 2, true, true);
+    let reel = Reel::start("domains", BASE_CONFIG);
+    // To a host name (here through `domain=`, as a CDN forwards it): under the domain's folder.
+    // To an IP address: no domain folder.
+    ffmpeg_publish(&src, &format!("{}?domain=LocalHost.", reel.url("live", "same")), false);
+    ffmpeg_publish(&src, &reel.url("live", "same"), false);
+    let (named, _) = wait_files(&reel.recordings().join("localhost/live/same"), "flv", 1, Duration::from_secs(10));
+    let (bare, _) = wait_files(&reel.recordings().join("live/same"), "flv", 1, Duration::from_secs(10));
+    assert_eq!((named.len(), bare.len()), (1, 1), "{:?}", files(&reel.recordings(), "flv"));
+    for f in [&named[0], &bare[0]] {
+        assert_eq!(packets(f, "v").len(), packets(&src, "v").len());
+    }
+}

@@ -255,10 +255,13 @@ fn sdk_defaults_decide_exactly_as_the_builtin() {
         }
     }
     assert_eq!(Builtin.select_rule(&stream(), &candidates()).as_deref(), Some("stream"));
+    // Under its domain's folder (a host name); without one for an IP address.
     assert_eq!(
         Builtin.name_file(&stream(), &file(Format::Hls)),
-        "live/cam1/2026-11-22-13-05-09_2026-11-22-13-35-09.m3u8"
+        "push.example.com/live/cam1/2026-11-22-13-05-09_2026-11-22-13-35-09.m3u8"
     );
+    let by_ip = StreamInfo { domain: "192.0.2.7".into(), ..stream() };
+    assert_eq!(Builtin.name_file(&by_ip, &file(Format::Hls)), "live/cam1/2026-11-22-13-05-09_2026-11-22-13-35-09.m3u8");
 }
 
 #[test]
