@@ -243,3 +243,61 @@ fn never_answering(small_spool: bool) {
     assert!(reel_test_support::ffmpeg::format_seconds(&flv[0], "duration") > 7.5);
     assert!(files(&spool, "ts").len() >= 4, "every HLS segment is kept: {:?}", files(&spool, "ts"));
 }
+
+/// The bucket's object keys under the folder `prefix`.
+fn list(s3: &S3Server, prefix: &str) -> Vec<String> {
+    let store = client(s3);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut out = Vec::new();
+    let mut dirs = vec![object_store::path::Path::from(prefix)];
+    while let Some(d) = dirs.pop() {
+        let r = rt.block_on(store.list_with_delimiter(Some(&d))).unwrap();
+        out.extend(
+            r.objects.into_iter().map(|o| o.location.to_string()).filter(|k| k.starts_with(&format!("{prefix}/"))),
+        );
+        dirs.extend(r.common_prefixes);
+    }
+    out
+}
+
+#[test]
+fn a_growing_flv_streams_into_the_bucket_while_it_records() {
+    let s3 = server("stream");
+    // 8 s at about 14 Mbit/s: three 5 MiB parts.
+    let src = test_dir("s3-stream-src").join("big.flv");
+    run(std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=25", "-f", "lavfi"])
+        .args(["-i", "sine=frequency=440:sample_rate=44100", "-t", "8", "-c:v", "libx264", "-preset", "ultrafast"])
+        .args(["-qp", "4", "-g", "50", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k", "-f", "flv"])
+        .arg(&src));
+    let reel = Reel::start(
+        "s3-stream",
+        &format!(
+            "{}part_size = \"5MiB\"\n[template.flv]\nformats = [\"flv\"]\nstorage = \"bucket\"\n[[rule]]\ntemplate = \"flv\"\n",
+            s3.storage_toml("bucket", SECRET_KEY)
+        ),
+    );
+    ffmpeg_publish(&src, &reel.url("live", "big"), true);
+    let unpublished = Instant::now();
+    // Parts went up while the file grew, before it closed.
+    let (_, _, metrics) = http_raw(reel.http_port, "/metrics", "");
+    let metrics = String::from_utf8_lossy(&metrics).into_owned();
+    let streamed: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("reel_upload_parts_streamed_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(streamed >= 1.0, "parts sent while recording: {streamed}\n{}", reel.log_text());
+    let rows = wait_rows(&reel, "big", 1, "stored", Duration::from_secs(20));
+    eprintln!("{streamed} parts streamed while recording; stored {:?} after unpublish", unpublished.elapsed());
+    assert!(unpublished.elapsed() < Duration::from_secs(3), "{:?}", unpublished.elapsed());
+    let key = rows[0]["key"].as_str().unwrap();
+    let file = download(&s3, key, &test_dir("s3-stream-download"));
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), rows[0]["size"].as_u64().unwrap());
+    assert_eq!(packets(&file, "v"), packets(&src, "v"), "video packets, timestamps included");
+    assert_eq!(packets(&file, "a"), packets(&src, "a"));
+    assert_eq!(decode_errors(&file), "");
+    // The temporary upload is gone; the spool is empty.
+    assert_eq!(list(&s3, ".uploading"), Vec::<String>::new());
+    assert!(files(&reel.dir.join("reel-data/spool/bucket"), "flv").is_empty());
+}

@@ -280,6 +280,15 @@ pub struct Storage {
     /// is treated as down and files go to the spool until it answers again.
     #[serde(default = "default_request_timeout")]
     pub request_timeout: Duration,
+    /// s3: FLV and AAC files stream into a multipart upload as they grow, in parts of this
+    /// size (at least 5 MiB, as S3 requires), so they are complete in the bucket seconds after
+    /// they close; `"0"` uploads each file whole at close.
+    #[serde(default = "default_part_size", deserialize_with = "plugins::de_bytes")]
+    pub part_size: u64,
+}
+
+fn default_part_size() -> u64 {
+    8 << 20
 }
 
 fn default_request_timeout() -> Duration {
@@ -328,6 +337,9 @@ impl Storage {
                     if !(e.starts_with("http://") || e.starts_with("https://")) {
                         p.push(format!("storage.{name}.endpoint = {e:?} must start with http:// or https://"));
                     }
+                }
+                if self.part_size != 0 && self.part_size < 5 << 20 {
+                    p.push(format!("storage.{name}.part_size must be 0 or at least 5MiB"));
                 }
                 if self.request_timeout.as_millis() < 100 {
                     p.push(format!("storage.{name}.request_timeout must be at least 100ms"));

@@ -209,6 +209,10 @@ fn write_all_vectored(file: &mut File, chunks: &[Bytes]) -> io::Result<u64> {
 }
 
 impl FileWriter for FsFile {
+    fn local_path(&self) -> Option<&Path> {
+        Some(&self.path)
+    }
+
     fn write(&mut self, chunks: &[Bytes]) -> Result<(), StorageError> {
         match write_all_vectored(&mut self.file, chunks) {
             Ok(n) => {

@@ -124,6 +124,10 @@ pub trait FileWriter: Send + Sync {
     fn abort(self: Box<Self>);
     /// For storages wrapping one another.
     fn as_any(&mut self) -> &mut dyn std::any::Any;
+    /// The local file being written, when there is one (the fs writer's temporary file).
+    fn local_path(&self) -> Option<&std::path::Path> {
+        None
+    }
 }
 
 /// Checks a storage key: relative, no `..`, no empty components, no NUL or backslash.

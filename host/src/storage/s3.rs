@@ -14,6 +14,20 @@
 //! and the recordings writing them end with an error.
 //!
 //! Keys are never overwritten: an existing object makes the upload take `stem_N.ext`.
+//!
+//! **Upload while recording.** An FLV or AAC file also streams into a multipart upload as it
+//! grows (`part_size`, 8 MiB): part 2 onwards as each fills, read back from the spool file,
+//! with up to two parts in flight (a slow link falls behind, never blocks the recording).
+//! Part 1 — the file's first `part_size` bytes, which hold FLV's `onMetaData` rewritten in
+//! place at close — waits for the close, then goes with the remaining tail: parts may be
+//! uploaded in any order. The name is only known at close (it holds the end time), so the
+//! upload goes to a temporary key (`PREFIX.uploading/…`), completed at close and copied
+//! server-side to the final key, then removed: the object appears under its key complete.
+//! Anything that fails on the way (a part, the completion, the copy, a file that ends up
+//! laid out anew) falls back to uploading the spooled file whole, with the spool's guarantees.
+//! MP4 is uploaded at close (its moov-first head is laid out anew behind a copy). Temporary
+//! uploads of a crashed node are left to the bucket's lifecycle rule
+//! (`AbortIncompleteMultipartUpload`).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -22,6 +36,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjPath;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, PutPayload, RetryConfig, WriteMultipart};
 
@@ -62,7 +77,12 @@ struct Inner {
     /// The object storage failed (unreachable, slow, 5xx): closes spool at once instead of
     /// waiting on it, until the uploader gets through again.
     down: std::sync::atomic::AtomicBool,
+    /// Parts of uploads while recording (0: files upload whole at close).
+    part_size: u64,
 }
+
+/// Parts of one upload while recording in flight at once.
+const STREAM_PARTS_IN_FLIGHT: usize = 2;
 
 /// Spool files being uploaded now, over every storage of the process (a reload makes a new
 /// storage on the same spool while the old one may still be uploading).
@@ -123,6 +143,7 @@ impl S3Storage {
             listener: Mutex::new(None),
             refused: Mutex::new(HashSet::new()),
             down: std::sync::atomic::AtomicBool::new(false),
+            part_size: cfg.part_size,
         });
         rt.spawn(drain_spool(Arc::downgrade(&inner)));
         Ok(Self { inner })
@@ -383,7 +404,7 @@ impl Storage for S3Storage {
             return Err(StorageError::SpoolFull { storage: self.inner.name.clone(), used, max: self.inner.spool_max });
         }
         let local = self.inner.spool.create(hint)?;
-        Ok(Box::new(S3File { local, inner: self.inner.clone() }))
+        Ok(Box::new(S3File::new(local, self.inner.clone(), hint)))
     }
 
     fn create_described(&self, hint: &str, meta: &[u8]) -> Result<Box<dyn FileWriter>, StorageError> {
@@ -393,7 +414,7 @@ impl Storage for S3Storage {
             return Err(StorageError::SpoolFull { storage: self.inner.name.clone(), used, max: self.inner.spool_max });
         }
         let local = self.inner.spool.create_described(hint, meta)?;
-        Ok(Box::new(S3File { local, inner: self.inner.clone() }))
+        Ok(Box::new(S3File::new(local, self.inner.clone(), hint)))
     }
 
     fn partials(&self) -> Vec<super::Partial> {
@@ -475,11 +496,126 @@ impl Storage for S3Storage {
 struct S3File {
     local: Box<dyn FileWriter>,
     inner: Arc<Inner>,
+    /// The upload while recording, if this file streams.
+    stream: Option<Streaming>,
+}
+
+/// A multipart upload that follows a file as it is written.
+struct Streaming {
+    /// The temporary key it goes to.
+    temp: ObjPath,
+    /// The upload's id, once the first part's task created it.
+    id: Arc<tokio::sync::OnceCell<String>>,
+    part: u64,
+    /// Where the next part starts (part 1, `[0, part)`, waits for the close).
+    next: u64,
+    /// Parts sent, by index (1 = the second part).
+    sent: Vec<(usize, tokio::task::JoinHandle<Result<PartId, object_store::Error>>)>,
+    /// A part failed: the file uploads whole at close.
+    failed: bool,
+}
+
+impl S3File {
+    fn new(local: Box<dyn FileWriter>, inner: Arc<Inner>, hint: &str) -> Self {
+        // MP4 is laid out anew at close (moov first): what streamed would be thrown away.
+        let streams = inner.part_size >= 5 << 20 && !hint.ends_with(".mp4") && !inner.is_down();
+        let stream = streams.then(|| Streaming {
+            temp: ObjPath::from(format!("{}.uploading/{:016x}-{hint}", inner.prefix, fastrand::u64(..))),
+            id: Arc::default(),
+            part: inner.part_size,
+            next: inner.part_size,
+            sent: Vec::new(),
+            failed: false,
+        });
+        S3File { local, inner, stream }
+    }
+
+    /// Sends the parts the file has filled since the last write (at most
+    /// [`STREAM_PARTS_IN_FLIGHT`] in flight; the rest wait for a later write or the close).
+    fn stream_parts(&mut self) {
+        let Some(st) = &mut self.stream else { return };
+        if st.failed {
+            return;
+        }
+        let Some(path) = self.local.local_path().map(Path::to_path_buf) else { return };
+        let written = self.local.written();
+        while st.next + st.part <= written {
+            if st.sent.iter().filter(|(_, h)| !h.is_finished()).count() >= STREAM_PARTS_IN_FLIGHT {
+                return;
+            }
+            let (index, from, len) = ((st.next / st.part) as usize, st.next, st.part);
+            st.next += st.part;
+            let (inner, temp, path, cell) = (self.inner.clone(), st.temp.clone(), path.clone(), st.id.clone());
+            let handle = self.inner.rt.spawn(async move {
+                let id = cell.get_or_try_init(|| inner.store.create_multipart(&temp)).await?.clone();
+                let data = read_range(&path, from, len)
+                    .await
+                    .map_err(|e| object_store::Error::Generic { store: "spool", source: Box::new(e) })?;
+                let r = inner.store.put_part(&temp, &id, index, PutPayload::from(data)).await;
+                if r.is_ok() {
+                    metrics::counter!("reel_upload_parts_streamed_total").increment(1);
+                }
+                r
+            });
+            st.sent.push((index, handle));
+        }
+    }
+
+    /// Completes the upload while recording of the finished spool file `local` under `key` (or
+    /// a free variant). `Err` leaves the file to the whole-file upload.
+    async fn complete(
+        inner: &Inner,
+        mut st: Streaming,
+        local: &Path,
+        key: &str,
+    ) -> Result<(String, u64, Option<String>), String> {
+        let size = tokio::fs::metadata(local).await.map_err(|e| e.to_string())?.len();
+        let mut parts: Vec<Option<PartId>> = vec![None; size.div_ceil(st.part) as usize];
+        for (index, h) in st.sent.drain(..) {
+            let part = h.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+            *parts.get_mut(index).ok_or("the file shrank")? = Some(part);
+        }
+        let id = st.id.get().cloned().ok_or("nothing streamed")?;
+        // The head (part 1, rewritten in place at close) and whatever was not sent yet.
+        let mut missing: Vec<usize> = parts.iter().enumerate().filter(|(_, p)| p.is_none()).map(|(i, _)| i).collect();
+        missing.sort_unstable();
+        for index in missing {
+            let from = index as u64 * st.part;
+            let data = read_range(local, from, st.part.min(size - from)).await.map_err(|e| e.to_string())?;
+            parts[index] = Some(
+                inner.store.put_part(&st.temp, &id, index, PutPayload::from(data)).await.map_err(|e| e.to_string())?,
+            );
+        }
+        let parts: Vec<PartId> = parts.into_iter().map(|p| p.expect("every part sent")).collect();
+        inner.store.complete_multipart(&st.temp, &id, parts).await.map_err(|e| e.to_string())?;
+        let key = inner.free_key(key).await.map_err(|e| e.to_string())?;
+        let to = inner.path(&key).map_err(|e| e.to_string())?;
+        let copied = inner.store.copy(&st.temp, &to).await.map_err(|e| e.to_string());
+        if let Err(e) = inner.store.delete(&st.temp).await {
+            tracing::warn!(storage = %inner.name, error = &e as &dyn std::error::Error, "temporary upload not removed");
+        }
+        copied?;
+        let etag = inner.store.head(&to).await.ok().and_then(|m| m.e_tag);
+        let _ = tokio::fs::remove_file(local).await;
+        Ok((key, size, etag))
+    }
+}
+
+/// `len` bytes of `path` from `from` (a part of a spooled file).
+async fn read_range(path: &Path, from: u64, len: u64) -> std::io::Result<Bytes> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut f = tokio::fs::File::open(path).await?;
+    f.seek(std::io::SeekFrom::Start(from)).await?;
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact(&mut buf).await?;
+    Ok(Bytes::from(buf))
 }
 
 impl FileWriter for S3File {
     fn write(&mut self, chunks: &[Bytes]) -> Result<(), StorageError> {
-        self.local.write(chunks)
+        self.local.write(chunks)?;
+        self.stream_parts();
+        Ok(())
     }
 
     fn written(&self) -> u64 {
@@ -487,15 +623,56 @@ impl FileWriter for S3File {
     }
 
     fn finish(self: Box<Self>, key: &str, fin: Finalize<'_>) -> Result<Stored, StorageError> {
-        let S3File { local, inner } = *self;
+        let S3File { local, inner, stream } = *self;
+        let written = local.written();
+        // Written in place (FLV's reserved onMetaData, AAC as is): what streamed is the file.
+        let in_place = (fin.head.is_empty() && fin.ranges.is_empty())
+            || matches!(fin.ranges, [r] if r.start == fin.head.len() as u64 && r.end == written);
         // Finished in the spool first (under the key, or a free variant of it there).
         let spooled = local.finish(key, fin)?;
         let path = inner.spool.root().join(&spooled.key);
+        if let Some(st) = stream.filter(|st| !st.sent.is_empty()) {
+            let temp = st.temp.clone();
+            let cell = st.id.clone();
+            if in_place && !st.failed && !inner.is_down() {
+                let claimed = in_flight().lock().unwrap_or_else(|e| e.into_inner()).insert(path.clone());
+                if claimed {
+                    let r = inner.rt.block_on(S3File::complete(&inner, st, &path, &spooled.key));
+                    in_flight().lock().unwrap_or_else(|e| e.into_inner()).remove(&path);
+                    match r {
+                        Ok((key, size, etag)) => return Ok(inner.stored(key, size, etag, false)),
+                        Err(e) => {
+                            tracing::warn!(storage = %inner.name, key = %spooled.key, "upload while recording not completed, uploading the file whole: {e}")
+                        }
+                    }
+                }
+            }
+            // Given up: the parts go (once the ones in flight ended), the file uploads whole.
+            let store = inner.store.clone();
+            inner.rt.spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Some(id) = cell.get() {
+                    let _ = store.abort_multipart(&temp, id).await;
+                }
+            });
+        }
         Ok(inner.send(&path, &spooled.key, spooled.size))
     }
 
     fn abort(self: Box<Self>) {
-        self.local.abort();
+        let S3File { local, inner, stream } = *self;
+        if let Some(Streaming { temp, id, sent, .. }) = stream.filter(|st| !st.sent.is_empty()) {
+            let store = inner.store.clone();
+            inner.rt.spawn(async move {
+                for (_, h) in sent {
+                    let _ = h.await;
+                }
+                if let Some(id) = id.get() {
+                    let _ = store.abort_multipart(&temp, id).await;
+                }
+            });
+        }
+        local.abort();
     }
 
     fn as_any(&mut self) -> &mut dyn std::any::Any {
