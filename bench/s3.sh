@@ -138,9 +138,19 @@ bucket = \"bench\"
 access_key = \"bench\"
 secret_key = \"bench-secret\"")
 echo "$S3"
-python3 - "$LOCAL" "$S3" <<'PY'
+log "the same to the S3 server, payload unsigned (the default over https://)"
+S3U=$(run_case s3-unsigned "[storage.target]
+kind = \"s3\"
+endpoint = \"http://127.0.0.1:$S3PORT\"
+bucket = \"bench\"
+access_key = \"bench\"
+secret_key = \"bench-secret\"
+sign_payload = false")
+echo "$S3U"
+python3 - "$LOCAL" "$S3" "$S3U" <<'PY'
 import json, sys
-l, s = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-print(f"reel CPU: local disk {l['reel_cpu_s']:.1f} s, S3 {s['reel_cpu_s']:.1f} s: S3 / local = {s['reel_cpu_s'] / max(l['reel_cpu_s'], 1e-9):.2f} "
-      f"(target ≤ 1.3); the S3 server itself used {s['s3_server_cpu_s']:.1f} s; sent {l['mbytes_sent']} / {s['mbytes_sent']} MB")
+l, s, u = (json.loads(a) for a in sys.argv[1:4])
+for name, c in (("S3, signed payload", s), ("S3, unsigned payload", u)):
+    print(f"reel CPU: local disk {l['reel_cpu_s']:.1f} s, {name} {c['reel_cpu_s']:.1f} s: ratio {c['reel_cpu_s'] / max(l['reel_cpu_s'], 1e-9):.2f} "
+          f"(target ≤ 1.3); the S3 server used {c['s3_server_cpu_s']:.1f} s; sent {l['mbytes_sent']} / {c['mbytes_sent']} MB")
 PY

@@ -60,6 +60,7 @@ async fn main() {
         spool_max_bytes: u64::MAX,
         request_timeout: reel::config::Duration::from_millis(30_000),
         part_size: 8 << 20,
+        sign_payload: None,
     };
     let t = Instant::now();
     let storage = reel::storage::open("vod", &cfg, &data_dir).expect("open S3 storage");

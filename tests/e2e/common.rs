@@ -223,3 +223,64 @@ pub fn wait_for(
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A request an [`http_receiver`] got.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// The request line and header lines, as sent.
+    pub head: String,
+    /// Header names lowercased.
+    pub headers: std::collections::BTreeMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+/// An HTTP/1.1 server on 127.0.0.1 (keep-alive honoured) answering each request with the status
+/// `answer` gives it, and handing each over. Returns the URL of `path` on it.
+pub fn http_receiver(
+    path: &str,
+    answer: impl Fn(&Received) -> u16 + Send + Sync + 'static,
+) -> (String, std::sync::mpsc::Receiver<Received>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://127.0.0.1:{}{path}", l.local_addr().unwrap().port());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let answer = std::sync::Arc::new(answer);
+    std::thread::spawn(move || {
+        for conn in l.incoming().flatten() {
+            let (tx, answer) = (tx.clone(), answer.clone());
+            std::thread::spawn(move || {
+                conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                let mut r = BufReader::new(conn);
+                loop {
+                    let mut head = String::new();
+                    let mut headers = std::collections::BTreeMap::new();
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some((k, v)) = line.split_once(':').filter(|_| !head.is_empty()) {
+                            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+                        }
+                        head.push_str(&line);
+                    }
+                    let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+                    let mut body = vec![0u8; len];
+                    if r.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let got = Received { head, headers, body };
+                    let status = answer(&got);
+                    let reply = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
+                    if r.get_mut().write_all(reply.as_bytes()).is_err() || tx.send(got).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, rx)
+}

@@ -2,8 +2,6 @@
 //! across a restart of Reel, and delivers each, signed, once the endpoint answers.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,53 +18,19 @@ struct Seen {
 
 /// A callback endpoint on 127.0.0.1 answering 503 until `down_until`, then 200.
 fn endpoint(secret: &'static str, down_until: Instant) -> (String, Arc<Mutex<Seen>>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://127.0.0.1:{}/events", l.local_addr().unwrap().port());
+    let (url, rx) = http_receiver("/events", move |_| if Instant::now() < down_until { 503 } else { 200 });
     let seen = Arc::new(Mutex::new(Seen::default()));
     let s = seen.clone();
     std::thread::spawn(move || {
-        for conn in l.incoming().flatten() {
-            let s = s.clone();
-            std::thread::spawn(move || {
-                conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                let mut r = BufReader::new(conn);
-                // Keep-alive: one connection may carry many requests.
-                loop {
-                    let mut headers = BTreeMap::new();
-                    let mut line = String::new();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    loop {
-                        let mut h = String::new();
-                        if r.read_line(&mut h).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if h == "\r\n" {
-                            break;
-                        }
-                        if let Some((k, v)) = h.split_once(':') {
-                            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-                        }
-                    }
-                    let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-                    let mut body = vec![0u8; len];
-                    if r.read_exact(&mut body).is_err() {
-                        return;
-                    }
-                    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-                    mac.update(&body);
-                    let want: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
-                    let signed = headers.get("x-reel-signature") == Some(&format!("sha256={want}"));
-                    let id = headers.get("x-reel-event-id").cloned().unwrap_or_default();
-                    let status = if Instant::now() < down_until { 503 } else { 200 };
-                    s.lock().unwrap().requests.push((status, id, body, signed));
-                    let reply = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
-                    if r.get_mut().write_all(reply.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
+        for r in rx {
+            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+            mac.update(&r.body);
+            let want: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+            let signed = r.headers.get("x-reel-signature") == Some(&format!("sha256={want}"));
+            let id = r.headers.get("x-reel-event-id").cloned().unwrap_or_default();
+            // The status it was answered with: the same clock the answer read.
+            let status = if Instant::now() < down_until { 503 } else { 200 };
+            s.lock().unwrap().requests.push((status, id, r.body, signed));
         }
     });
     (url, seen)
@@ -199,32 +163,10 @@ max_backoff = "4s"
 
 #[test]
 fn a_refused_event_is_kept_failed_and_can_be_retried_through_the_api() {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://127.0.0.1:{}/hook", l.local_addr().unwrap().port());
     // The first request is refused with 410 Gone, the next accepted.
     let answers = Arc::new(Mutex::new(vec![200u16, 410]));
     let a = answers.clone();
-    std::thread::spawn(move || {
-        for conn in l.incoming().flatten() {
-            let mut r = BufReader::new(conn);
-            let mut len = 0;
-            loop {
-                let mut h = String::new();
-                if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                    break;
-                }
-                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0u8; len];
-            let _ = r.read_exact(&mut body);
-            let status = a.lock().unwrap().pop().unwrap_or(200);
-            let _ = r
-                .get_mut()
-                .write_all(format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes());
-        }
-    });
+    let (url, _rx) = http_receiver("/hook", move |_| a.lock().unwrap().pop().unwrap_or(200));
     let config = format!("{BASE_CONFIG}\n[[callback]]\nurl = \"{url}\"\nevents = [\"record_started\"]\n");
     let reel = Reel::start("events-retry", &config);
     ffmpeg_publish(&fixture("events-retry", 2, true, true), &reel.url("live", "cam"), false);

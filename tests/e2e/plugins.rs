@@ -1,8 +1,7 @@
 //! Policy plugins end to end: a pushed stream named and announced by `tencent-css`, and
 //! misbehaving plugins that never stop a recording.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -16,35 +15,18 @@ pub(crate) fn plugins_dir() -> &'static Path {
     reel_test_support::plugins::dir()
 }
 
-/// A real HTTP listener on 127.0.0.1: answers 200 and hands over (request head, body).
+/// A callback endpoint on 127.0.0.1: answers 200 and hands over (request head, body).
 fn http_listener() -> (String, mpsc::Receiver<(String, Vec<u8>)>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://127.0.0.1:{}/record-callback", l.local_addr().unwrap().port());
-    let (tx, rx) = mpsc::channel();
+    let (url, rx) = http_receiver("/record-callback", |_| 200);
+    let (tx, out) = mpsc::channel();
     std::thread::spawn(move || {
-        for conn in l.incoming().flatten() {
-            let mut r = BufReader::new(conn);
-            let mut head = String::new();
-            let mut len = 0usize;
-            loop {
-                let mut line = String::new();
-                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-                head.push_str(&line);
-            }
-            let mut body = vec![0u8; len];
-            let _ = r.read_exact(&mut body);
-            let _ = r.get_mut().write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
-            if tx.send((head, body)).is_err() {
+        for r in rx {
+            if tx.send((r.head, r.body)).is_err() {
                 return;
             }
         }
     });
-    (url, rx)
+    (url, out)
 }
 
 fn http_get(port: u16, path: &str) -> String {

@@ -3,8 +3,6 @@
 //! one MP4 holding both publishes), and one published after the window starts anew.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,30 +13,14 @@ use crate::common::*;
 
 /// A callback endpoint on 127.0.0.1 that answers 200 and keeps each event body.
 fn endpoint() -> (String, Arc<Mutex<Vec<Value>>>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://127.0.0.1:{}/cb", l.local_addr().unwrap().port());
+    let (url, rx) = http_receiver("/cb", |_| 200);
     let got = Arc::new(Mutex::new(Vec::new()));
     let g = got.clone();
     std::thread::spawn(move || {
-        for conn in l.incoming().flatten() {
-            let mut r = BufReader::new(conn);
-            let mut len = 0;
-            loop {
-                let mut h = String::new();
-                if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                    break;
-                }
-                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
+        for r in rx {
+            if let Ok(v) = serde_json::from_slice(&r.body) {
+                g.lock().unwrap().push(v);
             }
-            let mut body = vec![0u8; len];
-            if r.read_exact(&mut body).is_ok() {
-                if let Ok(v) = serde_json::from_slice(&body) {
-                    g.lock().unwrap().push(v);
-                }
-            }
-            let _ = r.get_mut().write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
         }
     });
     (url, got)

@@ -459,6 +459,32 @@ impl Catalog {
         self.pool.close().await;
     }
 
+    /// One page of `sql` (its filters pushed; it selects `created_ms` and `id`), newest created
+    /// first, continuing after `cursor`.
+    async fn created_page<T>(
+        &self,
+        mut sql: Sql,
+        cursor: Option<&str>,
+        limit: u32,
+        row: fn(&AnyRow) -> Result<T, sqlx::Error>,
+        created: fn(&T) -> (i64, String),
+    ) -> Result<Page<T>, CatalogError> {
+        if let Some(c) = cursor {
+            let (t, id) = parse_cursor(c)?;
+            sql.push(" AND (created_ms < ? OR (created_ms = ? AND id < ?))", [Arg::I(t), Arg::I(t), Arg::S(id)]);
+        }
+        let limit = limit.clamp(1, MAX_PAGE);
+        sql.push(" ORDER BY created_ms DESC, id DESC LIMIT ?", [Arg::I(i64::from(limit) + 1)]);
+        let rows = sql.query().fetch_all(&self.pool).within().await??;
+        let mut items = rows.iter().map(row).collect::<Result<Vec<_>, _>>()?;
+        let next = (items.len() > limit as usize).then(|| {
+            items.truncate(limit as usize);
+            let (t, id) = created(items.last().expect("a full page"));
+            cursor_of(t, &id)
+        });
+        Ok(Page { items, next })
+    }
+
     // ---- recordings ----
 
     pub async fn insert_recording(&self, r: &Recording) -> Result<(), CatalogError> {
@@ -629,20 +655,7 @@ impl Catalog {
         if let Some(s) = q.status {
             sql.push(" AND status = ?", [Arg::S(s.name().into())]);
         }
-        if let Some(c) = &q.cursor {
-            let (t, id) = parse_cursor(c)?;
-            sql.push(" AND (created_ms < ? OR (created_ms = ? AND id < ?))", [Arg::I(t), Arg::I(t), Arg::S(id)]);
-        }
-        let limit = q.limit.clamp(1, MAX_PAGE);
-        sql.push(" ORDER BY created_ms DESC, id DESC LIMIT ?", [Arg::I(i64::from(limit) + 1)]);
-        let rows = sql.query().fetch_all(&self.pool).within().await??;
-        let mut items = rows.iter().map(task_from).collect::<Result<Vec<_>, _>>()?;
-        let next = (items.len() > limit as usize).then(|| {
-            items.truncate(limit as usize);
-            let last = items.last().expect("a full page");
-            cursor_of(last.created_ms, &last.id)
-        });
-        Ok(Page { items, next })
+        self.created_page(sql, q.cursor.as_deref(), q.limit, task_from, |t| (t.created_ms, t.id.clone())).await
     }
 
     /// Every task still `scheduled`, `waiting` or `recording`.

@@ -10,7 +10,7 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{cursor_of, parse_cursor, Arg, Backend, Catalog, CatalogError, Deadline, Page, Sql, MAX_PAGE};
+use super::{Arg, Backend, Catalog, CatalogError, Deadline, Page, Sql};
 
 /// Where an event stands.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
@@ -392,20 +392,7 @@ impl Catalog {
         if let Some(e) = &q.event {
             sql.push(" AND event = ?", [Arg::S(e.clone())]);
         }
-        if let Some(c) = &q.cursor {
-            let (t, id) = parse_cursor(c)?;
-            sql.push(" AND (created_ms < ? OR (created_ms = ? AND id < ?))", [Arg::I(t), Arg::I(t), Arg::S(id)]);
-        }
-        let limit = q.limit.clamp(1, MAX_PAGE);
-        sql.push(" ORDER BY created_ms DESC, id DESC LIMIT ?", [Arg::I(i64::from(limit) + 1)]);
-        let rows = sql.query().fetch_all(&self.pool).within().await??;
-        let mut items = rows.iter().map(event_from).collect::<Result<Vec<_>, _>>()?;
-        let next = (items.len() > limit as usize).then(|| {
-            items.truncate(limit as usize);
-            let last = items.last().expect("a full page");
-            cursor_of(last.created_ms, &last.id)
-        });
-        Ok(Page { items, next })
+        self.created_page(sql, q.cursor.as_deref(), q.limit, event_from, |e| (e.created_ms, e.id.clone())).await
     }
 
     /// How many events have `status`.

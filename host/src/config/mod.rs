@@ -285,6 +285,11 @@ pub struct Storage {
     /// they close; `"0"` uploads each file whole at close.
     #[serde(default = "default_part_size", deserialize_with = "plugins::de_bytes")]
     pub part_size: u64,
+    /// s3: sign each request's body hash (SigV4 signed payload: every byte hashed with
+    /// SHA-256 before it is sent). Default: only over `http://`; over `https://` TLS protects
+    /// the body and requests say `UNSIGNED-PAYLOAD`, as the AWS SDKs do.
+    #[serde(default)]
+    pub sign_payload: Option<bool>,
 }
 
 fn default_part_size() -> u64 {

@@ -110,6 +110,9 @@ impl S3Storage {
             .with_access_key_id(access)
             .with_secret_access_key(secret)
             .with_virtual_hosted_style_request(!cfg.path_style)
+            .with_unsigned_payload(
+                !cfg.sign_payload.unwrap_or_else(|| cfg.endpoint.as_deref().is_some_and(|e| e.starts_with("http://"))),
+            )
             .with_client_options(
                 ClientOptions::new()
                     .with_timeout(cfg.request_timeout.std())
