@@ -36,7 +36,12 @@ fn main() {
     let plugins = BTreeMap::from([
         (
             "defaults".to_string(),
-            PluginConfig { path: dir.join("defaults.wasm"), config: Default::default(), allow: Grants::default() },
+            PluginConfig {
+                path: dir.join("defaults.wasm"),
+                config: Default::default(),
+                allow: Grants::default(),
+                memory: None,
+            },
         ),
         (
             "tencent".to_string(),
@@ -44,6 +49,7 @@ fn main() {
                 path: dir.join("tencent_css.wasm"),
                 config: toml::from_str(r#"key = "k""#).unwrap(),
                 allow: Grants::default(),
+                memory: None,
             },
         ),
     ]);

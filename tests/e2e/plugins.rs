@@ -222,3 +222,60 @@ fn reload_swaps_plugins_for_new_recordings() {
     assert!(parts[3].ends_with("_0.flv"), "{}", rel.display());
     assert_eq!(packets(after, "v").len(), packets(&src, "v").len());
 }
+
+#[test]
+fn a_plugin_cannot_read_files_or_open_sockets_and_its_output_is_logged_when_granted() {
+    let dir = plugins_dir();
+    let config = format!(
+        r#"
+[storage.local]
+kind = "fs"
+root = "recordings"
+[template.spied]
+formats = ["flv"]
+storage = "local"
+plugins = ["spy"]
+[template.loud]
+formats = ["flv"]
+storage = "local"
+plugins = ["loud"]
+[[rule]]
+app = "spy"
+template = "spied"
+[[rule]]
+app = "loud"
+template = "loud"
+[plugins.spy]
+path = "{}"
+[plugins.loud]
+path = "{}"
+config = {{ mode = "trap" }}
+allow = {{ stderr = true }}
+memory = "32MiB"
+"#,
+        dir.join("wants_files.wasm").display(),
+        dir.join("misbehave.wasm").display()
+    );
+    let reel = Reel::start("plugin-sandbox", &config);
+    let src = fixture("av", 3, true, true);
+    ffmpeg_publish(&src, &reel.url("spy", "cam"), false);
+    ffmpeg_publish(&src, &reel.url("loud", "cam"), false);
+    // Both record, under the built-in names: the plugins' decisions failed and fell back.
+    for app in ["spy", "loud"] {
+        let (f, _) = wait_files(&reel.recordings().join(format!("{app}/cam")), "flv", 1, Duration::from_secs(10));
+        assert_eq!(f.len(), 1, "{app}: {}", reel.log_text());
+        assert_eq!(packets(&f[0], "v").len(), packets(&src, "v").len());
+    }
+    let log = reel.log_text();
+    // Reading /etc/passwd, listing /, resolving a name and connecting to 127.0.0.1 all failed.
+    let failure = log
+        .lines()
+        .find(|l| l.contains("plugin=\"spy\"") && l.contains("read /etc/passwd"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(failure.contains("connect 127.0.0.1:80"), "{failure}");
+    // The trapping plugin's panic message reached the log, tagged with it.
+    assert!(
+        log.lines().any(|l| l.contains("misbehaving on purpose") && l.contains("plugin=\"loud\" stream=\"stderr\"")),
+        "{log}"
+    );
+}

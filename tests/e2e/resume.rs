@@ -109,3 +109,35 @@ events = ["file_created"]
     let newest = flv.iter().max_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap()).unwrap();
     assert!((duration_s(newest) - 4.0).abs() < 0.5);
 }
+
+#[test]
+fn a_dropped_connection_and_a_publish_again_continue_the_recording() {
+    let src = fixture("resume-drop", 6, true, true);
+    let reel = Reel::start(
+        "resume-drop",
+        "[storage.local]\nkind = \"fs\"\nroot = \"recordings\"\n[template.default]\nformats = [\"hls\", \"flv\"]\nhls_segment = \"2s\"\nresume_window = \"3s\"\nstorage = \"local\"\n[[rule]]\ntemplate = \"default\"\n",
+    );
+    // The publisher's connection dies mid-stream (killed, no unpublish).
+    let mut ffmpeg = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-re", "-i"])
+        .arg(&src)
+        .args(["-c", "copy", "-f", "flv"])
+        .arg(reel.url("live", "drop"))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(3500));
+    ffmpeg.kill().unwrap();
+    ffmpeg.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    ffmpeg_publish(&src, &reel.url("live", "drop"), false);
+    let dir = reel.recordings().join("live/drop");
+    let (playlist, text) = crate::formats::final_playlist(&dir);
+    assert_eq!(text.matches("#EXT-X-DISCONTINUITY").count(), 1, "{text}");
+    let (flv, _) = wait_files(&dir, "flv", 1, Duration::from_secs(10));
+    assert_eq!(flv.len(), 1, "{:?}", files(&dir, "flv"));
+    for f in [&flv[0], &playlist] {
+        assert_eq!(decode_errors(f), "", "{}", f.display());
+        let frames = packets(f, "v").len();
+        assert!(frames > packets(&src, "v").len(), "{}: {frames} frames, more than one publish", f.display());
+    }
+}

@@ -622,6 +622,15 @@ impl Config {
             p.extend(cb.validate(i));
         }
         p.extend(self.events.validate());
+        for (name, plugin) in &self.plugins {
+            if let Some(m) = plugin.memory.filter(|m| !MEMORY_RANGE.contains(m)) {
+                p.push(format!(
+                    "plugins.{name}.memory: {m} bytes is outside {} MiB to {} MiB",
+                    MEMORY_RANGE.start() >> 20,
+                    MEMORY_RANGE.end() >> 20
+                ));
+            }
+        }
         for (i, r) in self.rule.iter().enumerate() {
             if !self.template.contains_key(&r.template) {
                 p.push(format!(

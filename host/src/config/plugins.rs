@@ -19,6 +19,14 @@ pub struct PluginConfig {
     /// Capabilities beyond the default none.
     #[serde(default)]
     pub allow: Grants,
+    /// Its own linear-memory cap instead of `[policy] memory` (interpreted runtimes, Python
+    /// and JavaScript, start with 10–20 MiB: give them 64 MiB).
+    #[serde(default, deserialize_with = "de_opt_bytes")]
+    pub memory: Option<u64>,
+}
+
+fn de_opt_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    de_bytes(d).map(Some)
 }
 
 /// What an operator may grant a plugin. Filesystem and network access are never granted.
@@ -29,7 +37,8 @@ pub struct Grants {
     /// current time in every call anyway.
     #[serde(default)]
     pub clocks: bool,
-    /// The plugin's stderr goes to Reel's stderr (for debugging); otherwise it is discarded.
+    /// The plugin's stdout and stderr go to the log, a line at a time, tagged with the plugin
+    /// and rate-limited (for debugging); otherwise they are discarded.
     #[serde(default)]
     pub stderr: bool,
     /// Environment variables passed through from Reel's environment, by name.

@@ -19,11 +19,9 @@ fn load(path: &Path, config: &toml::Table) -> Result<Plugin, PolicyError> {
     let defaults = PolicyConfig::default();
     let runtime = Runtime::new(defaults.deadline, defaults.memory).map_err(PolicyError::Runtime)?;
     let name = plugin_name(path);
-    runtime.load(&name, path, &config_values(config), &Grants::default(), None).map_err(|reason| PolicyError::Load {
-        name,
-        path: path.to_owned(),
-        reason,
-    })
+    runtime
+        .load(&name, path, &config_values(config), &Grants::default(), None, None)
+        .map_err(|reason| PolicyError::Load { name, path: path.to_owned(), reason })
 }
 
 /// Loads the component at `path` as Reel would (no configuration, default limits) and

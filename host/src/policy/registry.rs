@@ -67,14 +67,18 @@ impl Registry {
         }
         let runtime = match plugins.is_empty() {
             true => None,
-            false => Some(Runtime::new(policy.deadline, policy.memory).map_err(PolicyError::Runtime)?),
+            // The engine's memory slots fit the largest cap; each plugin keeps its own.
+            false => {
+                let largest = plugins.values().filter_map(|p| p.memory).fold(policy.memory, u64::max);
+                Some(Runtime::new(policy.deadline, largest).map_err(PolicyError::Runtime)?)
+            }
         };
         let mut loaded = BTreeMap::new();
         for (name, cfg) in plugins {
             let Some(runtime) = &runtime else { break };
             let config = config_values(&cfg.config);
             let plugin = runtime
-                .load(name, &cfg.path, &config, &cfg.allow, cache)
+                .load(name, &cfg.path, &config, &cfg.allow, Some(cfg.memory.unwrap_or(policy.memory)), cache)
                 .map_err(|reason| PolicyError::Load { name: name.clone(), path: cfg.path.clone(), reason })?;
             tracing::info!(
                 plugin = %name,

@@ -29,6 +29,7 @@ fn plugin(dir: &Path, file: &str, config: &str) -> PluginConfig {
         path: dir.join(format!("{file}.wasm")),
         config: toml::from_str(config).unwrap(),
         allow: Grants::default(),
+        memory: None,
     }
 }
 
@@ -165,11 +166,43 @@ fn check_describes_every_shipped_plugin() {
 }
 
 #[test]
-fn check_refuses_a_plugin_importing_the_filesystem() {
+fn a_plugin_importing_the_filesystem_and_sockets_loads_and_can_reach_nothing() {
     let dir = fixtures!();
-    let err = cli::check(&dir.join("wants_files.wasm")).unwrap_err().to_string();
-    assert!(err.starts_with("plugin \"wants_files\" at "), "{err}");
-    assert!(err.contains("imports wasi:filesystem/") && err.contains("which is not granted"), "{err}");
+    let out = cli::check(&dir.join("wants_files.wasm")).unwrap();
+    assert!(out.contains("wasi:filesystem/preopens@") && out.contains("wasi:sockets/"), "{out}");
+    let r = registry(dir, &[("spy", "wants_files", "")]).unwrap();
+    let (s, f) = (stream(), file(Format::Flv));
+    // Reading /etc/passwd, listing /, resolving a name and connecting all fail: the built-in
+    // decision stands, and the failure is counted.
+    let counters = Counters::default();
+    let key = metrics::with_local_recorder(&counters, || r.policy(None).name_file(&s, &f));
+    assert_eq!(key, Builtin.name_file(&s, &f));
+    let labels = [("plugin", "spy"), ("interface", "naming"), ("reason", "error")];
+    assert_eq!(counters.get("reel_plugin_failures_total", &labels), 1);
+}
+
+#[test]
+fn a_plugin_gets_its_own_memory_cap() {
+    let dir = fixtures!();
+    // Both hold 24 MiB: over `[policy] memory` (16 MiB), within the big one's own 48 MiB.
+    let mut configs = BTreeMap::new();
+    for (name, memory) in [("small", None), ("big", Some(48u64 << 20))] {
+        let mut p = plugin(dir, "misbehave", "mode = \"hog\"\nmb = 24");
+        p.memory = memory;
+        configs.insert(name.to_string(), p);
+    }
+    let r = Registry::without_cache(&configs, &PolicyConfig::default()).unwrap();
+    let (s, f) = (stream(), file(Format::Flv));
+    let counters = Counters::default();
+    metrics::with_local_recorder(&counters, || {
+        for name in ["small", "big"] {
+            r.policy(Some(&[name.to_string()])).name_file(&s, &f);
+        }
+    });
+    let failed =
+        |p| counters.get("reel_plugin_failures_total", &[("plugin", p), ("interface", "naming"), ("reason", "memory")]);
+    assert_eq!((failed("small"), failed("big")), (1, 0));
+    assert_eq!(counters.get("reel_plugin_decisions_total", &[("plugin", "big"), ("interface", "naming")]), 1);
 }
 
 #[test]
@@ -604,9 +637,12 @@ fn compiled_plugins_are_cached_by_content_hash() {
 #[test]
 fn registry_errors_name_the_plugin_and_the_problem() {
     let dir = fixtures!();
-    let configs = BTreeMap::from([("x".to_string(), plugin(dir, "wants_files", ""))]);
+    let configs = BTreeMap::from([("x".to_string(), plugin(dir, "future_version", ""))]);
     let err = Registry::without_cache(&configs, &PolicyConfig::default()).unwrap_err().to_string();
-    assert!(err.starts_with("plugin \"x\" at ") && err.contains("wants_files.wasm: imports wasi:filesystem/"), "{err}");
+    assert!(
+        err.starts_with("plugin \"x\" at ") && err.contains("future_version.wasm: exports WIT version 0.2.0"),
+        "{err}"
+    );
     let policy = PolicyConfig { plugins: vec!["y".into()], ..Default::default() };
     let err = Registry::without_cache(&BTreeMap::new(), &policy).unwrap_err().to_string();
     assert_eq!(err, "plugin \"y\" is not configured: add a [plugins.y] section with its path");

@@ -11,7 +11,7 @@ use reel_plugin::{Candidate, Config, Container, Context, FileInfo, Plan, Request
 
 struct Misbehave;
 
-const MODES: [&str; 9] = ["loop", "trap", "oom", "traversal", "error", "ok", "clock", "env", "slow"];
+const MODES: [&str; 10] = ["loop", "trap", "oom", "traversal", "error", "ok", "clock", "env", "slow", "hog"];
 
 /// Fails as configured; `Ok(())` means "answer with `bad`", `ok` mode answers normally.
 fn misbehave(ctx: &Context) -> Result<bool, String> {
@@ -29,6 +29,12 @@ fn misbehave(ctx: &Context) -> Result<bool, String> {
                 hoard.push(vec![1u8; 1 << 20]);
                 std::hint::black_box(&hoard);
             }
+        }
+        "hog" => {
+            // Holds `mb` MiB, then answers normally.
+            let mb = ctx.config().integer("mb").unwrap_or(24).clamp(0, 1024) as usize;
+            std::hint::black_box(vec![1u8; mb << 20]);
+            Ok(false)
         }
         "slow" => {
             let delay = std::time::Duration::from_millis(ctx.config().integer("delay_ms").unwrap_or(40).max(0) as u64);

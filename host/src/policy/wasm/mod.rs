@@ -5,11 +5,14 @@
 //! instantiates into a fresh [`Store`] with a deadline and a memory cap, so a plugin that traps
 //! is never re-entered and no state leaks from one decision to the next.
 //!
-//! Plugins are WASI p2 components. Rust's `std` imports `wasi:cli` and `wasi:io`, so the WASI
-//! p2 host is linked, with nothing in it: no preopened directories, no environment, no
-//! network, stdin/stdout/stderr discarded, and both clocks frozen at the Unix epoch unless the
-//! operator grants more ([`Grants`]). Components importing `wasi:filesystem`, `wasi:sockets` or
-//! anything else the host does not provide are refused at load time.
+//! Plugins are WASI p2 components. Rust's `std` imports `wasi:cli` and `wasi:io`, and the
+//! Python and JavaScript runtimes import `wasi:filesystem` and `wasi:sockets` whether or not a
+//! plugin uses them, so the WASI p2 host is linked, with nothing in it: no preopened directory
+//! (every path fails to open), every socket address denied and no name lookup, no environment,
+//! stdin empty, and both clocks frozen at the Unix epoch unless the operator grants more
+//! ([`Grants`]). stdout and stderr are discarded, or with `stderr` granted, go to the log
+//! line by line, tagged with the plugin and rate-limited. Components importing anything else
+//! the host does not provide (`wasi:http`, an unknown package) are refused at load time.
 
 mod v0_1_0;
 
@@ -24,6 +27,7 @@ use wasmtime::component::{Component, Instance, InstancePre, Linker, ResourceTabl
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap,
 };
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::failures::LogLimiter;
@@ -136,10 +140,11 @@ impl Runtime {
         path: &Path,
         config: &[(String, ConfigValue)],
         grants: &Grants,
+        memory: Option<u64>,
         cache_dir: Option<&Path>,
     ) -> Result<Plugin, LoadError> {
         let bytes = std::fs::read(path).map_err(LoadError::Read)?;
-        self.load_bytes(name, &bytes, config, grants, cache_dir)
+        self.load_bytes(name, &bytes, config, grants, memory, cache_dir)
     }
 
     /// Like [`Runtime::load`], from bytes.
@@ -149,9 +154,13 @@ impl Runtime {
         bytes: &[u8],
         config: &[(String, ConfigValue)],
         grants: &Grants,
+        memory: Option<u64>,
         cache_dir: Option<&Path>,
     ) -> Result<Plugin, LoadError> {
         check_header(bytes)?;
+        // Its own cap (at most the engine's, which the registry sized for the largest).
+        let memory =
+            memory.map_or(self.inner.memory, |m| usize::try_from(m).unwrap_or(usize::MAX).min(self.inner.memory));
         let (component, cache_file) = self.compile(bytes, cache_dir)?;
         let shape = inspect(&self.inner.engine, &component)?;
         let pre = self.inner.linker.instantiate_pre(&component).map_err(LoadError::Link)?;
@@ -166,7 +175,7 @@ impl Runtime {
             cache_file,
             pre,
             adapter,
-            grants: CallGrants::new(grants),
+            grants: CallGrants::new(grants, memory),
             rt: self.inner.clone(),
             log: LogLimiter::default(),
         };
@@ -431,10 +440,10 @@ fn check_import(name: &str) -> Result<(), LoadError> {
     let package = name.split('/').next().unwrap_or(name);
     let not_granted = |hint| Err(LoadError::ImportNotGranted { import: name.to_owned(), hint });
     match package {
-        "wasi:cli" | "wasi:io" | "wasi:random" | "wasi:clocks" => Ok(()),
+        // Filesystem and sockets are linked empty: opening anything fails.
+        "wasi:cli" | "wasi:io" | "wasi:random" | "wasi:clocks" | "wasi:filesystem" | "wasi:sockets" => Ok(()),
         "reel:policy" if name.starts_with("reel:policy/types@") => Ok(()),
-        "wasi:filesystem" => not_granted("plugins get no filesystem; pass what it needs in its config"),
-        "wasi:sockets" | "wasi:http" => not_granted("plugins get no network; return a callback request instead"),
+        "wasi:http" => not_granted("plugins get no network; return a callback request instead"),
         _ => Err(LoadError::ImportUnknown { import: name.to_owned() }),
     }
 }
@@ -460,7 +469,7 @@ impl Plugin {
     }
 
     fn call(&self) -> Call<'_> {
-        Call { rt: &self.rt, pre: &self.pre, grants: &self.grants }
+        Call { rt: &self.rt, pre: &self.pre, grants: &self.grants, name: &self.name }
     }
 
     pub fn select(&self, env: CallEnv, s: &StreamInfo, c: &[Candidate]) -> Result<Option<String>, Failure> {
@@ -498,31 +507,65 @@ impl Plugin {
 }
 
 /// The grants of one plugin, resolved once at load.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct CallGrants {
     clocks: bool,
     stderr: bool,
     env: Vec<(String, String)>,
+    /// Its linear-memory cap.
+    memory: usize,
+    /// Output lines logged in the current second, and the second (rate limit).
+    output: std::sync::Mutex<(u64, u32)>,
 }
 
+/// Bytes of stdout or stderr kept from one call (more is dropped).
+const OUTPUT_CAPACITY: usize = 16 * 1024;
+/// Output lines a plugin may log per second; more are counted, not logged.
+const OUTPUT_LINES_PER_SECOND: u32 = 20;
+
 impl CallGrants {
-    fn new(g: &Grants) -> CallGrants {
+    fn new(g: &Grants, memory: usize) -> CallGrants {
         let env = g.env.iter().filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v))).collect();
-        CallGrants { clocks: g.clocks, stderr: g.stderr, env }
+        CallGrants { clocks: g.clocks, stderr: g.stderr, env, memory, output: Default::default() }
     }
 
-    fn wasi(&self) -> WasiCtx {
+    /// The WASI context of one call, and (with `stderr` granted) the pipes its stdout and
+    /// stderr go to.
+    fn wasi(&self) -> (WasiCtx, Option<[MemoryOutputPipe; 2]>) {
         let mut b = WasiCtxBuilder::new();
+        b.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
         if !self.clocks {
             b.wall_clock(Frozen).monotonic_clock(Frozen);
         }
-        if self.stderr {
-            b.inherit_stderr();
+        let pipes =
+            self.stderr.then(|| [MemoryOutputPipe::new(OUTPUT_CAPACITY), MemoryOutputPipe::new(OUTPUT_CAPACITY)]);
+        if let Some([out, err]) = &pipes {
+            b.stdout(out.clone()).stderr(err.clone());
         }
         if !self.env.is_empty() {
             b.envs(&self.env);
         }
-        b.build()
+        (b.build(), pipes)
+    }
+
+    /// Logs what a call printed, a line at a time, at most [`OUTPUT_LINES_PER_SECOND`].
+    fn log_output(&self, plugin: &str, pipes: &[MemoryOutputPipe; 2]) {
+        for (stream, pipe) in ["stdout", "stderr"].iter().zip(pipes) {
+            let text = pipe.contents();
+            for line in String::from_utf8_lossy(&text).lines().filter(|l| !l.trim().is_empty()) {
+                let second = crate::media::time::now_ms() / 1000;
+                let mut o = self.output.lock().unwrap_or_else(|e| e.into_inner());
+                if o.0 != second {
+                    *o = (second, 0);
+                }
+                o.1 += 1;
+                if o.1 <= OUTPUT_LINES_PER_SECOND {
+                    tracing::info!(plugin, stream, "{}", line.chars().take(1000).collect::<String>());
+                } else if o.1 == OUTPUT_LINES_PER_SECOND + 1 {
+                    tracing::warn!(plugin, "more output this second is not logged");
+                }
+            }
+        }
     }
 }
 
@@ -585,6 +628,7 @@ struct Call<'a> {
     rt: &'a Inner,
     pre: &'a InstancePre<CallState>,
     grants: &'a CallGrants,
+    name: &'a str,
 }
 
 impl Call<'_> {
@@ -594,16 +638,17 @@ impl Call<'_> {
         &self,
         f: impl FnOnce(&mut Store<CallState>, &Instance) -> wasmtime::Result<Result<R, String>> + Send,
     ) -> Result<R, Failure> {
-        let state = CallState {
-            wasi: self.grants.wasi(),
-            table: ResourceTable::new(),
-            cap: MemoryCap { max: self.rt.memory, denied: false },
-        };
+        let (wasi, pipes) = self.grants.wasi();
+        let state =
+            CallState { wasi, table: ResourceTable::new(), cap: MemoryCap { max: self.grants.memory, denied: false } };
         let mut store = Store::new(&self.rt.engine, state);
         store.limiter(|s| &mut s.cap);
         store.set_epoch_deadline(self.rt.deadline_ticks);
         let result =
             off_async_runtime(|| self.pre.instantiate(&mut store).and_then(|instance| f(&mut store, &instance)));
+        if let Some(pipes) = &pipes {
+            self.grants.log_output(self.name, pipes);
+        }
         match result {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(message)) => Err(Failure::new(FailureReason::Error, message)),
@@ -661,7 +706,7 @@ mod tests {
     #[test]
     fn a_compile_error_keeps_the_compilers_reason_as_its_source() {
         let rt = Runtime::new(Duration::from_millis(100), 16 << 20).unwrap();
-        let Err(err) = rt.load_bytes("x", b"\0asm\x0d\0\x01\0garbage", &[], &Grants::default(), None) else {
+        let Err(err) = rt.load_bytes("x", b"\0asm\x0d\0\x01\0garbage", &[], &Grants::default(), None, None) else {
             panic!("a truncated component loaded");
         };
         assert!(matches!(err, LoadError::Compile(_)), "{err:?}");
@@ -675,11 +720,13 @@ mod tests {
         assert!(check_import("wasi:cli/environment@0.2.6").is_ok());
         assert!(check_import("wasi:io/streams@0.2.0").is_ok());
         assert!(check_import("reel:policy/types@0.1.0").is_ok());
-        assert!(check_import("wasi:filesystem/types@0.2.6")
+        // Linked with nothing behind them (Python and JavaScript runtimes import them).
+        assert!(check_import("wasi:filesystem/types@0.2.6").is_ok());
+        assert!(check_import("wasi:sockets/tcp@0.2.6").is_ok());
+        assert!(check_import("wasi:http/outgoing-handler@0.2.6")
             .unwrap_err()
             .to_string()
-            .contains("imports wasi:filesystem/types@0.2.6, which is not granted"));
-        assert!(matches!(check_import("wasi:sockets/tcp@0.2.6"), Err(LoadError::ImportNotGranted { .. })));
+            .contains("imports wasi:http/outgoing-handler@0.2.6, which is not granted"));
         assert!(matches!(check_import("acme:thing/x"), Err(LoadError::ImportUnknown { .. })));
     }
 }
