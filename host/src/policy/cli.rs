@@ -15,12 +15,16 @@ fn plugin_name(path: &Path) -> String {
     path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string())
 }
 
-fn load(path: &Path, config: &toml::Table) -> Result<Plugin, PolicyError> {
+fn load(path: &Path, config: &toml::Table, cache: Option<&Path>) -> Result<Plugin, PolicyError> {
     let defaults = PolicyConfig::default();
     let runtime = Runtime::new(defaults.deadline, defaults.memory).map_err(PolicyError::Runtime)?;
     let name = plugin_name(path);
+    if let Some(dir) = cache {
+        // A cache that cannot be made only costs a compile.
+        let _ = std::fs::create_dir_all(dir);
+    }
     runtime
-        .load(&name, path, &config_values(config), &Grants::default(), None, None)
+        .load(&name, path, &config_values(config), &Grants::default(), None, cache)
         .map_err(|reason| PolicyError::Load { name, path: path.to_owned(), reason })
 }
 
@@ -36,8 +40,11 @@ fn load(path: &Path, config: &toml::Table) -> Result<Plugin, PolicyError> {
 /// Errors say why the host cannot use it (not a component, an unsupported WIT version, an
 /// import that is not granted such as `wasi:filesystem`, a trap while starting, …). A plugin
 /// with a `setup` export that requires configuration fails here; use [`run`] with its config.
-pub fn check(path: &Path) -> Result<String, PolicyError> {
-    let p = load(path, &toml::Table::new())?;
+///
+/// With `cache` (`DATA_DIR/plugin-cache`, the directory `reel serve` compiles into), a compiled
+/// plugin is reused and a new one kept, so a check also precompiles for `serve`.
+pub fn check(path: &Path, cache: Option<&Path>) -> Result<String, PolicyError> {
+    let p = load(path, &toml::Table::new(), cache)?;
     Ok(format!(
         "plugin {} ({:.1} KiB): reel:policy@{}, supported\nexports: {}\nimports: {}\n",
         p.name,
@@ -121,7 +128,13 @@ struct Request<'a> {
 /// `input_json` is described at [`RunInput`]; `config` is what `[plugins.NAME] config` would
 /// hold. Unlike the recorder, a failing call is an error here (with the reason: trap, timeout,
 /// memory, error or invalid) rather than a silent fallback to the built-in decision.
-pub fn run(path: &Path, interface: &str, input_json: &str, config: toml::Table) -> Result<String, PolicyError> {
+pub fn run(
+    path: &Path,
+    interface: &str,
+    input_json: &str,
+    config: toml::Table,
+    cache: Option<&Path>,
+) -> Result<String, PolicyError> {
     let interface = Interface::parse(interface).ok_or_else(|| {
         PolicyError::Input(format!(
             "unknown interface {interface:?}: expected rules, segmentation, naming, callbacks or setup"
@@ -133,7 +146,7 @@ pub fn run(path: &Path, interface: &str, input_json: &str, config: toml::Table) 
         serde_json::from_str(input_json).map_err(|e| PolicyError::Input(format!("invalid input JSON: {e}")))?
     };
     // Loading runs `setup` with the config, if the plugin exports it.
-    let p = load(path, &config)?;
+    let p = load(path, &config, cache)?;
     if !p.exports(interface) {
         return Err(PolicyError::Input(format!(
             "plugin {} does not export `{interface}` (it exports {})",

@@ -34,7 +34,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use builtin::{check_name_template, expand, name_with, sanitize, Builtin, FileVars, DEFAULT_NAME_TEMPLATE};
-pub use registry::Registry;
+pub use registry::{Registry, CACHE_DIR};
 pub use wasm::{LoadError, RuntimeError};
 
 /// The WIT package versions this host can load (`reel:policy@…`).

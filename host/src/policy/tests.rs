@@ -158,7 +158,7 @@ fn check_describes_every_shipped_plugin() {
         ("misbehave", "rules, segmentation, naming, callbacks, setup"),
         ("defaults", "rules, segmentation, naming, callbacks, setup"),
     ] {
-        let out = cli::check(&dir.join(format!("{file}.wasm"))).unwrap();
+        let out = cli::check(&dir.join(format!("{file}.wasm")), None).unwrap();
         assert!(out.contains("reel:policy@0.1.0, supported"), "{out}");
         assert!(out.contains(&format!("exports: {exports}\n")), "{file}: {out}");
         assert!(!out.contains("wasi:filesystem"), "{out}");
@@ -168,7 +168,7 @@ fn check_describes_every_shipped_plugin() {
 #[test]
 fn a_plugin_importing_the_filesystem_and_sockets_loads_and_can_reach_nothing() {
     let dir = fixtures!();
-    let out = cli::check(&dir.join("wants_files.wasm")).unwrap();
+    let out = cli::check(&dir.join("wants_files.wasm"), None).unwrap();
     assert!(out.contains("wasi:filesystem/preopens@") && out.contains("wasi:sockets/"), "{out}");
     let r = registry(dir, &[("spy", "wants_files", "")]).unwrap();
     let (s, f) = (stream(), file(Format::Flv));
@@ -208,7 +208,7 @@ fn a_plugin_gets_its_own_memory_cap() {
 #[test]
 fn check_refuses_an_unknown_wit_version() {
     let dir = fixtures!();
-    let err = cli::check(&dir.join("future_version.wasm")).unwrap_err().to_string();
+    let err = cli::check(&dir.join("future_version.wasm"), None).unwrap_err().to_string();
     assert!(err.ends_with("exports WIT version 0.2.0, host supports 0.1.0"), "{err}");
 }
 
@@ -218,12 +218,12 @@ fn check_refuses_what_is_not_a_component() {
     let core = dir.join("core.wasm");
     // The smallest core module: magic and version 1.
     std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
-    let err = cli::check(&core).unwrap_err().to_string();
+    let err = cli::check(&core, None).unwrap_err().to_string();
     assert!(err.contains("not a component but a core WebAssembly module"), "{err}");
     let text = dir.join("text.wasm");
     std::fs::write(&text, b"(module)").unwrap();
-    assert!(cli::check(&text).unwrap_err().to_string().ends_with("not a WebAssembly file"));
-    let missing = cli::check(&dir.join("missing.wasm")).unwrap_err().to_string();
+    assert!(cli::check(&text, None).unwrap_err().to_string().ends_with("not a WebAssembly file"));
+    let missing = cli::check(&dir.join("missing.wasm"), None).unwrap_err().to_string();
     assert!(missing.contains("cannot read it"), "{missing}");
 }
 
@@ -240,30 +240,30 @@ fn run_makes_one_decision_as_json() {
     let tencent = dir.join("tencent_css.wasm");
     let config: toml::Table = toml::from_str(r#"key = "k""#).unwrap();
     let out: serde_json::Value =
-        serde_json::from_str(&cli::run(&tencent, "naming", &input, config.clone()).unwrap()).unwrap();
+        serde_json::from_str(&cli::run(&tencent, "naming", &input, config.clone(), None).unwrap()).unwrap();
     assert_eq!(out["key"], "cam1_2026-11-22-13-05-09_2026-11-22-13-35-09.flv");
     let out: serde_json::Value =
-        serde_json::from_str(&cli::run(&tencent, "callbacks", &input, config).unwrap()).unwrap();
+        serde_json::from_str(&cli::run(&tencent, "callbacks", &input, config, None).unwrap()).unwrap();
     let body: serde_json::Value = serde_json::from_str(out["request"]["body"].as_str().unwrap()).unwrap();
     assert_eq!(body["t"], 1_795_352_709 + 600);
     assert_eq!(out["request"]["url"], "https://cb.example.com/css");
 
-    let err = cli::run(&tencent, "rules", &input, toml::Table::new()).unwrap_err().to_string();
+    let err = cli::run(&tencent, "rules", &input, toml::Table::new(), None).unwrap_err().to_string();
     assert!(err.contains("does not export `rules`"), "{err}");
-    let err = cli::run(&tencent, "nope", &input, toml::Table::new()).unwrap_err().to_string();
+    let err = cli::run(&tencent, "nope", &input, toml::Table::new(), None).unwrap_err().to_string();
     assert!(err.contains("unknown interface"), "{err}");
-    let err = cli::run(&tencent, "naming", "{\"stream\": 1}", toml::Table::new()).unwrap_err().to_string();
+    let err = cli::run(&tencent, "naming", "{\"stream\": 1}", toml::Table::new(), None).unwrap_err().to_string();
     assert!(err.contains("invalid input JSON"), "{err}");
 
     let misbehave = dir.join("misbehave.wasm");
     let trap: toml::Table = toml::from_str(r#"mode = "trap""#).unwrap();
-    let err = cli::run(&misbehave, "naming", &input, trap).unwrap_err().to_string();
+    let err = cli::run(&misbehave, "naming", &input, trap, None).unwrap_err().to_string();
     assert!(err.starts_with("plugin \"misbehave\" naming: trap: "), "{err}");
     let traversal: toml::Table = toml::from_str(r#"mode = "traversal""#).unwrap();
-    let err = cli::run(&misbehave, "naming", &input, traversal).unwrap_err().to_string();
+    let err = cli::run(&misbehave, "naming", &input, traversal, None).unwrap_err().to_string();
     assert!(err.contains("invalid") && err.contains("\"..\" component"), "{err}");
     let bad: toml::Table = toml::from_str(r#"mode = "sideways""#).unwrap();
-    let err = cli::run(&misbehave, "setup", "", bad).unwrap_err().to_string();
+    let err = cli::run(&misbehave, "setup", "", bad, None).unwrap_err().to_string();
     assert!(err.contains("rejects its configuration: config key `mode` must be one of"), "{err}");
 }
 
@@ -810,7 +810,7 @@ fn without_plugins_the_builtin_decides() {
 #[test]
 fn check_refuses_exports_with_the_wrong_types() {
     let dir = fixtures!();
-    let err = cli::check(&dir.join("wrong_shape.wasm")).unwrap_err().to_string();
+    let err = cli::check(&dir.join("wrong_shape.wasm"), None).unwrap_err().to_string();
     assert!(err.contains("exports `naming` with types that do not match reel:policy@0.1.0"), "{err}");
 }
 
