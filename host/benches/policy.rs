@@ -139,4 +139,62 @@ fn main() {
     };
     println!("warm call into a live instance, naming (defaults): {:.0} ns", warm("defaults"));
     println!("warm call into a live instance, naming (tencent-css): {:.0} ns", warm("tencent"));
+
+    languages(&s, &f);
+}
+
+/// The same naming decision from the Rust, Python and JavaScript examples of the mps naming
+/// (each a fresh instance per decision). The Python and JavaScript ones are built with their
+/// `build.sh` (componentize-py, jco); a language whose tool is missing is skipped.
+fn languages(s: &StreamInfo, f: &FileInfo) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = std::env::temp_dir().join(format!("reel-bench-languages-{}", std::process::id()));
+    std::fs::create_dir_all(&out).unwrap();
+    let mut plugins = BTreeMap::new();
+    plugins.insert("rust".to_string(), reel_test_support::plugins::dir().join("mps.wasm"));
+    for (name, example, wasm) in [("python", "python-mps", "python_mps.wasm"), ("javascript", "js-mps", "js_mps.wasm")] {
+        let built = std::process::Command::new("bash")
+            .arg(root.join(format!("plugins/{example}/build.sh")))
+            .arg(out.join(wasm))
+            .status()
+            .is_ok_and(|s| s.success());
+        match built {
+            true => drop(plugins.insert(name.to_string(), out.join(wasm))),
+            false => println!("{name}: not built (its build tool is missing), skipped"),
+        }
+    }
+    println!("\n{:<12} {:>10} {:>16} {:>14} {:>14}", "language", "size", "first load", "p50 decision", "p99 decision");
+    for (name, path) in &plugins {
+        let size = std::fs::metadata(path).map_or(0, |m| m.len());
+        let config = BTreeMap::from([(
+            name.clone(),
+            PluginConfig { path: path.clone(), config: Default::default(), allow: Grants::default(), memory: Some(64 << 20) },
+        )]);
+        let t = Instant::now();
+        let registry = match Registry::without_cache(&config, &PolicyConfig::default()) {
+            Ok(r) => r,
+            Err(e) => {
+                println!("{name}: does not load: {e}");
+                continue;
+            }
+        };
+        let first = t.elapsed();
+        let p = registry.policy(Some(std::slice::from_ref(name)));
+        let mut times: Vec<Duration> = (0..300)
+            .map(|_| {
+                let t = Instant::now();
+                black_box(p.name_file(black_box(s), f));
+                t.elapsed()
+            })
+            .collect();
+        times.sort();
+        println!(
+            "{name:<12} {:>8.1} MB {:>14.2} s {:>11.3} ms {:>11.3} ms",
+            size as f64 / 1e6,
+            first.as_secs_f64(),
+            times[150].as_secs_f64() * 1e3,
+            times[296].as_secs_f64() * 1e3
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out);
 }

@@ -280,14 +280,16 @@ memory = "32MiB"
     );
 }
 
-#[test]
-fn a_python_plugin_names_a_real_recording() {
-    let dir = test_dir("python-plugin");
-    let wasm = dir.join("python_mps.wasm");
-    let build = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/python-mps/build.sh");
+/// Builds the example plugin `plugins/{example}` with its `build.sh`, precompiles it into a
+/// fresh data_dir's cache, and records a stream it names: `live/cam/{8 random}/{start}_0.flv`.
+/// Returns Reel's log.
+fn example_plugin_names_a_real_recording(example: &str, wasm_name: &str) -> String {
+    let dir = test_dir(&format!("plugin-{example}"));
+    let wasm = dir.join(wasm_name);
+    let build = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../plugins/{example}/build.sh"));
     run(std::process::Command::new("bash").arg(&build).arg(&wasm));
     // Compiled once into the data_dir's cache, as a fleet would before starting (a first load
-    // of a Python component compiles for seconds).
+    // of an interpreter compiles for seconds).
     let out = std::process::Command::new(REEL)
         .args(["plugin", "check", "--data-dir"])
         .arg(dir.join("reel-data"))
@@ -295,20 +297,16 @@ fn a_python_plugin_names_a_real_recording() {
         .output()
         .unwrap();
     let check = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && check.contains("exports: naming\n"),
-        "{check}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success() && check.contains("exports: naming\n"), "{check}{}", String::from_utf8_lossy(&out.stderr));
     let config = format!(
         r#"
 {BASE_CONFIG}
-[plugins.py]
+[plugins.script]
 path = "{}"
 memory = "64MiB"
 allow = {{ stderr = true }}
 [policy]
-plugins = ["py"]
+plugins = ["script"]
 "#,
         wasm.display()
     );
@@ -317,16 +315,25 @@ plugins = ["py"]
     ffmpeg_publish(&src, &reel.url("live", "cam"), false);
     let (flv, _) = wait_files(&reel.recordings().join("live/cam"), "flv", 1, Duration::from_secs(15));
     assert_eq!(flv.len(), 1, "{}", reel.log_text());
-    // live/cam/{8 random characters}/{start}_0.flv, as app.py names it.
     let rel = flv[0].strip_prefix(reel.recordings()).unwrap().to_string_lossy().into_owned();
     let parts: Vec<&str> = rel.split('/').collect();
-    assert_eq!((parts.len(), parts[2].len()), (4, 8), "{rel}");
+    assert_eq!((parts.len(), parts[2].len()), (4, 8), "named by the plugin: {rel}\n{}", reel.log_text());
     assert!(parts[3].ends_with("_0.flv"), "{rel}");
     assert_eq!(packets(&flv[0], "v").len(), packets(&src, "v").len());
+    reel.log_text()
+}
+
+#[test]
+fn a_python_plugin_names_a_real_recording() {
+    let log = example_plugin_names_a_real_recording("python-mps", "python_mps.wasm");
     // Its print() reached the log, tagged.
-    let log = reel.log_text();
     assert!(
-        log.lines().any(|l| l.contains("naming live/cam file 0") && l.contains("plugin=\"py\" stream=\"stdout\"")),
+        log.lines().any(|l| l.contains("naming live/cam file 0") && l.contains("plugin=\"script\" stream=\"stdout\"")),
         "{log}"
     );
+}
+
+#[test]
+fn a_javascript_plugin_names_a_real_recording() {
+    example_plugin_names_a_real_recording("js-mps", "js_mps.wasm");
 }
