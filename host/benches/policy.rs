@@ -152,7 +152,8 @@ fn languages(s: &StreamInfo, f: &FileInfo) {
     std::fs::create_dir_all(&out).unwrap();
     let mut plugins = BTreeMap::new();
     plugins.insert("rust".to_string(), reel_test_support::plugins::dir().join("mps.wasm"));
-    for (name, example, wasm) in [("python", "python-mps", "python_mps.wasm"), ("javascript", "js-mps", "js_mps.wasm")] {
+    for (name, example, wasm) in [("python", "python-mps", "python_mps.wasm"), ("javascript", "js-mps", "js_mps.wasm")]
+    {
         let built = std::process::Command::new("bash")
             .arg(root.join(format!("plugins/{example}/build.sh")))
             .arg(out.join(wasm))
@@ -168,7 +169,12 @@ fn languages(s: &StreamInfo, f: &FileInfo) {
         let size = std::fs::metadata(path).map_or(0, |m| m.len());
         let config = BTreeMap::from([(
             name.clone(),
-            PluginConfig { path: path.clone(), config: Default::default(), allow: Grants::default(), memory: Some(64 << 20) },
+            PluginConfig {
+                path: path.clone(),
+                config: Default::default(),
+                allow: Grants::default(),
+                memory: Some(64 << 20),
+            },
         )]);
         let t = Instant::now();
         let registry = match Registry::without_cache(&config, &PolicyConfig::default()) {

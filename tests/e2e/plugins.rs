@@ -297,7 +297,11 @@ fn example_plugin_names_a_real_recording(example: &str, wasm_name: &str) -> Stri
         .output()
         .unwrap();
     let check = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && check.contains("exports: naming\n"), "{check}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && check.contains("exports: naming\n"),
+        "{check}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let config = format!(
         r#"
 {BASE_CONFIG}
