@@ -141,3 +141,28 @@ fn a_dropped_connection_and_a_publish_again_continue_the_recording() {
         assert!(frames > packets(&src, "v").len(), "{}: {frames} frames, more than one publish", f.display());
     }
 }
+
+#[test]
+fn a_crash_inside_the_resume_window_keeps_the_recording_recoverable() {
+    let src = fixture("resume-crash", 4, true, true);
+    let config = "[storage.local]\nkind = \"fs\"\nroot = \"recordings\"\n[template.default]\nformats = [\"hls\", \"flv\"]\nhls_segment = \"2s\"\nresume_window = \"10m\"\nstorage = \"local\"\n[[rule]]\ntemplate = \"default\"\n";
+    let mut reel = Reel::start("resume-crash", config);
+    ffmpeg_publish(&src, &reel.url("live", "cam"), false);
+    // Parked: nothing final yet. Then the node dies.
+    std::thread::sleep(Duration::from_millis(1500));
+    let dir = reel.recordings().join("live/cam");
+    assert!(files(&dir, "flv").is_empty(), "{}", reel.log_text());
+    reel.child.take().unwrap().kill().unwrap();
+    let root = reel.dir.clone();
+    drop(reel);
+    // The next start finishes both files.
+    let reel = Reel::start_in(root, config);
+    let (flv, _) = wait_files(&dir, "flv", 1, Duration::from_secs(10));
+    assert_eq!(flv.len(), 1, "{}", reel.log_text());
+    assert_eq!(decode_errors(&flv[0]), "");
+    assert_eq!(packets(&flv[0], "v").len(), packets(&src, "v").len(), "the whole publish");
+    let (playlist, text) = crate::formats::final_playlist(&dir);
+    assert!(text.contains("#EXT-X-ENDLIST"), "{text}");
+    assert_eq!(decode_errors(&playlist), "");
+    assert!(reel.log_text().contains("recovered an unfinished file"));
+}

@@ -337,6 +337,31 @@ impl StreamTask {
             self.events = events;
             self.flush(i).await;
         }
+        // An open HLS playlist has no file being written while it waits: a described empty one
+        // stands for it, so a crash meanwhile still ends and names the playlist at the next start.
+        let mut markers = Vec::new();
+        for i in 0..self.slots.len() {
+            let slot = &self.slots[i];
+            let Some(hls) = slot.out.hls.as_ref() else { continue };
+            let Some(key) = hls.live_key.clone() else { continue };
+            let playlist = super::recover::PlaylistMeta {
+                key,
+                seq: slot.file_seq,
+                start_ms: slot.file_start_ms,
+                target_secs: hls.playlist.target_duration,
+            };
+            let meta = self.ctx.describe(Format::Hls, hls.playlist.segments.len() as u32, now, Some(playlist));
+            let (storage, hint) = (slot.storage.clone(), self.hint(Format::Hls));
+            match tokio::task::spawn_blocking(move || storage.create_described(&hint, &meta)).await {
+                Ok(Ok(w)) => markers.push(w),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = &e as &dyn std::error::Error, "no recovery marker for a waiting playlist")
+                }
+                Err(e) => {
+                    tracing::warn!(error = &e as &dyn std::error::Error, "no recovery marker for a waiting playlist")
+                }
+            }
+        }
         tracing::info!(app = %self.ctx.info.app, stream = %self.ctx.info.name, task = ?self.ctx.task_id,
             window_s = self.resume_window_ms / 1000, "publisher gone; the recording waits for it to come back");
         let window = std::time::Duration::from_millis(self.resume_window_ms);
@@ -345,6 +370,9 @@ impl StreamTask {
             _ = tokio::time::sleep(window) => None,
             _ = self.parking.stopping.cancelled() => None,
         };
+        if !markers.is_empty() {
+            self.tracker.spawn_blocking(move || markers.into_iter().for_each(|w| w.abort()));
+        }
         let Some(Resume { rx, info, stats }) = resumed else {
             self.parking.unpark(&key);
             return None;
