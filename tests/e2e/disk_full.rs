@@ -53,13 +53,15 @@ fn a_full_disk_ends_its_recordings_cleanly_and_nothing_else() {
     let small = dir.join("small-disk");
     let _fs = Tmpfs::mount(&small, "1m");
     let src = fixture("disk-full", 12, true, true);
+    let (hook, events) = http_receiver("/events", |_| 200);
     let reel = Reel::start_in(
         dir,
         &format!(
             "[storage.small]\nkind = \"fs\"\nroot = \"{}\"\n[storage.local]\nkind = \"fs\"\nroot = \"recordings\"\n\
              [template.small]\nformats = [\"flv\", \"mp4\"]\nstorage = \"small\"\n\
              [template.t]\nformats = [\"flv\"]\nstorage = \"local\"\n\
-             [[rule]]\napp = \"small\"\ntemplate = \"small\"\n[[rule]]\napp = \"live\"\ntemplate = \"t\"\n",
+             [[rule]]\napp = \"small\"\ntemplate = \"small\"\n[[rule]]\napp = \"live\"\ntemplate = \"t\"\n\
+             [[callback]]\nurl = \"{hook}\"\nevents = [\"record_failed\"]\n",
             small.display()
         ),
     );
@@ -73,6 +75,16 @@ fn a_full_disk_ends_its_recordings_cleanly_and_nothing_else() {
     std::thread::sleep(Duration::from_secs(1));
     let log = reel.log_text();
     assert!(log.contains("No space left on device"), "{log}");
+    // The recording on the full disk is reported: a record_failed event with the reason; none
+    // for the other storage's.
+    let failed: Vec<serde_json::Value> = std::iter::from_fn(|| events.recv_timeout(Duration::from_secs(5)).ok())
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    assert!(!failed.is_empty(), "no record_failed event\n{log}");
+    for e in &failed {
+        assert_eq!((e["event"].as_str(), e["app"].as_str()), (Some("record_failed"), Some("small")), "{e}");
+    }
+    assert!(failed.iter().any(|e| e["reason"].as_str().unwrap_or("").contains("No space left")), "{failed:#?}");
     // The API answers and the other storage's recording is whole.
     let (status, _) = reel.api("GET", "/healthz", None);
     assert_eq!(status, 200);
