@@ -104,6 +104,12 @@ fn an_index_over_two_publishes_plays_in_ffmpeg_and_chromium() {
         Some(&json!({"app": "live", "stream": "cam", "start_time": t0, "end_time": t1, "name": "../x"})),
     );
     assert_eq!((status, e["error"]["field"].as_str()), (400, Some("name")), "{e}");
+    let (status, e) = reel.api(
+        "POST",
+        "/v1/recordings/index",
+        Some(&json!({"app": "live", "stream": "cam", "start_time": t0 - 40 * 86400, "end_time": t1})),
+    );
+    assert_eq!((status, e["error"]["field"].as_str()), (400, Some("end_time")), "{e}");
 
     // hls.js in Chromium plays it through the break and seeks near its end.
     let rel = format!("/{}", path.strip_prefix(&reel.dir).unwrap().display());

@@ -243,6 +243,7 @@ pub async fn index(
     match s.recorder.write_index(&req).await {
         Ok(index) => Ok((StatusCode::CREATED, Json(json!(index))).into_response()),
         Err(IndexError::Invalid(m)) => Err(ApiError::invalid("name", m)),
+        Err(e @ IndexError::Range) => Err(ApiError::invalid("end_time", e.to_string())),
         Err(e @ IndexError::Empty { .. }) => Err(ApiError::not_found(e.to_string())),
         Err(IndexError::Catalog(c)) => Err(c.into()),
         Err(e) => {

@@ -27,16 +27,21 @@ pub struct CreateBody {
     note: Option<String>,
 }
 
+/// A time field that may be absent or `null`.
+fn optional_time(field: &'static str, v: &Option<serde_json::Value>) -> Result<Option<i64>, ApiError> {
+    match v {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => parse_time(field, v).map(Some),
+    }
+}
+
 /// `POST /v1/record-tasks` → `201 {"task_id": …}`.
 pub async fn create(
     State(s): State<ApiState>,
     body: Result<Json<CreateBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(b) = body?;
-    let start_ms = match &b.start_time {
-        None | Some(serde_json::Value::Null) => None,
-        Some(v) => Some(parse_time("start_time", v)?),
-    };
+    let start_ms = optional_time("start_time", &b.start_time)?;
     let end_ms = parse_time("end_time", &b.end_time)?;
     let t = s
         .tasks
@@ -74,15 +79,10 @@ pub async fn create_pull(
     body: Result<Json<PullBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(b) = body?;
-    let start_ms = match &b.start_time {
-        None | Some(serde_json::Value::Null) => None,
-        Some(v) => Some(parse_time("start_time", v)?),
-    };
-    let end_ms = match &b.end_time {
-        None | Some(serde_json::Value::Null) => {
-            start_ms.unwrap_or_else(crate::tasks::now_ms) + crate::tasks::MAX_WINDOW_MS
-        }
-        Some(v) => parse_time("end_time", v)?,
+    let start_ms = optional_time("start_time", &b.start_time)?;
+    let end_ms = match optional_time("end_time", &b.end_time)? {
+        Some(t) => t,
+        None => start_ms.unwrap_or_else(crate::tasks::now_ms) + crate::tasks::MAX_WINDOW_MS,
     };
     let t = s
         .tasks

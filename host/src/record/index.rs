@@ -19,6 +19,8 @@ use crate::storage::{Finalize, StorageError};
 const MAX_PLAYLIST: u64 = 16 << 20;
 /// Most playlists one index reads.
 const MAX_PLAYLISTS: usize = 10_000;
+/// Longest range one index covers (its segments are listed in memory while it is written).
+pub const MAX_INDEX_RANGE_MS: i64 = 31 * 24 * 3600 * 1000;
 
 /// What to index.
 #[derive(Clone, Debug)]
@@ -48,6 +50,8 @@ pub struct Index {
 pub enum IndexError {
     #[error("{0}")]
     Invalid(String),
+    #[error("an index covers at most 31 days (end_time - start_time)")]
+    Range,
     #[error("no HLS segments of {app}/{stream} were recorded between {from} and {to}")]
     Empty { app: String, stream: String, from: String, to: String },
     #[error("there is no catalog")]
@@ -117,6 +121,9 @@ pub(crate) async fn daily(catalog: &Catalog, rt: &Runtime, domain: &str, app: &s
 async fn build(catalog: &Catalog, rt: &Runtime, req: &IndexRequest, replace: bool) -> Result<Index, IndexError> {
     if req.end_ms <= req.start_ms {
         return Err(IndexError::Invalid("end_time must be after start_time".into()));
+    }
+    if req.end_ms - req.start_ms > MAX_INDEX_RANGE_MS {
+        return Err(IndexError::Range);
     }
     let key = match &req.name {
         Some(n) => check_name(n)?,
