@@ -104,7 +104,7 @@ pub fn check_tree(data: &[u8]) {
 }
 
 /// A track of a progressive MP4 read back through its sample tables.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct ReadTrack {
     pub handler: [u8; 4],
     pub timescale: u32,
@@ -259,10 +259,31 @@ pub struct Fragmented {
 /// (default duration, size, flags) of a track, from `trex` and `tfhd`.
 type Defaults = (u32, u32, u32);
 
+/// The top-level boxes, with a `free` box that holds one `moov` or `moof` (then only zeros)
+/// seen as that box (how a recording in progress keeps its init `moov` and its `moof`s out of the final
+/// file's way).
+pub fn top_level_unwrapped(file: &[u8]) -> Vec<BoxAt> {
+    boxes(file)
+        .map(|b| {
+            if &b.kind != b"free" || b.end - b.body < 8 {
+                return b;
+            }
+            let padded = |i: &BoxAt| file[b.body + i.end..b.end].iter().all(|&x| x == 0);
+            match boxes(&file[b.body..b.end]).next() {
+                Some(i) if (&i.kind == b"moov" || &i.kind == b"moof") && padded(&i) => {
+                    BoxAt { kind: i.kind, start: b.body + i.start, body: b.body + i.body, end: b.body + i.end }
+                }
+                _ => b,
+            }
+        })
+        .collect()
+}
+
 /// Reads a complete fragmented MP4 (`ftyp`, `moov` with `mvex`, then `moof`+`mdat` pairs;
-/// other boxes are skipped). Each run's samples must lie inside the `mdat` that follows.
+/// other boxes are skipped; see [`top_level_unwrapped`]). Each run's samples must lie inside
+/// the `mdat` that follows.
 pub fn read_fragmented(file: &[u8]) -> Fragmented {
-    let top: Vec<BoxAt> = boxes(file).collect();
+    let top: Vec<BoxAt> = top_level_unwrapped(file);
     let moov = top.iter().find(|b| &b.kind == b"moov").expect("moov");
     let moov = &file[moov.body..moov.end];
     let mut tracks = Vec::new();

@@ -214,3 +214,37 @@ fn hls_playlist_gets_its_final_name_with_the_real_end_time_at_close() {
     }
     assert_eq!(decode_errors(&pl), "");
 }
+
+/// An MP4 is finished where it was written: the file published under its name is the one the
+/// recording wrote into (same inode), its moov first, every packet the source's.
+#[test]
+fn mp4_closes_in_place_without_copying_its_body() {
+    use std::os::unix::fs::MetadataExt;
+    let src = fixture("av", 6, true, true);
+    let reel = Reel::start("mp4-in-place", &config("[\"mp4\"]", "30s", "6s"));
+    let url = reel.url("live", "inplace");
+    let publisher = std::thread::spawn({
+        let src = src.clone();
+        move || ffmpeg_publish(&src, &url, true)
+    });
+    let partial = reel.recordings().join(".partial");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let inode = loop {
+        let found = std::fs::read_dir(&partial).into_iter().flatten().flatten().find(|e| {
+            e.file_name().to_string_lossy().ends_with(".mp4.part") && e.metadata().is_ok_and(|m| m.len() > 0)
+        });
+        if let Some(m) = found.and_then(|e| e.metadata().ok()) {
+            break m.ino();
+        }
+        assert!(std::time::Instant::now() < deadline, "no MP4 being written: {}", reel.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    publisher.join().unwrap();
+    let (mp4, _) = wait_files(&reel.recordings().join("live/inplace"), "mp4", 1, Duration::from_secs(10));
+    assert_eq!(mp4.len(), 1, "{}", reel.log_text());
+    assert_eq!(std::fs::metadata(&mp4[0]).unwrap().ino(), inode, "the written file, not a copy");
+    assert!(moov_before_mdat(&mp4[0]));
+    assert_eq!(decode_errors(&mp4[0]), "");
+    assert_eq!(hashes(packets(&mp4[0], "v")), hashes(packets(&src, "v")));
+    assert_eq!(hashes(packets(&mp4[0], "a")), hashes(packets(&src, "a")));
+}

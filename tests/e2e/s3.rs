@@ -261,9 +261,9 @@ fn list(s3: &S3Server, prefix: &str) -> Vec<String> {
 }
 
 #[test]
-fn a_growing_flv_streams_into_the_bucket_while_it_records() {
+fn growing_flv_and_mp4_stream_into_the_bucket_while_they_record() {
     let s3 = server("stream");
-    // 8 s at about 14 Mbit/s: three 5 MiB parts.
+    // 8 s at about 14 Mbit/s: three 5 MiB parts per file.
     let src = test_dir("s3-stream-src").join("big.flv");
     run(std::process::Command::new("ffmpeg")
         .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=25", "-f", "lavfi"])
@@ -273,13 +273,13 @@ fn a_growing_flv_streams_into_the_bucket_while_it_records() {
     let reel = Reel::start(
         "s3-stream",
         &format!(
-            "{}part_size = \"5MiB\"\n[template.flv]\nformats = [\"flv\"]\nstorage = \"bucket\"\n[[rule]]\ntemplate = \"flv\"\n",
+            "{}part_size = \"5MiB\"\n[template.both]\nformats = [\"flv\", \"mp4\"]\ninterval = \"30s\"\nstorage = \"bucket\"\n[[rule]]\ntemplate = \"both\"\n",
             s3.storage_toml("bucket", SECRET_KEY)
         ),
     );
     ffmpeg_publish(&src, &reel.url("live", "big"), true);
     let unpublished = Instant::now();
-    // Parts went up while the file grew, before it closed.
+    // Parts went up while the files grew, before they closed: at least one of each.
     let (_, _, metrics) = http_raw(reel.http_port, "/metrics", "");
     let metrics = String::from_utf8_lossy(&metrics).into_owned();
     let streamed: f64 = metrics
@@ -287,17 +287,29 @@ fn a_growing_flv_streams_into_the_bucket_while_it_records() {
         .find_map(|l| l.strip_prefix("reel_upload_parts_streamed_total "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0);
-    assert!(streamed >= 1.0, "parts sent while recording: {streamed}\n{}", reel.log_text());
-    let rows = wait_rows(&reel, "big", 1, "stored", Duration::from_secs(20));
+    assert!(streamed >= 2.0, "parts sent while recording: {streamed}\n{}", reel.log_text());
+    let rows = wait_rows(&reel, "big", 2, "stored", Duration::from_secs(20));
     eprintln!("{streamed} parts streamed while recording; stored {:?} after unpublish", unpublished.elapsed());
     assert!(unpublished.elapsed() < Duration::from_secs(3), "{:?}", unpublished.elapsed());
-    let key = rows[0]["key"].as_str().unwrap();
-    let file = download(&s3, key, &test_dir("s3-stream-download"));
-    assert_eq!(std::fs::metadata(&file).unwrap().len(), rows[0]["size"].as_u64().unwrap());
-    assert_eq!(packets(&file, "v"), packets(&src, "v"), "video packets, timestamps included");
-    assert_eq!(packets(&file, "a"), packets(&src, "a"));
-    assert_eq!(decode_errors(&file), "");
-    // The temporary upload is gone; the spool is empty.
+    let log = reel.log_text();
+    assert!(!log.contains("uploading the file whole"), "the streamed uploads completed:\n{log}");
+    for row in &rows {
+        let key = row["key"].as_str().unwrap();
+        let file = download(&s3, key, &test_dir("s3-stream-download"));
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), row["size"].as_u64().unwrap());
+        assert_eq!(decode_errors(&file), "", "{key}");
+        if key.ends_with(".flv") {
+            assert_eq!(packets(&file, "v"), packets(&src, "v"), "video packets, timestamps included");
+            assert_eq!(packets(&file, "a"), packets(&src, "a"));
+        } else {
+            let hashes = |v: Vec<Packet>| v.into_iter().map(|p| p.hash).collect::<Vec<_>>();
+            assert_eq!(hashes(packets(&file, "v")), hashes(packets(&src, "v")), "{key}");
+            assert_eq!(hashes(packets(&file, "a")), hashes(packets(&src, "a")), "{key}");
+        }
+    }
+    // The temporary uploads are gone; the spool is empty.
     assert_eq!(list(&s3, ".uploading"), Vec::<String>::new());
-    assert!(files(&reel.dir.join("reel-data/spool/bucket"), "flv").is_empty());
+    for ext in ["flv", "mp4"] {
+        assert!(files(&reel.dir.join("reel-data/spool/bucket"), ext).is_empty());
+    }
 }

@@ -46,7 +46,7 @@ fn new_muxer(format: Format, interval_ms: u64) -> Box<dyn Muxer> {
     match format {
         Format::Flv => Box::new(FlvMuxer::reserving(interval_ms)),
         Format::Aac => Box::new(AdtsMuxer::new()),
-        Format::Mp4 => Box::new(Mp4Muxer::new()),
+        Format::Mp4 => Box::new(Mp4Muxer::reserving(interval_ms)),
         Format::Hls => Box::new(TsMuxer::new()),
     }
 }

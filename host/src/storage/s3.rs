@@ -1,8 +1,7 @@
 //! S3-compatible object storage, with a local spool.
 //!
 //! A file is written to the spool (`data_dir/spool/NAME/`, the fs writer: `.partial`, fsync,
-//! rename) and finalised there (an MP4's moov-first head is laid out locally, so the object is
-//! uploaded once, in order); at close it is uploaded under its key — in 8 MiB parts through a
+//! rename) and finalised there; at close it is uploaded under its key — in 8 MiB parts through a
 //! multipart upload when larger than one part — and then removed from the spool. An object
 //! appears in the bucket only complete (a multipart upload is invisible until completed).
 //!
@@ -15,18 +14,18 @@
 //!
 //! Keys are never overwritten: an existing object makes the upload take `stem_N.ext`.
 //!
-//! **Upload while recording.** An FLV or AAC file also streams into a multipart upload as it
-//! grows (`part_size`, 8 MiB): part 2 onwards as each fills, read back from the spool file,
+//! **Upload while recording.** An FLV, MP4 or AAC file also streams into a multipart upload as
+//! it grows (`part_size`, 8 MiB): part 2 onwards as each fills, read back from the spool file,
 //! with up to two parts in flight (a slow link falls behind, never blocks the recording).
-//! Part 1 — the file's first `part_size` bytes, which hold FLV's `onMetaData` rewritten in
-//! place at close — waits for the close, then goes with the remaining tail: parts may be
+//! Part 1 — the file's first `part_size` bytes, which hold FLV's `onMetaData` or MP4's `moov`,
+//! written in place at close into room reserved for them (at most 4 MiB) — waits for the
+//! close, then goes with the remaining tail (an MP4 `moov` that outgrew its room): parts may be
 //! uploaded in any order. The name is only known at close (it holds the end time), so the
 //! upload goes to a temporary key (`PREFIX.uploading/…`), completed at close and copied
 //! server-side to the final key, then removed: the object appears under its key complete.
 //! Anything that fails on the way (a part, the completion, the copy, a file that ends up
 //! laid out anew) falls back to uploading the spooled file whole, with the spool's guarantees.
-//! MP4 is uploaded at close (its moov-first head is laid out anew behind a copy). Temporary
-//! uploads of a crashed node are left to the bucket's lifecycle rule
+//! Temporary uploads of a crashed node are left to the bucket's lifecycle rule
 //! (`AbortIncompleteMultipartUpload`).
 
 use std::collections::HashSet;
@@ -520,8 +519,7 @@ struct Streaming {
 
 impl S3File {
     fn new(local: Box<dyn FileWriter>, inner: Arc<Inner>, hint: &str) -> Self {
-        // MP4 is laid out anew at close (moov first): what streamed would be thrown away.
-        let streams = inner.part_size >= 5 << 20 && !hint.ends_with(".mp4") && !inner.is_down();
+        let streams = inner.part_size >= 5 << 20 && !inner.is_down();
         let stream = streams.then(|| Streaming {
             temp: ObjPath::from(format!("{}.uploading/{:016x}-{hint}", inner.prefix, fastrand::u64(..))),
             id: Arc::default(),

@@ -334,9 +334,10 @@ fn media_duration(t: &TrackTable) -> u64 {
     t.duration.max(presentation(t).1.max(0) as u64)
 }
 
-/// The `moov` of the final file. `base` is the file offset of the final `mdat` payload; chunk
-/// offsets are `base` + each chunk's offset in the payload. `co64` selects 64-bit offsets.
-pub(crate) fn write_final_moov(w: &mut BoxWriter, tracks: &[(&TrackInfo, &TrackTable)], base: u64, co64: bool) {
+/// The `moov` of the final file. Chunk offsets are where the chunks are in the file being
+/// written, moved by `shift` (a head longer or shorter than the region it replaces). `co64`
+/// selects 64-bit offsets.
+pub(crate) fn write_final_moov(w: &mut BoxWriter, tracks: &[(&TrackInfo, &TrackTable)], shift: i64, co64: bool) {
     let timings = timings(tracks);
     let movie_duration = timings.iter().map(|t| t.delay.saturating_add(t.duration)).max().unwrap_or(0);
     w.open(b"moov");
@@ -351,7 +352,7 @@ pub(crate) fn write_final_moov(w: &mut BoxWriter, tracks: &[(&TrackInfo, &TrackT
         write_mdhd(w, info.timescale, media_duration(table));
         write_hdlr(w, info.kind);
         open_minf_stbl(w, info);
-        write_sample_tables(w, table, base, co64);
+        write_sample_tables(w, table, shift, co64);
         w.close(); // stbl
         w.close(); // minf
         w.close(); // mdia
@@ -383,7 +384,7 @@ fn write_edts(w: &mut BoxWriter, t: &Timing) {
     w.close();
 }
 
-fn write_sample_tables(w: &mut BoxWriter, t: &TrackTable, base: u64, co64: bool) {
+fn write_sample_tables(w: &mut BoxWriter, t: &TrackTable, shift: i64, co64: bool) {
     w.open_full(b"stts", 0, 0);
     w.u32(t.stts.len() as u32);
     for &(count, delta) in &t.stts {
@@ -441,13 +442,13 @@ fn write_sample_tables(w: &mut BoxWriter, t: &TrackTable, base: u64, co64: bool)
         w.open_full(b"co64", 0, 0);
         w.u32(t.chunks.len() as u32);
         for &(offset, _) in &t.chunks {
-            w.u64(base.saturating_add(offset));
+            w.u64(offset.saturating_add_signed(shift));
         }
     } else {
         w.open_full(b"stco", 0, 0);
         w.u32(t.chunks.len() as u32);
         for &(offset, _) in &t.chunks {
-            w.u32(base.saturating_add(offset) as u32);
+            w.u32(offset.saturating_add_signed(shift) as u32);
         }
     }
     w.close();

@@ -1,22 +1,38 @@
-//! MP4 writer. While recording it writes a fragmented MP4 that is playable and recoverable at
-//! any moment (`ftyp` + `moov` with `mvex`, then a `moof` + `mdat` fragment at every video
-//! keyframe and at least every [`FRAGMENT_MS`]); at close, a [`Rewrite`] turns it into an
-//! ordinary progressive MP4 with the `moov` first and one `mdat` made of the fragments'
-//! payloads, copied by the storage layer as byte ranges. Frame payloads are never copied here:
-//! the writer emits the boxes it builds plus slices of the frames.
+//! MP4 writer. Every byte of media is written once, where it stays: the file being recorded is
+//! already the final file but for its head.
+//!
+//! - `ftyp`, then a reserved region: a `free` box holding the init `moov` (with `mvex`, what
+//!   recovery reads the tracks from), padded to room for the final `moov` — sized from the
+//!   file's planned length (the template's interval) and the stream's frame rates.
+//! - Then a fragment at every video keyframe and at least every [`FRAGMENT_MS`]: its `moof`
+//!   wrapped in a `free` box, then an `mdat` with its payload. A reader of the final file
+//!   skips the `free` boxes; recovery after a crash reads them.
+//! - At close the head — `ftyp` + final `moov` + `free` padding, exactly as long as the region
+//!   it replaces — is written over the start of the file ([`Rewrite`] with one range, the
+//!   body in place): the file is a progressive MP4 with the `moov` first and one `mdat` per
+//!   fragment. Nothing is copied.
+//! - When the `moov` outgrows the reservation (a file longer than planned), it goes at the end
+//!   instead (the `tail`), the region becomes one `free` box: still no copy, still a valid
+//!   file; a player reading it over HTTP fetches the end first. An offline muxer
+//!   ([`Mp4Muxer::new`], `reel remux`) reserves nothing and lays the file out anew, `moov`
+//!   first, behind a copy.
+//!
+//! Frame payloads are never copied here: the writer emits the boxes it builds plus slices of
+//! the frames.
 //!
 //! A recording whose writer died is finalised by [`recover`] / [`recover_from`], which build the
 //! same `moov` from what the fragments on disk say (shared sample table model, `table.rs`).
 //!
 //! Driving it:
-//! - Push every frame in arrival order, sequence headers included. Nothing is emitted until
-//!   the init segment can be written: the sequence headers are known and video has a keyframe
-//!   (video frames before it are dropped), or [`PREROLL_MS`] passed with one track ready.
+//! - Push every frame in arrival order, sequence headers included. The tracks are decided
+//!   when the sequence headers are known and video has a keyframe (video frames before it are
+//!   dropped), or [`PREROLL_MS`] passed with one track ready; nothing is emitted before the
+//!   first fragment, whose samples tell the frame rate the reservation is sized from.
 //!   Until then at most [`MAX_PREROLL_FRAMES`] frames are held (reference-counted, not copied).
 //! - Append the emitted chunks to the temporary file in order; [`Mp4Muxer::bytes_written`] is
 //!   its length. If the stream stalls, call [`Mp4Muxer::flush`] on a timer.
 //! - [`Muxer::finish`] emits the last fragment, then returns the [`Rewrite`]: the final file is
-//!   `head` (`ftyp` + `moov` + `mdat` header) ++ one range per fragment of the temporary file.
+//!   `head` ++ the temporary file from the end of the reserved region ++ `tail`.
 //!   `Ok(None)`: the file holds no sample; discard it.
 //! - An error from `push` (a sequence header or codec changed mid-file) ends this file: finish
 //!   it and give the new headers to a new muxer. Unsupported or late tracks are not errors;
@@ -31,13 +47,12 @@ mod table;
 mod tests;
 
 use std::collections::VecDeque;
-use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
 
 use self::boxes::{write_ftyp, write_init_moov, BoxWriter, FLAGS_NON_SYNC, FLAGS_SYNC};
 use self::codec::{aac_setup, av1_temporal_delimiter_len, mp3_setup, mpeg_audio_header, video_setup, Setup};
-use self::faststart::finalize;
+use self::faststart::{finalize, Layout};
 use self::table::{TrackInfo, TrackKind, TrackTable};
 use super::{Chunks, MuxError, Muxer, Rewrite};
 use crate::media::{Codec, Frame, FrameKind};
@@ -64,6 +79,13 @@ pub const MAX_KEYFRAME_WAIT_MS: i64 = 20_000;
 /// sample instead.
 pub const MAX_BACKWARD_JUMP_MS: i64 = 2000;
 pub const MAX_FORWARD_JUMP_MS: i64 = 10_000;
+
+/// A live file of no planned length (one per publish) reserves `moov` room for this long;
+/// a longer one gets its `moov` at the end.
+pub const UNPLANNED_FILE_MS: u64 = 10 * 60_000;
+/// Most room reserved for the `moov` (about two hours of 30 fps video with audio): the head an
+/// object storage upload sends last must fit in its first part (S3: ≥ 5 MiB).
+pub const MAX_RESERVED_BYTES: u64 = 4 << 20;
 
 /// Used for a final video sample when there is no earlier duration to copy: 40 ms.
 const DEFAULT_VIDEO_DURATION: u32 = 3600;
@@ -134,10 +156,11 @@ impl Track {
     }
 }
 
-/// Fragmented-MP4 writer; see the module documentation.
+/// MP4 writer; see the module documentation.
 ///
-/// Output order: nothing until the init segment can be written (sequence headers known and,
-/// for video, a keyframe: see [`PREROLL_MS`]); then `ftyp` + `moov`; then fragments.
+/// Output order: nothing until the first fragment (tracks decided: sequence headers known and,
+/// for video, a keyframe, see [`PREROLL_MS`]); then `ftyp` + the reserved region with the
+/// init `moov`; then fragments.
 pub struct Mp4Muxer {
     scratch: BytesMut,
     video: Option<Setup>,
@@ -151,6 +174,8 @@ pub struct Mp4Muxer {
     /// The file's tracks, once the init segment is written.
     tracks: Vec<Track>,
     init_written: bool,
+    /// `ftyp` and the reserved region are out (with the first fragment).
+    head_written: bool,
     /// Decode timestamp (ms) that is time 0 of the file.
     base: i64,
     /// Correction added to timestamps after discontinuities.
@@ -160,12 +185,13 @@ pub struct Mp4Muxer {
     fragment_start: Option<i64>,
     last_keyframe_ms: Option<i64>,
     sequence: u32,
-    /// Bytes of the fragmented file so far.
+    /// Bytes of the file so far.
     written: u64,
-    /// Bytes of `mdat` payload so far (= the final file's `mdat` payload).
-    payload_len: u64,
-    /// The `mdat` payloads in the fragmented file.
-    ranges: Vec<Range<u64>>,
+    /// How long a file the `moov` room is planned for (ms); 0: no room (offline).
+    plan_ms: u64,
+    /// Length of `ftyp`, and where the reserved region ends (the first fragment starts).
+    ftyp_len: u64,
+    head_end: u64,
     stats: Mp4Stats,
     finished: bool,
 }
@@ -188,6 +214,7 @@ impl Mp4Muxer {
             newest_dts: 0,
             tracks: Vec::new(),
             init_written: false,
+            head_written: false,
             base: 0,
             shift: 0,
             newest_ms: None,
@@ -195,18 +222,84 @@ impl Mp4Muxer {
             last_keyframe_ms: None,
             sequence: 0,
             written: 0,
-            payload_len: 0,
-            ranges: Vec::new(),
+            plan_ms: 0,
+            ftyp_len: 0,
+            head_end: 0,
             stats: Mp4Stats::default(),
             finished: false,
         }
+    }
+
+    /// A muxer for a live file cut every `interval_ms` (0: one file per publish): reserves room
+    /// for the final `moov` so that the file is finished in place.
+    pub fn reserving(interval_ms: u64) -> Self {
+        // A file closes at the first keyframe past its interval: some slack.
+        let plan_ms = if interval_ms == 0 { UNPLANNED_FILE_MS } else { interval_ms + interval_ms / 10 + 10_000 };
+        Self { plan_ms, ..Self::new() }
+    }
+
+    /// Room for the final `moov` of a `plan_ms` file, from the first fragment's samples: per
+    /// second, each video frame costs a size, a duration and a composition offset (timestamps
+    /// in ms rarely run-length encode) and a little for keyframes, each audio frame a size and
+    /// a little, each fragment (about two a second) an offset and a `stsc` entry per track;
+    /// plus the boxes the init `moov` already has, and a tenth for what was not foreseen.
+    fn reservation(&self, init_len: u64) -> u64 {
+        if self.plan_ms == 0 {
+            return 0;
+        }
+        let per_s: u64 = self
+            .tracks
+            .iter()
+            .map(|t| {
+                let rate = match (t.info.kind, t.setup.frame_samples) {
+                    (TrackKind::Audio, n) if n > 0 => u64::from(t.info.timescale).div_ceil(u64::from(n)),
+                    _ => match (t.pending.first(), t.pending.last()) {
+                        (Some(a), Some(b)) if t.pending.len() >= 4 && b.ms > a.ms => {
+                            (t.pending.len() as u64 - 1) * 1000 / (b.ms - a.ms) as u64
+                        }
+                        _ => 30,
+                    },
+                };
+                let per_sample = if t.info.kind == TrackKind::Video { 21 } else { 5 };
+                rate.clamp(1, 240) * per_sample + 2 * 20
+            })
+            .sum();
+        let bytes = init_len * 2 + 2048 + per_s * self.plan_ms.div_ceil(1000) * 11 / 10;
+        bytes.min(MAX_RESERVED_BYTES)
+    }
+
+    /// `ftyp` and the reserved region holding the init `moov`, before the first fragment.
+    fn write_head(&mut self, out: &mut Chunks) -> Result<(), MuxError> {
+        let infos: Vec<TrackInfo> = self.tracks.iter().map(|t| t.info.clone()).collect();
+        let mut init = BytesMut::new();
+        let mut w = BoxWriter::new(&mut init);
+        write_init_moov(&mut w, &infos);
+        w.done()?;
+        let init_len = init.len() as u64 + 8;
+        let room = self.reservation(init_len).max(init_len);
+        let mut w = BoxWriter::new(&mut self.scratch);
+        write_ftyp(&mut w);
+        let ftyp_len = w.len();
+        w.open(b"free");
+        w.bytes(&init);
+        w.zeros((room - init_len) as usize);
+        w.close();
+        w.done()?;
+        let head = self.scratch.split().freeze();
+        self.ftyp_len = ftyp_len as u64;
+        self.head_end = head.len() as u64;
+        self.written = self.head_end;
+        out.push(head);
+        self.head_written = true;
+        Ok(())
     }
 
     pub fn stats(&self) -> Mp4Stats {
         self.stats
     }
 
-    /// Whether `ftyp` + `moov` have been emitted (the file has started).
+    /// Whether the tracks are decided (the file has started; its head goes out with the first
+    /// fragment).
     pub fn init_written(&self) -> bool {
         self.init_written
     }
@@ -368,14 +461,7 @@ impl Mp4Muxer {
             };
             self.tracks.push(Track { info, setup: setup.clone(), pending: Vec::new(), table: TrackTable::default() });
         }
-        let infos: Vec<TrackInfo> = self.tracks.iter().map(|t| t.info.clone()).collect();
-        let mut w = BoxWriter::new(&mut self.scratch);
-        write_ftyp(&mut w);
-        write_init_moov(&mut w, &infos);
-        w.done()?;
-        let init = self.scratch.split().freeze();
-        self.written += init.len() as u64;
-        out.push(init);
+        // The head is written with the first fragment, once its samples tell the frame rate.
         self.init_written = true;
 
         let frames = std::mem::take(&mut self.preroll);
@@ -498,8 +584,13 @@ impl Mp4Muxer {
             return Ok(());
         }
         let mdat_header: u64 = if payload + 8 > u64::from(u32::MAX) { 16 } else { 8 };
+        if !self.head_written {
+            self.write_head(out)?;
+        }
 
         let mut w = BoxWriter::new(&mut self.scratch);
+        // The moof is for recovery only: a reader of the final file skips the free box.
+        w.open(b"free");
         let moof_at = w.len();
         w.open(b"moof");
         w.open_full(b"mfhd", 0, 0);
@@ -547,6 +638,7 @@ impl Mp4Muxer {
         }
         w.close();
         let moof_len = (w.len() - moof_at) as u64;
+        w.close(); // free
         for (i, &(at, start)) in patches.iter().enumerate() {
             if counts.get(i).is_some_and(|&n| n > 0) {
                 let off = u32::try_from(moof_len + mdat_header + start)
@@ -565,10 +657,11 @@ impl Mp4Muxer {
             w.bytes(b"mdat");
         }
         w.done()?;
-        out.push(self.scratch.split().freeze());
+        let header = self.scratch.split().freeze();
 
-        let payload_start = self.written + moof_len + mdat_header;
-        let mut offset = self.payload_len;
+        let payload_start = self.written + header.len() as u64;
+        out.push(header);
+        let mut offset = payload_start;
         for (i, t) in self.tracks.iter_mut().enumerate() {
             let n = counts[i];
             if n == 0 {
@@ -581,9 +674,7 @@ impl Mp4Muxer {
                 out.push(p.data);
             }
         }
-        self.ranges.push(payload_start..payload_start + payload);
         self.written = payload_start + payload;
-        self.payload_len += payload;
         self.sequence = self.sequence.wrapping_add(1);
         self.stats.fragments += 1;
         if self.scratch.capacity() < 1024 {
@@ -643,6 +734,12 @@ impl Muxer for Mp4Muxer {
         }
         self.write_fragment(out, true)?;
         let tracks: Vec<(&TrackInfo, &TrackTable)> = self.tracks.iter().map(|t| (&t.info, &t.table)).collect();
-        finalize(&tracks, self.payload_len, &self.ranges)
+        let layout = Layout {
+            ftyp_len: self.ftyp_len,
+            head_end: self.head_end,
+            end: self.written,
+            moov_at_end: self.plan_ms > 0,
+        };
+        finalize(&tracks, layout)
     }
 }

@@ -1,13 +1,15 @@
-//! Reading a fragmented MP4 back: the init `moov` into [`TrackInfo`]s and each complete
-//! `moof`+`mdat` pair into sample runs. [`recover`] uses it to finalise a recording whose
-//! writer died: every fragment that made it to disk whole is kept, a torn tail is ignored.
+//! Reading a recording in progress back: the init `moov` (in the reserved region's `free` box)
+//! into [`TrackInfo`]s and each complete fragment (a `free` box holding a `moof`, then an
+//! `mdat`) into sample runs. [`recover`] uses it to finish a recording whose writer died: every
+//! fragment that made it to disk whole is kept, a torn tail is ignored. Top-level `moof`s (any
+//! fragmented MP4's) are read the same way.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
 
 use bytes::Bytes;
 
-use super::faststart::finalize;
+use super::faststart::{finalize, Layout};
 use super::table::{TrackInfo, TrackKind, TrackTable};
 use crate::mux::{MuxError, Rewrite};
 
@@ -58,6 +60,8 @@ pub(crate) struct Fragment {
     /// File range of the `mdat` payload.
     pub payload: Range<u64>,
     pub runs: Vec<Run>,
+    /// The `moof` is a top-level box (not ours, wrapped in `free`).
+    pub top_level: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -124,13 +128,19 @@ fn child<'a>(data: &'a [u8], kind: &[u8; 4]) -> Option<&'a [u8]> {
     children(data).find(|(k, _, _)| k == kind).map(|(_, _, body)| body)
 }
 
-/// Reads a fragmented MP4 from the start: `ftyp`, `moov`, then fragments on demand.
+/// Reads a recording from the start: `ftyp`, the init `moov`, then fragments on demand.
 pub(crate) struct FragmentReader<R> {
     r: R,
     len: u64,
     pos: u64,
     pub tracks: Vec<TrackInfo>,
     trex: Vec<(u32, Defaults)>,
+    /// Length of the `ftyp`, and the end of the box holding the init `moov`.
+    pub ftyp_len: u64,
+    pub head_end: u64,
+    /// The `moov` is a final one (no `mvex`): the file was finished (a crash came after its
+    /// head was written, before it was published).
+    pub finished: bool,
 }
 
 /// A top-level box header.
@@ -142,31 +152,53 @@ struct Header {
 }
 
 impl<R: Read + Seek> FragmentReader<R> {
-    /// Reads up to the end of the `moov`. `Ok(None)` if the file ends before it is complete.
+    /// Reads up to the end of the init `moov` (ours: inside the `free` box after `ftyp`; any
+    /// fragmented MP4's: a top-level `moov` with `mvex`). `Ok(None)` if the file ends before
+    /// it is complete.
     pub fn new(mut r: R) -> Result<Option<Self>, RecoverError> {
         let len = r.seek(SeekFrom::End(0))?;
-        let mut me = Self { r, len, pos: 0, tracks: Vec::new(), trex: Vec::new() };
+        let mut me =
+            Self { r, len, pos: 0, tracks: Vec::new(), trex: Vec::new(), ftyp_len: 0, head_end: 0, finished: false };
         let Some(first) = me.header()? else { return Ok(None) };
         if &first.kind != b"ftyp" {
             return Err(invalid("not an MP4 file: it does not start with ftyp").into());
         }
         me.pos = first.end;
+        me.ftyp_len = first.end;
         loop {
             let Some(h) = me.header()? else { return Ok(None) };
-            match &h.kind {
-                b"moov" => {
-                    if h.end - h.start > MAX_MOOV_BYTES {
-                        return Err(invalid("moov too large for a fragmented recording").into());
-                    }
-                    let body = me.read_body(&h)?;
-                    me.parse_moov(&body)?;
-                    me.pos = h.end;
-                    return Ok(Some(me));
-                }
+            let moov = match &h.kind {
+                b"moov" => Some(Header { kind: *b"moov", ..h }),
+                b"free" => me.wrapped(&h, b"moov")?,
                 b"moof" | b"mdat" => return Err(invalid("media data before the moov").into()),
-                _ => me.pos = h.end,
+                _ => None,
+            };
+            let Some(moov) = moov else {
+                me.pos = h.end;
+                continue;
+            };
+            if moov.end - moov.start > MAX_MOOV_BYTES {
+                return Err(invalid("moov too large for a recording in progress").into());
             }
+            let body = me.read_body(&moov)?;
+            me.parse_moov(&body)?;
+            me.finished = me.trex.is_empty();
+            me.pos = h.end;
+            me.head_end = h.end;
+            return Ok(Some(me));
         }
+    }
+
+    /// The box of type `kind` that fills the `free` box `h`, if that is what it holds.
+    fn wrapped(&mut self, h: &Header, kind: &[u8; 4]) -> Result<Option<Header>, RecoverError> {
+        if h.end - h.start < h.header_len + 8 {
+            return Ok(None);
+        }
+        let saved = self.pos;
+        self.pos = h.start + h.header_len;
+        let inner = self.header()?;
+        self.pos = saved;
+        Ok(inner.filter(|i| &i.kind == kind && i.end <= h.end))
     }
 
     /// The header of the box at `pos`, if it is complete in the file.
@@ -240,15 +272,25 @@ impl<R: Read + Seek> FragmentReader<R> {
     /// fragment, or at a fragment that does not make sense (nothing after it is trusted).
     pub fn next_fragment(&mut self) -> Result<Option<Fragment>, RecoverError> {
         loop {
-            let Some(h) = self.header()? else { return Ok(None) };
-            if &h.kind != b"moof" {
-                self.pos = h.end;
-                continue;
-            }
+            let Some(outer) = self.header()? else { return Ok(None) };
+            let h = match &outer.kind {
+                b"moof" => Header { kind: *b"moof", ..outer },
+                b"free" => match self.wrapped(&outer, b"moof")? {
+                    Some(h) => h,
+                    None => {
+                        self.pos = outer.end;
+                        continue;
+                    }
+                },
+                _ => {
+                    self.pos = outer.end;
+                    continue;
+                }
+            };
             if h.end - h.start > MAX_MOOF_BYTES {
                 return Ok(None);
             }
-            self.pos = h.end;
+            self.pos = outer.end;
             let Some(mdat) = self.header()? else { return Ok(None) };
             if &mdat.kind != b"mdat" {
                 return Ok(None);
@@ -263,7 +305,7 @@ impl<R: Read + Seek> FragmentReader<R> {
                 }
             }
             self.pos = mdat.end;
-            return Ok(Some(Fragment { payload, runs }));
+            return Ok(Some(Fragment { payload, runs, top_level: &outer.kind == b"moof" }));
         }
     }
 
@@ -399,19 +441,30 @@ pub fn recover(data: &[u8]) -> Result<Option<Rewrite>, MuxError> {
     })
 }
 
-/// Finalises a fragmented recording left behind by a writer that died (SIGKILL, power loss):
-/// reads the init segment and every complete fragment, ignores a torn tail, and returns the
-/// [`Rewrite`] that turns the file into the faststart MP4 [`Mp4Muxer::finish`] would have made
-/// from those fragments. Only box headers and `moof`s are read, not the media data.
+/// Finishes a recording left behind by a writer that died (SIGKILL, power loss): reads the
+/// init `moov` and every complete fragment, ignores a torn tail, and returns the [`Rewrite`]
+/// that makes the file the MP4 [`Mp4Muxer::finish`] would have made from those fragments
+/// (the `moov` in the reserved region, or at the end when it does not fit). Only box headers
+/// and `moof`s are read, not the media data.
 ///
-/// `Ok(None)`: the file ends before the first complete fragment; there is nothing to keep.
+/// A file whose head already holds the final `moov` (a crash between finishing and publishing)
+/// is kept as it is. `Ok(None)`: the file ends before the first complete fragment; there is
+/// nothing to keep.
 ///
 /// [`Mp4Muxer::finish`]: super::Mp4Muxer
 pub fn recover_from<R: Read + Seek>(file: R) -> Result<Option<Rewrite>, RecoverError> {
     let Some(mut reader) = FragmentReader::new(file)? else { return Ok(None) };
+    if reader.finished {
+        // Published as it is.
+        return Ok(Some(Rewrite {
+            head: Bytes::new(),
+            ranges: std::iter::once(0..reader.len).collect(),
+            tail: Bytes::new(),
+        }));
+    }
     let mut tables: Vec<TrackTable> = vec![TrackTable::default(); reader.tracks.len()];
-    let mut ranges = Vec::new();
-    let mut payload_len = 0u64;
+    let mut end = reader.head_end;
+    let mut top_level_moof = false;
     while let Some(f) = reader.next_fragment()? {
         for run in &f.runs {
             let Some(i) = reader.tracks.iter().position(|t| t.id == run.track_id) else { continue };
@@ -420,14 +473,19 @@ pub fn recover_from<R: Read + Seek>(file: R) -> Result<Option<Rewrite>, RecoverE
             }
             let table = &mut tables[i];
             let time = run.tfdt.unwrap_or(table.start.saturating_add(table.duration));
-            table.begin_chunk(payload_len + (run.data_start - f.payload.start), time);
+            table.begin_chunk(run.data_start, time);
             for s in &run.samples {
                 table.push(s.size, s.duration, s.cts, s.sync);
             }
         }
-        payload_len += f.payload.end - f.payload.start;
-        ranges.push(f.payload);
+        top_level_moof |= f.top_level;
+        end = f.payload.end;
+    }
+    if top_level_moof {
+        // Its moofs would stay in the file beside the moov; not a layout this writer makes.
+        return Err(invalid("a fragmented MP4 with top-level moofs, not a recording of this writer").into());
     }
     let tracks: Vec<(&TrackInfo, &TrackTable)> = reader.tracks.iter().zip(&tables).collect();
-    Ok(finalize(&tracks, payload_len, &ranges)?)
+    let layout = Layout { ftyp_len: reader.ftyp_len, head_end: reader.head_end, end, moov_at_end: true };
+    Ok(finalize(&tracks, layout)?)
 }

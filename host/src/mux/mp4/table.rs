@@ -40,7 +40,7 @@ pub(crate) struct TrackTable {
     pub ctts: Vec<(u32, i32)>,
     /// 1-based numbers of the sync samples.
     pub sync: Vec<u32>,
-    /// (offset in the final `mdat` payload, sample count): one chunk per fragment run.
+    /// (offset in the file being written, sample count): one chunk per fragment run.
     pub chunks: Vec<(u64, u32)>,
 }
 
@@ -49,7 +49,7 @@ impl TrackTable {
         self.sizes.len()
     }
 
-    /// Starts a chunk (a fragment's run) at `offset` in the `mdat` payload, decode time `time`.
+    /// Starts a chunk (a fragment's run) at `offset` in the file, decode time `time`.
     pub fn begin_chunk(&mut self, offset: u64, time: u64) {
         if self.sizes.is_empty() && self.chunks.is_empty() {
             self.start = time;

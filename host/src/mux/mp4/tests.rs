@@ -88,7 +88,10 @@ struct Muxed {
 }
 
 fn mux(frames: &[Frame]) -> Muxed {
-    let mut m = Mp4Muxer::new();
+    mux_with(Mp4Muxer::reserving(60_000), frames)
+}
+
+fn mux_with(mut m: Mp4Muxer, frames: &[Frame]) -> Muxed {
     let mut out = Vec::new();
     let mut temp = Vec::new();
     let mut lengths = Vec::new();
@@ -132,11 +135,36 @@ fn boxes_tile_exactly_in_temp_and_final_files() {
     check_tree(&m.temp);
     let final_file = apply(&m.temp, m.rewrite.as_ref().unwrap());
     check_tree(&final_file);
-    assert_eq!(top_level(&final_file), vec![*b"ftyp", *b"moov", *b"mdat"]);
+    // Written in place: the head replaced the reserved region, fragments did not move.
+    let rw = m.rewrite.as_ref().unwrap();
+    assert_eq!(
+        (rw.ranges.clone(), rw.tail.len()),
+        (std::iter::once(rw.head.len() as u64..m.temp.len() as u64).collect::<Vec<_>>(), 0)
+    );
+    assert_eq!(&final_file[rw.head.len()..], &m.temp[rw.head.len()..]);
+    let tl = top_level(&final_file);
+    assert_eq!(&tl[..3], &[*b"ftyp", *b"moov", *b"free"]);
+    assert!(tl[3..].chunks(2).all(|p| p == [*b"free", *b"mdat"]), "{tl:?}");
+    // While recording: the init moov and the moofs are kept in free boxes.
     let tl = top_level(&m.temp);
-    assert_eq!(&tl[..2], &[*b"ftyp", *b"moov"]);
-    assert!(tl[2..].chunks(2).all(|p| p == [*b"moof", *b"mdat"]), "{tl:?}");
-    assert!(find(&m.temp, &[b"moov", b"mvex", b"trex"]).is_some());
+    assert_eq!(&tl[..2], &[*b"ftyp", *b"free"]);
+    assert!(tl[2..].chunks(2).all(|p| p == [*b"free", *b"mdat"]), "{tl:?}");
+    let unwrapped: Vec<[u8; 4]> = reel_test_support::mp4::top_level_unwrapped(&m.temp).iter().map(|b| b.kind).collect();
+    assert_eq!(&unwrapped[..2], &[*b"ftyp", *b"moov"]);
+    assert!(unwrapped[2..].chunks(2).all(|p| p == [*b"moof", *b"mdat"]), "{unwrapped:?}");
+    assert!(find(&m.temp[tl_len(&m.temp)..], &[b"moov", b"mvex", b"trex"]).is_some());
+
+    // Offline (nothing reserved): laid out anew with the moov first.
+    let offline = mux_with(Mp4Muxer::new(), &frames);
+    let file = apply(&offline.temp, offline.rewrite.as_ref().unwrap());
+    check_tree(&file);
+    assert_eq!(&top_level(&file)[..2], &[*b"ftyp", *b"moov"]);
+    assert_eq!(read_progressive(&file), read_progressive(&final_file));
+}
+
+/// Where the reserved region's body starts (after `ftyp` and the `free` header).
+fn tl_len(temp: &[u8]) -> usize {
+    be32(temp) as usize + 8
 }
 
 #[test]
@@ -171,10 +199,10 @@ fn final_file_holds_every_sample_with_its_timing() {
     assert_eq!(m.stats.samples as usize, v.samples.len() + a.samples.len());
 }
 
-fn synthetic_table(chunks: usize, chunk_payload: u64) -> TrackTable {
+fn synthetic_table(chunks: usize, chunk_payload: u64, first_at: u64) -> TrackTable {
     let mut t = TrackTable::default();
     for c in 0..chunks {
-        t.begin_chunk(c as u64 * chunk_payload, c as u64 * 90_000);
+        t.begin_chunk(first_at + c as u64 * chunk_payload, c as u64 * 90_000);
         for i in 0..25u32 {
             t.push((chunk_payload / 25) as u32, 3600, 0, i == 0);
         }
@@ -194,46 +222,82 @@ fn avc_info() -> TrackInfo {
     }
 }
 
+fn ftyp_len() -> u64 {
+    let mut b = BytesMut::new();
+    let mut w = BoxWriter::new(&mut b);
+    write_ftyp(&mut w);
+    w.done().unwrap();
+    b.len() as u64
+}
+
+/// (co64?, chunk offsets) of the only track of a final moov.
+fn chunk_offsets(moov_file: &[u8]) -> (bool, Vec<u64>) {
+    let stbl = find(moov_file, &[b"moov", b"trak", b"mdia", b"minf", b"stbl"]).unwrap();
+    if let Some(co) = find(stbl, &[b"co64"]) {
+        (true, (0..be32(&co[4..]) as usize).map(|i| be64(&co[8 + 8 * i..])).collect())
+    } else {
+        let co = find(stbl, &[b"stco"]).unwrap();
+        (false, (0..be32(&co[4..]) as usize).map(|i| u64::from(be32(&co[8 + 4 * i..]))).collect())
+    }
+}
+
 #[test]
 fn moov_builder_switches_to_co64_past_4_gib() {
     let info = avc_info();
+    let ftyp_len = ftyp_len();
     for (chunks, want_co64) in [(10usize, false), (6000, true)] {
         // 1 MB per chunk: 6000 chunks put the last ones past 4 GiB.
         let per = 1_000_000u64;
-        let table = synthetic_table(chunks, per);
-        let payload = chunks as u64 * per;
-        let ranges = vec![100..100 + payload, 100 + payload..100 + payload];
-        let rw = finalize(&[(&info, &table)], payload, &ranges).unwrap().unwrap();
-        let head = &rw.head[..];
-        check_tree(&head[..head.len() - if payload + 8 > u32::MAX as u64 { 16 } else { 8 }]);
-        let stbl = find(head, &[b"moov", b"trak", b"mdia", b"minf", b"stbl"]).unwrap();
-        assert_eq!(find(stbl, &[b"co64"]).is_some(), want_co64);
-        assert_eq!(find(stbl, &[b"stco"]).is_some(), !want_co64);
-        let first = if want_co64 {
-            be64(&find(stbl, &[b"co64"]).unwrap()[8..])
-        } else {
-            u64::from(be32(&find(stbl, &[b"stco"]).unwrap()[8..]))
-        };
-        assert_eq!(first, head.len() as u64, "the first chunk starts right after the mdat header");
-        if want_co64 {
-            let co = find(stbl, &[b"co64"]).unwrap();
-            assert_eq!(be32(&co[4..]) as usize, chunks);
-            assert_eq!(be64(&co[8 + 8 * (chunks - 1)..]), head.len() as u64 + (chunks as u64 - 1) * per);
-            // mdat with a 64-bit largesize.
-            let mdat = &head[head.len() - 16..];
-            assert_eq!((be32(mdat), &mdat[4..8]), (1, &b"mdat"[..]));
-            assert_eq!(be64(&mdat[8..]), payload + 16);
-        } else {
-            let mdat = &head[head.len() - 8..];
-            assert_eq!((be32(mdat) as u64, &mdat[4..8]), (payload + 8, &b"mdat"[..]));
-        }
-        assert_eq!(rw.ranges, vec![100..100 + payload]);
+        // In place: a reserved region to 1 MB, the chunks stay where they are.
+        let head_end = 1_000_000;
+        let table = synthetic_table(chunks, per, head_end);
+        let end = head_end + chunks as u64 * per;
+        let at = Layout { ftyp_len, head_end, end, moov_at_end: true };
+        let rw = finalize(&[(&info, &table)], at).unwrap().unwrap();
+        assert_eq!(rw.head.len() as u64, head_end, "the head fills the reserved region exactly");
+        assert_eq!((rw.ranges.clone(), rw.tail.len()), (std::iter::once(head_end..end).collect::<Vec<_>>(), 0));
+        check_tree(&rw.head);
+        assert_eq!(top_level(&rw.head), vec![*b"ftyp", *b"moov", *b"free"]);
+        let (co64, offsets) = chunk_offsets(&rw.head);
+        assert_eq!(co64, want_co64);
+        assert_eq!(offsets, (0..chunks as u64).map(|c| head_end + c * per).collect::<Vec<_>>());
+        let stbl = find(&rw.head, &[b"moov", b"trak", b"mdia", b"minf", b"stbl"]).unwrap();
         // stsc: one entry, 25 samples per chunk.
         let stsc = find(stbl, &[b"stsc"]).unwrap();
         assert_eq!((be32(&stsc[4..]), be32(&stsc[12..])), (1, 25));
         let stss = find(stbl, &[b"stss"]).unwrap();
         assert_eq!(be32(&stss[4..]) as usize, chunks);
+
+        // Offline, nothing reserved: a new head, the chunks move by its length.
+        let head_end = ftyp_len + 8;
+        let table = synthetic_table(chunks, per, head_end);
+        let end = head_end + chunks as u64 * per;
+        let at = Layout { ftyp_len, head_end, end, moov_at_end: false };
+        let rw = finalize(&[(&info, &table)], at).unwrap().unwrap();
+        check_tree(&rw.head);
+        assert_eq!(top_level(&rw.head), vec![*b"ftyp", *b"moov"]);
+        assert_eq!(rw.ranges, std::iter::once(head_end..end).collect::<Vec<_>>());
+        let (co64, offsets) = chunk_offsets(&rw.head);
+        assert_eq!(co64, want_co64);
+        assert_eq!(offsets[0], rw.head.len() as u64, "the first chunk follows the new head");
+        assert_eq!(offsets[chunks - 1], rw.head.len() as u64 + (chunks as u64 - 1) * per);
     }
+}
+
+#[test]
+fn a_moov_that_outgrows_its_room_goes_at_the_end() {
+    let info = avc_info();
+    let ftyp_len = ftyp_len();
+    let head_end = ftyp_len + 200;
+    let table = synthetic_table(100, 50_000, head_end);
+    let end = head_end + 100 * 50_000;
+    let rw = finalize(&[(&info, &table)], Layout { ftyp_len, head_end, end, moov_at_end: true }).unwrap().unwrap();
+    assert_eq!(rw.head.len() as u64, head_end);
+    assert_eq!(top_level(&rw.head), vec![*b"ftyp", *b"free"]);
+    assert_eq!(rw.ranges, std::iter::once(head_end..end).collect::<Vec<_>>());
+    assert_eq!(top_level(&rw.tail), vec![*b"moov"]);
+    let (_, offsets) = chunk_offsets(&rw.tail);
+    assert_eq!(offsets[0], head_end, "nothing moved");
 }
 
 #[test]
@@ -328,7 +392,7 @@ fn fragments_start_at_keyframes_and_span_at_most_a_second() {
 
 #[test]
 fn flush_writes_what_is_complete_when_the_stream_stalls() {
-    let mut m = Mp4Muxer::new();
+    let mut m = Mp4Muxer::reserving(60_000);
     let mut out = Vec::new();
     let frames: Vec<Frame> = av_stream(1, 50, true, true).into_iter().filter(|f| f.dts < 500).collect();
     for f in &frames {
@@ -610,7 +674,8 @@ fn recovery_rejects_what_is_not_a_fragmented_recording() {
     assert!(recover(&[]).unwrap().is_none());
     let m = mux(&av_stream(2, 50, true, true));
     let final_file = apply(&m.temp, m.rewrite.as_ref().unwrap());
-    assert!(recover(&final_file).unwrap().is_none(), "a finished file has no fragments");
+    let as_is = recover(&final_file).unwrap().unwrap();
+    assert_eq!(apply(&final_file, &as_is), final_file, "a finished file is kept as it is");
     // A zeroed tail (filesystem after power loss) ends the data.
     let mut padded = m.temp.clone();
     padded.extend_from_slice(&[0; 4096]);
@@ -685,4 +750,51 @@ fn durations_cover_every_presented_sample_when_first_frames_share_a_decode_time(
     let (segment_ms, media_time) = *v.elst.last().expect("an edit skipping the first composition offset");
     assert_eq!(media_time, 80 * 90);
     assert_eq!(segment_ms, end - 80, "from the first picture to the end of the last");
+}
+
+/// 30 fps video with millisecond timestamps (33/34 ms steps: no run-length encoding of `stts`),
+/// B-frame composition offsets, a keyframe every 2 s, and 48 kHz AAC, for `secs`.
+fn ms_rounded_stream(secs: i64) -> Vec<Frame> {
+    let mut media = Vec::new();
+    for i in 0..(secs * 30) as u32 {
+        let cts = [67, 133, 33, 0][(i % 4) as usize];
+        media.push(video((i64::from(i) * 1000 + 15) / 30, cts, i % 60 == 0, i));
+    }
+    for i in 0..secs * 48000 / 1024 {
+        media.push(audio(i * 1024 * 1000 / 48000, i as u32));
+    }
+    media.sort_by_key(|f| f.dts);
+    let mut frames =
+        vec![video_config(0), parse_tag(TAG_AUDIO, 0, Bytes::from_static(&[0xaf, 0, 0x11, 0x90])).unwrap()];
+    frames.extend(media);
+    frames
+}
+
+#[test]
+fn the_reservation_holds_the_moov_of_a_file_as_long_as_planned() {
+    // Files cut every 30 s (closing at the first keyframe after 31 s), and a publish with no
+    // interval that lasts the unplanned 10 minutes: the moov goes in place.
+    for (interval_ms, secs) in [(30_000u64, 33i64), (0, UNPLANNED_FILE_MS as i64 / 1000)] {
+        let m = mux_with(Mp4Muxer::reserving(interval_ms), &ms_rounded_stream(secs));
+        let rw = m.rewrite.as_ref().unwrap();
+        assert!(rw.tail.is_empty(), "interval {interval_ms}: the moov outgrew its room");
+        let file = apply(&m.temp, rw);
+        check_tree(&file);
+        let tracks = read_progressive(&file);
+        assert_eq!(tracks[0].samples.len(), secs as usize * 30);
+        // Not wasteful either: the padding left is less than the moov.
+        let moov = find(&file, &[b"moov"]).unwrap().len() + 8;
+        let padding = rw.head.len() - moov - be32(&file) as usize;
+        assert!(padding < moov, "interval {interval_ms}: {padding} bytes of padding beside a {moov}-byte moov");
+    }
+    // Twice the planned length: the moov goes at the end, the file is still whole.
+    let frames = ms_rounded_stream(90);
+    let m = mux_with(Mp4Muxer::reserving(30_000), &frames);
+    let rw = m.rewrite.as_ref().unwrap();
+    assert!(!rw.tail.is_empty());
+    let file = apply(&m.temp, rw);
+    check_tree(&file);
+    assert_eq!(&file[rw.head.len()..m.temp.len()], &m.temp[rw.head.len()..], "nothing moved");
+    assert_eq!(read_progressive(&file)[0].samples.len(), 90 * 30);
+    assert_eq!(recover(&m.temp).unwrap().as_ref(), Some(rw), "recovery makes the same file");
 }
