@@ -20,6 +20,9 @@
 #   BENCH_OUT=BENCHMARKS.md  report file (relative to the repository root)
 #   BENCH_SKIP_REMUX=1 / BENCH_SKIP_LIVE=1 to leave a part out
 #   BENCH_REEL=path      the reel binary to measure (default: this tree's release build)
+#   BENCH_REEL_BEFORE=path  also measure this reel binary (an earlier build) beside it, as
+#                        "reel-before", in the same run
+#   BENCH_INTERVAL=30s   files are cut this often (reel `interval`, nginx `record_interval`)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -38,7 +41,8 @@ STREAMS_HD=${BENCH_STREAMS_HD-"10 100"}
 OUT=${BENCH_OUT:-BENCHMARKS.md}
 case "$OUT" in /*) ;; *) OUT="$ROOT/$OUT" ;; esac
 T0=$(date +%s)
-CMDLINE="BENCH_BUDGET=$BUDGET BENCH_REMUX_MB=$REMUX_MB BENCH_CLIP_SECONDS=$CLIP_SECONDS BENCH_SECONDS=$LIVE_SECONDS BENCH_STREAMS=\"$STREAMS\" BENCH_STREAMS_HD=\"$STREAMS_HD\" BENCH_TICK=$TICK bench/run.sh"
+INTERVAL=${BENCH_INTERVAL:-30s}
+CMDLINE="BENCH_INTERVAL=$INTERVAL BENCH_BUDGET=$BUDGET BENCH_REMUX_MB=$REMUX_MB BENCH_CLIP_SECONDS=$CLIP_SECONDS BENCH_SECONDS=$LIVE_SECONDS BENCH_STREAMS=\"$STREAMS\" BENCH_STREAMS_HD=\"$STREAMS_HD\" BENCH_TICK=$TICK bench/run.sh"
 
 log() { echo "[bench $(($(date +%s) - T0))s] $*" >&2; }
 remaining() { echo $((BUDGET - ($(date +%s) - T0))); }
@@ -225,6 +229,8 @@ INPUTS = json.loads(os.environ["LIVE_INPUTS"])  # rate label -> FLV the publishe
 MODULE = os.environ["NGINX_MODULE"]
 TICK = os.sysconf("SC_CLK_TCK")
 PACING_TICK = os.environ.get("PACING_TICK", "20ms")
+INTERVAL = os.environ.get("INTERVAL", "30s")
+REEL_BEFORE = os.environ.get("REEL_BEFORE", "")
 PAGE_KB = 1
 
 
@@ -382,6 +388,8 @@ rtmp {{
             live on;
             record all;
             record_path {rec};
+            record_interval {INTERVAL};
+            record_unique on;
         }}
     }}
 }}
@@ -400,12 +408,12 @@ kind = "fs"
 root = "{rec}"
 [template.default]
 formats = [{fmts}]
-interval = "30m"
+interval = "{INTERVAL}"
 storage = "local"
 [[rule]]
 template = "default"
 """)
-        cmd = [REEL, "serve", "--config", conf]
+        cmd = [REEL_BEFORE if server == "reel-before" else REEL, "serve", "--config", conf]
     env = dict(os.environ, REEL_LOG="info")
     srv = subprocess.Popen(cmd, cwd=d, stdout=subprocess.DEVNULL, stderr=open(log + ".stderr", "w") if server == "nginx" else open(log, "w"), env=env)
     register(srv.pid)
@@ -434,6 +442,8 @@ template = "default"
         peak = base_rss
         open_seen, closed_at = {}, {}
         last_rss = 0.0
+        # CPU per second of the run: does a cut (every INTERVAL) make a spike?
+        seconds, last_sec = [], t_start
         # Sample memory every 250 ms; near the end (nginx) watch the worker's open record files.
         while True:
             done = bench.poll() is not None
@@ -442,6 +452,9 @@ template = "default"
                 pids = tree(srv.pid)
                 peak = max(peak, status_kb(pids, "VmRSS"))
                 last_rss = now
+            if now - last_sec >= 1.0:
+                seconds.append((now, cpu_ticks(tree(srv.pid))))
+                last_sec = now
             if server == "nginx" and now - t_start >= SECONDS_LIVE - 1:
                 cur = open_files(pids, rec)
                 for t in cur:
@@ -478,7 +491,12 @@ template = "default"
         peak = max(peak, status_kb(tree(srv.pid), "VmRSS"))
         hwm = status_kb(tree(srv.pid), "VmHWM")
         cpu1 = cpu_ticks(tree(srv.pid))
-        stop(srv, signal.SIGTERM if server == "reel" else signal.SIGQUIT)
+        stop(srv, signal.SIGQUIT if server == "nginx" else signal.SIGTERM)
+        # Per-second CPU while every publisher sends (after the ramp, before the first ends).
+        steady = [(b[1] - a[1]) / TICK / max(b[0] - a[0], 1e-3) for a, b in zip(seconds, seconds[1:])
+                  if a[0] >= t_start + ramp + 2 and b[0] <= t_start + SECONDS_LIVE]
+        sec_median = statistics.median(steady) if steady else None
+        sec_max = max(steady) if steady else None
         # Frames written, per stream.
         per = report.get("frames_per_stream", [])
         unpub = report.get("unpublished_at_ms", [])
@@ -487,9 +505,10 @@ template = "default"
         for i in range(len(per)):
             name = f"s_{i}"
             if server == "nginx":
-                fl = [os.path.join(rec, name + ".flv")]
-                fl = [f for f in fl if os.path.exists(f)]
-                c = closed_at.get(os.path.join(rec, name + ".flv"))
+                fl = [os.path.join(rec, f) for f in os.listdir(rec)
+                      if f == name + ".flv" or (f.startswith(name + "-") and f.endswith(".flv"))]
+                cs = [closed_at.get(f) for f in fl]
+                c = max(cs) if cs and None not in cs else None
             else:
                 fl = files(os.path.join(rec, "live", name), ".flv")
                 cs = [v for (s, _), v in reel_closed.items() if s == name]
@@ -521,6 +540,10 @@ template = "default"
             "bench_cpu_s": bench_cpu,
             "bench_wall_s": report.get("seconds"),
             "mbit_s_per_stream": (report.get("bytes_sent") or 0) * 8 / 1e6 / SECONDS_LIVE / n,
+            "write_ms_p99": report.get("write_ms_p99"),
+            "write_ms_max": report.get("write_ms_max"),
+            "cpu_second_median": sec_median,
+            "cpu_second_max": sec_max,
         })
         return result
     finally:
@@ -556,12 +579,15 @@ if [ "${BENCH_SKIP_LIVE:-0}" != 1 ]; then
     for spec in $(for n in $STREAMS; do echo "$n:500k"; done; for n in $STREAMS_HD; do echo "$n:2.5M"; done); do
         n=${spec%%:*} rate=${spec#*:}
         if [ "$HAVE_NGINX" = 1 ]; then cases+="$sep[\"nginx\",\"flv\",$n,\"$rate\"]"; sep=","; fi
-        for fm in "${LIVE_FORMATS[@]}"; do cases+="$sep[\"reel\",\"$fm\",$n,\"$rate\"]"; sep=","; done
+        for fm in "${LIVE_FORMATS[@]}"; do
+            cases+="$sep[\"reel\",\"$fm\",$n,\"$rate\"]"; sep=","
+            if [ -n "${BENCH_REEL_BEFORE:-}" ]; then cases+="$sep[\"reel-before\",\"$fm\",$n,\"$rate\"]"; fi
+        done
     done
     cases+="]"
     log "live cases: $cases"
     WORK=$WORK RES=$RES REEL=$REEL REEL_BENCH=$REEL_BENCH PIDFILE=$PIDFILE LIVE_SECONDS=$LIVE_SECONDS LIVE_INPUTS=$LIVE_INPUTS PACING_TICK=$TICK \
-        NGINX_MODULE=$NGINX_MODULE DEADLINE=$((T0 + BUDGET - 20)) CASES=$cases \
+        INTERVAL=$INTERVAL REEL_BEFORE=${BENCH_REEL_BEFORE:-} NGINX_MODULE=$NGINX_MODULE DEADLINE=$((T0 + BUDGET - 20)) CASES=$cases \
         timeout "$(cap "$BUDGET")" python3 "$WORK/live.py" || log "live runner ended early (exit $?)"
 fi
 
@@ -586,7 +612,7 @@ FFMPEG_VER=$(ffmpeg -version 2>/dev/null | head -1 | awk '{print $3}')
 REEL_REV=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo "?")
 RES=$RES OUT=$OUT CMDLINE=$CMDLINE NPROC=$(nproc) MACHINE_CPU=$MACHINE_CPU MACHINE_MEM=$MACHINE_MEM \
     NGINX_VER=$NGINX_VER RTMP_VER=$RTMP_VER FFMPEG_VER=$FFMPEG_VER REEL_REV=$REEL_REV KERNEL=$(uname -r) \
-    ELAPSED=$(($(date +%s) - T0)) LIVE_SECONDS=$LIVE_SECONDS PACING_TICK=$TICK python3 - <<'PY'
+    ELAPSED=$(($(date +%s) - T0)) LIVE_SECONDS=$LIVE_SECONDS PACING_TICK=$TICK INTERVAL=$INTERVAL python3 - <<'PY'
 import json, os
 
 res, out = os.environ["RES"], os.environ["OUT"]
@@ -663,26 +689,33 @@ md += [
     "encoder writing each frame as it comes out); most of both sides' CPU is per-write kernel work",
     "(loopback TCP and wakeups), so a longer tick makes both the server and the publisher cheaper.",
     "nginx-rtmp writes the AAC sequence header twice into each file (+1 tag per stream); no frame is lost.",
+    f"Files are cut every {os.environ.get('INTERVAL', '30s')} (reel `interval`, nginx `record_interval` with `record_unique on`).",
+    "Write p99 = the 99th percentile (and max) of the time a publisher's write waited for the",
+    "socket, over every write of every publisher. Peak s / median s = the server's CPU in its",
+    "busiest second over its median second, while every publisher sends (cuts included).",
+    "reel-before: the previous build, measured in the same run.",
     "",
-    "| server | formats | rate | N | server CPU s | CPU ms / stream-min | vs nginx | RSS / stream KB | vs nginx | frames sent | frames written | close p50 ms | close p99 ms | bench CPU s | notes |",
-    "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    "| server | formats | rate | N | server CPU s | CPU ms / stream-min | vs nginx | RSS / stream KB | vs nginx | frames sent | frames written | close p50 ms | close p99 ms | write p99 (max) ms | peak s / median s | bench CPU s | notes |",
+    "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
 ]
 live = lines("live.jsonl")
 nginx = {(r["streams"], r.get("rate", "500k")): r for r in live if r["server"] == "nginx" and "cpu_s" in r}
 for r in live:
     n = r["streams"]
     if "cpu_s" not in r:
-        md.append(f"| {r['server']} | {r['formats']} | {r.get('rate', '500k')} | {n} | | | | | | | | | | | {r.get('error', '')} |")
+        md.append(f"| {r['server']} | {r['formats']} | {r.get('rate', '500k')} | {n} | | | | | | | | | | | | | {r.get('error', '')} |")
         continue
     minutes = n * r["seconds"] / 60
     per_min = r["cpu_s"] * 1000 / max(minutes, 1e-9)
     rss = (r["peak_rss_kb"] - r["base_rss_kb"]) / n
     vs_cpu = vs_rss = ""
     p = nginx.get((n, r.get("rate", "500k")))
-    if r["server"] == "reel" and p:
+    if r["server"] != "nginx" and p:
         vs_cpu = f"{r['cpu_s'] / max(p['cpu_s'], 1e-3):.2f}×"
         prss = (p["peak_rss_kb"] - p["base_rss_kb"]) / n
         vs_rss = f"{rss / max(prss, 1e-3):.2f}×"
+    sm, sx = r.get("cpu_second_median"), r.get("cpu_second_max")
+    peak = f"{sx / sm:.2f} ({sx:.2f}/{sm:.2f})" if sm and sx else "–"
     notes = []
     if r.get("published") != n:
         notes.append(f"{r.get('published')} of {n} published")
@@ -696,10 +729,11 @@ for r in live:
         notes.append(f"close time known for {r.get('close_count', 0)} streams")
     md.append(
         f"| {r['server']} | {r['formats']} | {r.get('rate', '500k')} | {n} | {r['cpu_s']:.2f} | {per_min:,.0f} | {vs_cpu} | {rss:,.0f} | {vs_rss} | "
-        f"{r['frames_sent']:,} | {r['frames_written']:,} | {f(r['close_ms_p50'], 0)} | {f(r['close_ms_p99'], 0)} | {f(r['bench_cpu_s'], 2)} | {'; '.join(notes)} |"
+        f"{r['frames_sent']:,} | {r['frames_written']:,} | {f(r['close_ms_p50'], 0)} | {f(r['close_ms_p99'], 0)} | "
+        f"{f(r.get('write_ms_p99'), 1)} ({f(r.get('write_ms_max'), 0)}) | {peak} | {f(r['bench_cpu_s'], 2)} | {'; '.join(notes)} |"
     )
 if not live:
-    md.append("| (not run) | | | | | | | | | | | | | | |")
+    md.append("| (not run) | | | | | | | | | | | | | | | | |")
 md += [
     "",
     "vs nginx: Reel / nginx-rtmp at the same N and rate (lower is better).",

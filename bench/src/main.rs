@@ -97,9 +97,21 @@ impl Report {
             .collect()
     }
 
+    /// Percentiles (50, 99, 100) of every media write's time, in ms.
+    pub fn write_ms(&self) -> [f64; 3] {
+        let mut all: Vec<u32> = self.streams.iter().flat_map(|s| s.write_us.iter().copied()).collect();
+        if all.is_empty() {
+            return [0.0; 3];
+        }
+        all.sort_unstable();
+        let at = |p: usize| f64::from(all[(all.len() - 1) * p / 100]) / 1000.0;
+        [at(50), at(99), at(100)]
+    }
+
     /// The one-line summary printed on stdout.
     pub fn to_json(&self) -> serde_json::Value {
         let frames: Vec<u64> = self.streams.iter().map(|s| s.frames).collect();
+        let [write_p50, write_p99, write_max] = self.write_ms();
         serde_json::json!({
             "streams": self.streams.len(),
             "published": self.streams.iter().filter(|s| s.published).count(),
@@ -111,6 +123,9 @@ impl Report {
             "frames_per_stream": frames,
             "unpublished_at_ms": self.streams.iter().map(|s| s.unpublished_at_ms).collect::<Vec<_>>(),
             "errors": self.errors(),
+            "write_ms_p50": write_p50,
+            "write_ms_p99": write_p99,
+            "write_ms_max": write_max,
         })
     }
 

@@ -26,6 +26,9 @@ pub struct StreamResult {
     pub published: bool,
     /// Wall-clock time (Unix ms) the unpublish was sent.
     pub unpublished_at_ms: Option<u64>,
+    /// How long each media write took to be accepted by the socket, in microseconds: a
+    /// server that stops reading makes its publishers' writes wait (a stall).
+    pub write_us: Vec<u32>,
     pub error: Option<String>,
 }
 
@@ -178,9 +181,11 @@ async fn one_stream(
                     }
                 }
                 if let Some(out) = client.take_output() {
+                    let began = Instant::now();
                     if let Err(e) = wr.write_all(&out).await {
                         break Err(format!("write: {e}"));
                     }
+                    r.write_us.push(began.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
                 }
                 r.frames += frames;
                 r.bytes += bytes;

@@ -666,12 +666,33 @@ impl StreamTask {
                 },
             };
             // A file whose writing failed keeps what it has: its index would describe frames
-            // that are not there.
+            // that are not there. An MP4 gets the index of the fragments it does have, as
+            // recovery after a crash would make it.
             let mut rewrite = if body.write_failed { None } else { rewrite };
             if !body.write_failed {
                 if let Err(e) = w.write(&body.pending) {
                     tracing::error!(%stream, error = &e as &dyn std::error::Error, "write failed at close");
                     rewrite = None;
+                    body.write_failed = true;
+                }
+            }
+            if body.write_failed && format == Format::Mp4 {
+                let recovered = w.local_path().map(|p| {
+                    std::fs::File::open(p)
+                        .map_err(crate::mux::mp4::RecoverError::Io)
+                        .and_then(|f| crate::mux::mp4::recover_from(std::io::BufReader::new(f)))
+                });
+                match recovered {
+                    Some(Ok(Some(rw))) => rewrite = Some(rw),
+                    other => {
+                        let why = match other {
+                            Some(Err(e)) => chain(&e),
+                            _ => "no complete fragment".into(),
+                        };
+                        tracing::error!(%stream, format = format.name(), "the MP4 whose writing failed holds nothing playable ({why}): removed");
+                        w.abort();
+                        return;
+                    }
                 }
             }
             let mut fi = ctx.file_info(format, piece.seq, start_ms, end_ms);
