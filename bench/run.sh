@@ -18,11 +18,12 @@
 #   BENCH_REPEAT=3           runs of each remux command (the fastest is reported)
 #   BENCH_TICK=20ms          publisher pacing tick (one write per stream per tick)
 #   BENCH_OUT=BENCHMARKS.md  report file (relative to the repository root)
-#   BENCH_SKIP_REMUX=1 / BENCH_SKIP_LIVE=1 to leave a part out
+#   BENCH_SKIP_REMUX=1 / BENCH_SKIP_LIVE=1 / BENCH_SKIP_PLUGINS=1 to leave a part out
 #   BENCH_REEL=path      the reel binary to measure (default: this tree's release build)
 #   BENCH_REEL_BEFORE=path  also measure this reel binary (an earlier build) beside it, as
 #                        "reel-before", in the same run
 #   BENCH_INTERVAL=30s   files are cut this often (reel `interval`, nginx `record_interval`)
+#   BENCH_LIVE_FORMATS="flv flv,hls,mp4"  Reel's format sets (nginx records FLV)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -216,6 +217,8 @@ fi
 # --- (b) live recording --------------------------------------------------------------------
 LIVE_FORMATS=("flv")
 if [ "${REEL_FMT[hls]}" = 1 ] && [ "${REEL_FMT[mp4]}" = 1 ]; then LIVE_FORMATS+=("flv,hls,mp4"); fi
+# BENCH_LIVE_FORMATS="mp4 flv,hls,mp4": the format sets Reel records (nginx always records FLV).
+if [ -n "${BENCH_LIVE_FORMATS:-}" ]; then read -r -a LIVE_FORMATS <<<"$BENCH_LIVE_FORMATS"; fi
 
 cat >"$WORK/live.py" <<'PY'
 """Live recording runs: one server (reel or nginx-rtmp) per case, fed by `reel-bench publish`."""
@@ -507,8 +510,8 @@ template = "default"
             if server == "nginx":
                 fl = [os.path.join(rec, f) for f in os.listdir(rec)
                       if f == name + ".flv" or (f.startswith(name + "-") and f.endswith(".flv"))]
-                cs = [closed_at.get(f) for f in fl]
-                c = max(cs) if cs and None not in cs else None
+                # The last file (unique names carry the start time) is the one the unpublish closes.
+                c = closed_at.get(max(fl)) if fl else None
             else:
                 fl = files(os.path.join(rec, "live", name), ".flv")
                 cs = [v for (s, _), v in reel_closed.items() if s == name]
@@ -595,7 +598,9 @@ fi
 PLUGIN_OUT="$RES/plugins.txt"
 pb=$(ls "$ROOT"/host/benches/policy.rs "$ROOT"/host/benches/*plugin*.rs 2>/dev/null | head -1 || true)
 pe=$(ls "$ROOT"/host/examples/*plugin*.rs 2>/dev/null | head -1 || true)
-if [ -n "$pb" ] && [ "$(remaining)" -gt 60 ]; then
+if [ "${BENCH_SKIP_PLUGINS:-0}" = 1 ]; then
+    echo "n/a" >"$PLUGIN_OUT"
+elif [ -n "$pb" ] && [ "$(remaining)" -gt 60 ]; then
     (cd "$ROOT" && timeout "$(cap 300)" cargo bench -q -p reel --bench "$(basename "$pb" .rs)") >"$PLUGIN_OUT" 2>&1 || true
 elif [ -n "$pe" ] && [ "$(remaining)" -gt 60 ]; then
     (cd "$ROOT" && timeout "$(cap 300)" cargo run -q --release -p reel --example "$(basename "$pe" .rs)") >"$PLUGIN_OUT" 2>&1 || true

@@ -52,6 +52,15 @@ pub mod __wit {
             additional_derives: [PartialEq],
         });
     }
+    pub mod admission {
+        wit_bindgen::generate!({
+            path: "../wit",
+            inline: "package reel:sdk; world admission { export reel:policy/admission@0.1.0; }",
+            with: { "reel:policy/types@0.1.0": crate::__wit::types::reel::policy::types },
+            pub_export_macro: true,
+            runtime_path: "::reel_plugin::__private::wit_bindgen::rt",
+        });
+    }
     pub mod rules {
         wit_bindgen::generate!({
             path: "../wit",
@@ -107,6 +116,7 @@ pub mod __wit {
     }
 }
 
+use __wit::admission::exports::reel::policy::admission as wit_admission;
 use __wit::callbacks::exports::reel::policy::callbacks as wit_callbacks;
 use __wit::naming::exports::reel::policy::naming as wit_naming;
 use __wit::rules::exports::reel::policy::rules as wit_rules;
@@ -114,9 +124,21 @@ use __wit::segmentation::exports::reel::policy::segmentation as wit_segmentation
 use __wit::setup::exports::reel::policy::setup as wit_setup;
 
 pub use __wit::types::reel::policy::types::{Container, Context, FileInfo, StreamInfo, Value};
+pub use wit_admission::Verdict;
 pub use wit_callbacks::Request;
 pub use wit_rules::Candidate;
 pub use wit_segmentation::Plan;
+
+/// Lets a publish in or refuses it (tokens in the stream's query, allow lists), after Reel's own
+/// checks and before the rules. An `Err` refuses the publish too: a gate that fails stays
+/// closed.
+pub trait Admission {
+    /// Default: admit.
+    fn admit(ctx: &Context, s: &StreamInfo) -> Result<Verdict, String> {
+        let _ = (ctx, s);
+        Ok(Verdict::Admit)
+    }
+}
 
 /// Chooses which matching recording rule applies to a stream.
 pub trait Rules {
@@ -166,6 +188,12 @@ pub trait Setup {
     }
 }
 
+impl<T: Admission> wit_admission::Guest for T {
+    fn admit(ctx: Context, s: StreamInfo) -> Result<Verdict, String> {
+        <T as Admission>::admit(&ctx, &s)
+    }
+}
+
 impl<T: Rules> wit_rules::Guest for T {
     fn select(ctx: Context, s: StreamInfo, candidates: Vec<Candidate>) -> Result<Option<String>, String> {
         <T as Rules>::select(&ctx, &s, &candidates)
@@ -199,7 +227,7 @@ impl<T: Setup> wit_setup::Guest for T {
 /// Exports a type's implementations of the listed interfaces:
 /// `reel_plugin::export!(MyPlugin: naming, callbacks);`
 ///
-/// Interfaces: `rules` ([`Rules`]), `segmentation` ([`Segmentation`]), `naming` ([`Naming`]),
+/// Interfaces: `admission` ([`Admission`]), `rules` ([`Rules`]), `segmentation` ([`Segmentation`]), `naming` ([`Naming`]),
 /// `callbacks` ([`Callbacks`]), `setup` ([`Setup`]). Use it once per plugin.
 #[macro_export]
 macro_rules! export {
@@ -211,6 +239,7 @@ macro_rules! export {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __export_interface {
+    (admission $ty:ident) => { $crate::__wit::admission::export!($ty with_types_in $crate::__wit::admission); };
     (rules $ty:ident) => { $crate::__wit::rules::export!($ty with_types_in $crate::__wit::rules); };
     (segmentation $ty:ident) => { $crate::__wit::segmentation::export!($ty with_types_in $crate::__wit::segmentation); };
     (naming $ty:ident) => { $crate::__wit::naming::export!($ty with_types_in $crate::__wit::naming); };
@@ -219,7 +248,7 @@ macro_rules! __export_interface {
     ($other:ident $ty:ident) => {
         compile_error!(concat!(
             "reel_plugin::export!: unknown interface `", stringify!($other),
-            "`; expected rules, segmentation, naming, callbacks or setup"
+            "`; expected admission, rules, segmentation, naming, callbacks or setup"
         ));
     };
 }

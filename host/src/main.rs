@@ -91,7 +91,7 @@ enum PluginCommand {
     Run {
         /// The plugin's .wasm file.
         file: PathBuf,
-        /// rules, segmentation, naming or callbacks.
+        /// admission, rules, segmentation, naming or callbacks.
         #[arg(long)]
         interface: String,
         /// JSON input: {"stream": {...}, "file": {...}, "candidates": [...], "url": "..."}.

@@ -84,3 +84,28 @@ fn the_api_token_guards_everything_but_the_probes() {
         assert!(get(port, open, None).starts_with("HTTP/1.1 200"), "{open}");
     }
 }
+
+/// An admission plugin lets in only the publishes whose query carries its token; the others
+/// are refused at publish with the plugin's reason, and nothing of theirs is recorded.
+#[test]
+fn an_admission_plugin_decides_who_may_publish() {
+    let wasm = reel_test_support::plugins::path("token-gate");
+    let config = format!(
+        "{BASE_CONFIG}\n[plugins.gate]\npath = \"{}\"\nconfig = {{ token = \"let-me-in\" }}\n[policy]\nplugins = [\"gate\"]\n",
+        wasm.display()
+    );
+    let reel = Reel::start("admission", &config);
+    let src = fixture("av", 2, true, true);
+    assert!(publish(&src, &format!("{}?token=let-me-in", reel.url("live", "good"))), "{}", reel.log_text());
+    assert!(!publish(&src, &format!("{}?token=guess", reel.url("live", "wrong"))));
+    assert!(!publish(&src, &reel.url("live", "none")));
+    std::thread::sleep(Duration::from_millis(500));
+    let log = reel.log_text();
+    assert!(log.contains("refused by plugin gate: the `token` parameter does not match"), "{log}");
+    assert!(log.contains("refused by plugin gate: add `?token=…` to the stream name"), "{log}");
+    let recorded: Vec<String> = files(&reel.recordings(), "flv")
+        .iter()
+        .map(|p| p.strip_prefix(reel.recordings()).unwrap().parent().unwrap().display().to_string())
+        .collect();
+    assert_eq!(recorded, ["live/good"], "only the admitted publish recorded");
+}

@@ -59,6 +59,7 @@ pub fn check(path: &Path, cache: Option<&Path>) -> Result<String, PolicyError> {
 ///
 /// | interface      | fields                                    |
 /// |----------------|-------------------------------------------|
+/// | `admission`    | `stream`                                  |
 /// | `rules`        | `stream`, `candidates`                    |
 /// | `segmentation` | `stream`, `container`, `default`          |
 /// | `naming`       | `stream`, `file`                          |
@@ -120,7 +121,7 @@ struct Request<'a> {
 
 /// Makes one decision with the plugin at `path` and returns the answer as JSON, e.g.
 /// `{"interface":"naming","key":"live/cam1/….flv"}`, `{"interface":"rules","rule_id":"r1"}`,
-/// `{"interface":"segmentation","plan":{…}}`,
+/// `{"interface":"segmentation","plan":{…}}`, `{"interface":"admission","admit":false,"reason":"…"}`,
 /// `{"interface":"callbacks","request":{"url":…,"headers":[[…]],"body":"…"}}` (`body_bytes` if
 /// the body is not UTF-8; `"request":null` if the plugin sends nothing), or
 /// `{"interface":"setup","ok":true}`.
@@ -137,7 +138,7 @@ pub fn run(
 ) -> Result<String, PolicyError> {
     let interface = Interface::parse(interface).ok_or_else(|| {
         PolicyError::Input(format!(
-            "unknown interface {interface:?}: expected rules, segmentation, naming, callbacks or setup"
+            "unknown interface {interface:?}: expected admission, rules, segmentation, naming, callbacks or setup"
         ))
     })?;
     let input: RunInput = if input_json.trim().is_empty() && interface == Interface::Setup {
@@ -168,6 +169,10 @@ pub fn run(
     let file = || input.file.as_ref().ok_or_else(|| need("file"));
     let out = match interface {
         Interface::Setup => serde_json::json!({ "interface": "setup", "ok": true }),
+        Interface::Admission => match p.admit(env, stream()?).map_err(fail)? {
+            Ok(()) => serde_json::json!({ "interface": "admission", "admit": true }),
+            Err(reason) => serde_json::json!({ "interface": "admission", "admit": false, "reason": reason }),
+        },
         Interface::Rules => {
             let c = input.candidates.as_deref().ok_or_else(|| need("candidates"))?;
             let choice = p.select(env, stream()?, c).map_err(fail)?;

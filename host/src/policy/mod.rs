@@ -134,6 +134,11 @@ pub struct CallbackRequest {
 /// The decisions a recorder delegates. Implementations never fail: a plugin that does falls
 /// back to the built-in decision internally.
 pub trait Policy: Send + Sync {
+    /// Whether this publish is let in: `Err(reason)` refuses it. Runs before the rules.
+    fn admit(&self, s: &StreamInfo) -> Result<(), String> {
+        let _ = s;
+        Ok(())
+    }
     /// The `rule_id` of the candidate that records this stream, or `None` to record nothing.
     fn select_rule(&self, s: &StreamInfo, candidates: &[Candidate]) -> Option<String>;
     /// The plan for one container of this stream; `default` comes from the template.
@@ -157,6 +162,7 @@ pub trait Policy: Send + Sync {
 /// The decisions, as plugins export them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Interface {
+    Admission,
     Rules,
     Segmentation,
     Naming,
@@ -166,12 +172,20 @@ pub enum Interface {
 }
 
 impl Interface {
-    pub const ALL: [Interface; 5] =
-        [Interface::Rules, Interface::Segmentation, Interface::Naming, Interface::Callbacks, Interface::Setup];
+    pub const ALL: [Interface; 6] = [
+        Interface::Admission,
+        Interface::Rules,
+        Interface::Segmentation,
+        Interface::Naming,
+        Interface::Callbacks,
+        Interface::Setup,
+    ];
 
-    /// The WIT interface name: `rules`, `segmentation`, `naming`, `callbacks`, `setup`.
+    /// The WIT interface name: `admission`, `rules`, `segmentation`, `naming`, `callbacks`,
+    /// `setup`.
     pub fn as_str(self) -> &'static str {
         match self {
+            Interface::Admission => "admission",
             Interface::Rules => "rules",
             Interface::Segmentation => "segmentation",
             Interface::Naming => "naming",

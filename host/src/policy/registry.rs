@@ -218,6 +218,26 @@ pub(crate) fn check_choice(choice: &Option<String>, candidates: &[Candidate]) ->
 }
 
 impl Policy for Chain {
+    /// The first plugin exporting `admission` decides; one that fails refuses (a gate that
+    /// fails stays closed), with the failure in the log and the metrics.
+    fn admit(&self, s: &StreamInfo) -> Result<(), String> {
+        let Some(plugin) = self.plugins.iter().find(|p| p.exports(Interface::Admission)) else { return Ok(()) };
+        match plugin.admit(CallEnv::now(), s) {
+            Ok(verdict) => {
+                decided(&plugin.name, Interface::Admission);
+                verdict.map_err(|reason| format!("refused by plugin {}: {reason}", plugin.name))
+            }
+            Err(failure) => {
+                failed(&plugin.name, Interface::Admission, &failure, &plugin.log);
+                Err(format!(
+                    "the admission plugin {} failed ({}), so the publish is refused",
+                    plugin.name,
+                    failure.reason.as_str()
+                ))
+            }
+        }
+    }
+
     fn select_rule(&self, s: &StreamInfo, c: &[Candidate]) -> Option<String> {
         self.decide(Interface::Rules, |p, env| p.select(env, s, c), |choice| check_choice(choice, c))
             .unwrap_or_else(|| Builtin.select_rule(s, c))

@@ -255,6 +255,20 @@ fn run_makes_one_decision_as_json() {
     let err = cli::run(&tencent, "naming", "{\"stream\": 1}", toml::Table::new(), None).unwrap_err().to_string();
     assert!(err.contains("invalid input JSON"), "{err}");
 
+    let gate = dir.join("token_gate.wasm");
+    let config: toml::Table = toml::from_str(r#"token = "abc""#).unwrap();
+    let out: serde_json::Value =
+        serde_json::from_str(&cli::run(&gate, "admission", &input, config.clone(), None).unwrap()).unwrap();
+    assert_eq!(
+        (out["admit"].as_bool(), out["reason"].as_str()),
+        (Some(false), Some("add `?token=…` to the stream name"))
+    );
+    let with_token =
+        serde_json::json!({ "stream": StreamInfo { params: vec![("token".into(), "abc".into())], ..stream() } });
+    let out: serde_json::Value =
+        serde_json::from_str(&cli::run(&gate, "admission", &with_token.to_string(), config, None).unwrap()).unwrap();
+    assert_eq!(out, serde_json::json!({ "interface": "admission", "admit": true }));
+
     let misbehave = dir.join("misbehave.wasm");
     let trap: toml::Table = toml::from_str(r#"mode = "trap""#).unwrap();
     let err = cli::run(&misbehave, "naming", &input, trap, None).unwrap_err().to_string();
@@ -819,4 +833,31 @@ fn registries_and_policies_can_be_shared_across_threads() {
     fn shared<T: Send + Sync + 'static>() {}
     shared::<Registry>();
     shared::<Arc<dyn Policy>>();
+}
+
+#[test]
+fn token_gate_admits_the_right_token_and_refuses_with_a_reason() {
+    let dir = fixtures!();
+    let r = registry(dir, &[("gate", "token_gate", r#"token = "s3cret""#), ("tencent", "tencent_css", r#"key = "k""#)])
+        .unwrap();
+    let p = r.policy(None);
+    let with = |params: &[(&str, &str)]| StreamInfo {
+        params: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..stream()
+    };
+    assert_eq!(p.admit(&with(&[("a", "1"), ("token", "s3cret")])), Ok(()));
+    let wrong = p.admit(&with(&[("token", "guess")])).unwrap_err();
+    assert!(wrong.contains("gate") && wrong.contains("does not match"), "{wrong}");
+    let missing = p.admit(&with(&[])).unwrap_err();
+    assert!(missing.contains("?token="), "{missing}");
+    // The other decisions are the next plugins' as before.
+    assert!(p.name_file(&stream(), &file(Format::Flv)).starts_with("cam1_"));
+    // Without an admission plugin every publish is admitted; without a token the gate is
+    // refused at load.
+    assert_eq!(
+        registry(dir, &[("tencent", "tencent_css", r#"key = "k""#)]).unwrap().policy(None).admit(&with(&[])),
+        Ok(())
+    );
+    let e = registry(dir, &[("gate", "token_gate", "")]).err().expect("refused without a token").to_string();
+    assert!(e.contains("token"), "{e}");
 }

@@ -627,8 +627,16 @@ impl Recorder {
                 return Err(Reject { code: "NetStream.Publish.BadName", description });
             }
         }
-        let key = StreamKey { domain: info.domain.clone(), app: info.app.clone(), name: info.name.clone() };
         let rt = self.runtime();
+        if let Err(why) = rt.policy.admit(&info) {
+            metrics::counter!("reel_publishes_refused_total", "reason" => "plugin").increment(1);
+            tracing::info!(domain = %info.domain, app = %info.app, stream = %info.name, "publish refused: {why}");
+            return Err(Reject {
+                code: "NetStream.Publish.BadName",
+                description: format!("publish not admitted: {why}"),
+            });
+        }
+        let key = StreamKey { domain: info.domain.clone(), app: info.app.clone(), name: info.name.clone() };
         let session_id = format!(
             "{}-{}",
             crate::media::time::escaped_time(info.started_at_ms),

@@ -602,14 +602,19 @@ impl S3File {
     }
 }
 
-/// `len` bytes of `path` from `from` (a part of a spooled file).
+/// `len` bytes of `path` from `from` (a part of a spooled file): one read on the blocking pool,
+/// straight into the part's buffer.
 async fn read_range(path: &Path, from: u64, len: u64) -> std::io::Result<Bytes> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let mut f = tokio::fs::File::open(path).await?;
-    f.seek(std::io::SeekFrom::Start(from)).await?;
-    let mut buf = vec![0u8; len as usize];
-    f.read_exact(&mut buf).await?;
-    Ok(Bytes::from(buf))
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(&path)?;
+        let mut buf = vec![0u8; len as usize];
+        f.read_exact_at(&mut buf, from)?;
+        Ok(Bytes::from(buf))
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 impl FileWriter for S3File {

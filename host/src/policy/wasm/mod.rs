@@ -472,6 +472,11 @@ impl Plugin {
         Call { rt: &self.rt, pre: &self.pre, grants: &self.grants, name: &self.name }
     }
 
+    /// `Ok(Err(reason))`: the plugin refuses the publish.
+    pub fn admit(&self, env: CallEnv, s: &StreamInfo) -> Result<Result<(), String>, Failure> {
+        self.adapter.admit(&self.call(), env, s)
+    }
+
     pub fn select(&self, env: CallEnv, s: &StreamInfo, c: &[Candidate]) -> Result<Option<String>, Failure> {
         self.adapter.select(&self.call(), env, s, c)
     }

@@ -13,11 +13,12 @@ wasmtime::component::bindgen!({
     world: "reel:policy/policy@0.1.0",
 });
 
-use self::exports::reel::policy::{callbacks, naming, rules, segmentation, setup};
+use self::exports::reel::policy::{admission, callbacks, naming, rules, segmentation, setup};
 use self::reel::policy::types as t;
 
 /// The export indices of one plugin, looked up once at load, and its configuration.
 pub(super) struct Adapter {
+    admission: Option<admission::GuestIndices>,
     rules: Option<rules::GuestIndices>,
     segmentation: Option<segmentation::GuestIndices>,
     naming: Option<naming::GuestIndices>,
@@ -43,6 +44,7 @@ impl Adapter {
             new().map(Some).map_err(|source| LoadError::WrongShape { interface, source })
         }
         Ok(Adapter {
+            admission: indices(exports, Interface::Admission, || admission::GuestIndices::new(pre))?,
             rules: indices(exports, Interface::Rules, || rules::GuestIndices::new(pre))?,
             segmentation: indices(exports, Interface::Segmentation, || segmentation::GuestIndices::new(pre))?,
             naming: indices(exports, Interface::Naming, || naming::GuestIndices::new(pre))?,
@@ -57,6 +59,9 @@ impl Adapter {
         let shape = |interface: Interface| {
             move |source: wasmtime::Error| LoadError::TypeMismatch { interface, version: "0.1.0", source }
         };
+        if let Some(idx) = &self.admission {
+            idx.load(&mut *store, instance).map_err(shape(Interface::Admission))?;
+        }
         if let Some(idx) = &self.rules {
             idx.load(&mut *store, instance).map_err(shape(Interface::Rules))?;
         }
@@ -82,6 +87,17 @@ impl Adapter {
     pub fn validate(&self, call: &Call<'_>) -> Result<(), Failure> {
         let idx = self.setup.as_ref().ok_or_else(|| not_exported(Interface::Setup))?;
         call.run(|store, instance| idx.load(&mut *store, instance)?.call_validate(&mut *store, &self.config))
+    }
+
+    /// `Ok(Err(reason))`: the plugin refuses the publish.
+    pub fn admit(&self, call: &Call<'_>, env: CallEnv, s: &StreamInfo) -> Result<Result<(), String>, Failure> {
+        let idx = self.admission.as_ref().ok_or_else(|| not_exported(Interface::Admission))?;
+        let (ctx, s) = (self.context(env), stream(s));
+        let v = call.run(|store, instance| idx.load(&mut *store, instance)?.call_admit(&mut *store, &ctx, &s))?;
+        Ok(match v {
+            admission::Verdict::Admit => Ok(()),
+            admission::Verdict::Refuse(reason) => Err(reason),
+        })
     }
 
     pub fn select(
