@@ -858,6 +858,7 @@ fn token_gate_admits_the_right_token_and_refuses_with_a_reason() {
         registry(dir, &[("tencent", "tencent_css", r#"key = "k""#)]).unwrap().policy(None).admit(&with(&[])),
         Ok(())
     );
-    let e = registry(dir, &[("gate", "token_gate", "")]).err().expect("refused without a token").to_string();
+    let Err(e) = registry(dir, &[("gate", "token_gate", "")]) else { panic!("refused without a token") };
+    let e = e.to_string();
     assert!(e.contains("token"), "{e}");
 }
