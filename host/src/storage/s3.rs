@@ -628,47 +628,25 @@ impl S3File {
     }
 }
 
-/// Part buffers kept for the next part, at most this many. A fresh buffer of megabytes costs
-/// the kernel a page fault and a page clear per 4 KiB: a third of the upload path's CPU
-/// (`perf` in `bench/s3.sh`); a reused one costs nothing.
-const POOLED_PARTS: usize = 6;
-
-fn part_pool() -> &'static Mutex<Vec<Vec<u8>>> {
-    static POOL: OnceLock<Mutex<Vec<Vec<u8>>>> = OnceLock::new();
-    POOL.get_or_init(Default::default)
-}
-
-/// A part's bytes; the buffer goes back to the pool when the upload is done with it.
-struct PooledPart(Vec<u8>);
-
-impl AsRef<[u8]> for PooledPart {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl Drop for PooledPart {
-    fn drop(&mut self) {
-        let buf = std::mem::take(&mut self.0);
-        let mut pool = part_pool().lock().unwrap_or_else(|e| e.into_inner());
-        if pool.len() < POOLED_PARTS {
-            pool.push(buf);
-        }
-    }
-}
-
-/// `len` bytes of `path` from `from` (a part of a spooled file): one read on the blocking pool,
-/// straight into a pooled buffer.
+/// `len` bytes of `path` from `from` (a part of a spooled file), mapped from the page cache on
+/// the blocking pool (populated there, so sending it never waits on the disk). No buffer is
+/// filled: a fresh multi-megabyte buffer per part cost the kernel a page clear per 4 KiB, a
+/// third of the upload path's CPU (`perf` in `bench/s3.sh`).
 async fn read_range(path: &Path, from: u64, len: u64) -> std::io::Result<Bytes> {
+    if len == 0 {
+        return Ok(Bytes::new());
+    }
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::FileExt;
         let f = std::fs::File::open(&path)?;
-        let mut buf = part_pool().lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
-        // A reused buffer is only zeroed where it grows.
-        buf.resize(len as usize, 0);
-        f.read_exact_at(&mut buf, from)?;
-        Ok(Bytes::from_owner(PooledPart(buf)))
+        if f.metadata()?.len() < from + len {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the spooled file is shorter"));
+        }
+        // SAFETY: read-only and private. The range is written and final: a spool file only
+        // grows, and the one truncation (a failed write, back to its last whole write) never
+        // goes below what was written before, so no page of the mapping goes away.
+        let map = unsafe { memmap2::MmapOptions::new().offset(from).len(len as usize).populate().map(&f)? };
+        Ok(Bytes::from_owner(map))
     })
     .await
     .map_err(std::io::Error::other)?
