@@ -27,6 +27,14 @@ fn publish(src: &std::path::Path, url: &str) -> bool {
         .success()
 }
 
+/// The folders (APP/STREAM) holding an FLV recording, sorted.
+fn recorded_folders(reel: &Reel) -> Vec<String> {
+    files(&reel.recordings(), "flv")
+        .iter()
+        .map(|p| p.strip_prefix(reel.recordings()).unwrap().parent().unwrap().display().to_string())
+        .collect()
+}
+
 fn get(port: u16, path: &str, token: Option<&str>) -> String {
     let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
     let (_, head, body) = http_raw(port, path, &auth);
@@ -66,10 +74,7 @@ fn signed_publish_urls_are_checked_per_app() {
     let log = reel.log_text();
     assert!(log.contains("publish not authorized: the signed URL expired"), "{log}");
     assert!(log.contains("publish not authorized: this stream needs a signed URL"), "{log}");
-    let recorded: Vec<String> = files(&reel.recordings(), "flv")
-        .iter()
-        .map(|p| p.strip_prefix(reel.recordings()).unwrap().parent().unwrap().display().to_string())
-        .collect();
+    let recorded = recorded_folders(&reel);
     assert_eq!(recorded, ["hmac/cam", "live/open", "secure/cam"], "only the authorized publishes recorded");
 }
 
@@ -103,9 +108,6 @@ fn an_admission_plugin_decides_who_may_publish() {
     let log = reel.log_text();
     assert!(log.contains("refused by plugin gate: the `token` parameter does not match"), "{log}");
     assert!(log.contains("refused by plugin gate: add `?token=…` to the stream name"), "{log}");
-    let recorded: Vec<String> = files(&reel.recordings(), "flv")
-        .iter()
-        .map(|p| p.strip_prefix(reel.recordings()).unwrap().parent().unwrap().display().to_string())
-        .collect();
+    let recorded = recorded_folders(&reel);
     assert_eq!(recorded, ["live/good"], "only the admitted publish recorded");
 }
