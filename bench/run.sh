@@ -24,6 +24,8 @@
 #                        "reel-before", in the same run
 #   BENCH_INTERVAL=30s   files are cut this often (reel `interval`, nginx `record_interval`)
 #   BENCH_LIVE_FORMATS="flv flv,hls,mp4"  Reel's format sets (nginx records FLV)
+#   BENCH_REEL_SERVER="flush_bytes = 65536;flush_interval = \"250ms\""  more [server] settings
+#                        for Reel (`;` separates lines)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -233,6 +235,7 @@ MODULE = os.environ["NGINX_MODULE"]
 TICK = os.sysconf("SC_CLK_TCK")
 PACING_TICK = os.environ.get("PACING_TICK", "20ms")
 INTERVAL = os.environ.get("INTERVAL", "30s")
+REEL_SERVER = os.environ.get("REEL_SERVER", "").replace(";", "\n")
 REEL_BEFORE = os.environ.get("REEL_BEFORE", "")
 PAGE_KB = 1
 
@@ -406,6 +409,7 @@ rtmp {{
 rtmp_listen = "127.0.0.1:{port}"
 http_listen = "127.0.0.1:{free_port()}"
 data_dir = "{d}/data"
+{REEL_SERVER}
 [storage.local]
 kind = "fs"
 root = "{rec}"
@@ -590,7 +594,7 @@ if [ "${BENCH_SKIP_LIVE:-0}" != 1 ]; then
     cases+="]"
     log "live cases: $cases"
     WORK=$WORK RES=$RES REEL=$REEL REEL_BENCH=$REEL_BENCH PIDFILE=$PIDFILE LIVE_SECONDS=$LIVE_SECONDS LIVE_INPUTS=$LIVE_INPUTS PACING_TICK=$TICK \
-        INTERVAL=$INTERVAL REEL_BEFORE=${BENCH_REEL_BEFORE:-} NGINX_MODULE=$NGINX_MODULE DEADLINE=$((T0 + BUDGET - 20)) CASES=$cases \
+        INTERVAL=$INTERVAL REEL_BEFORE=${BENCH_REEL_BEFORE:-} REEL_SERVER=${BENCH_REEL_SERVER:-} NGINX_MODULE=$NGINX_MODULE DEADLINE=$((T0 + BUDGET - 20)) CASES=$cases \
         timeout "$(cap "$BUDGET")" python3 "$WORK/live.py" || log "live runner ended early (exit $?)"
 fi
 
