@@ -451,14 +451,19 @@ template = "default"
         last_rss = 0.0
         # CPU per second of the run: does a cut (every INTERVAL) make a spike?
         seconds, last_sec = [], t_start
+        rss_minutes = []
         # Sample memory every 250 ms; near the end (nginx) watch the worker's open record files.
         while True:
             done = bench.poll() is not None
             now = time.time()
             if now - last_rss >= 0.25:
                 pids = tree(srv.pid)
-                peak = max(peak, status_kb(pids, "VmRSS"))
+                rss_now = status_kb(pids, "VmRSS")
+                peak = max(peak, rss_now)
                 last_rss = now
+                # RSS once a minute: does it stay flat over a long run?
+                if now - t_start >= 60 * (len(rss_minutes) + 1):
+                    rss_minutes.append(rss_now)
             if now - last_sec >= 1.0:
                 seconds.append((now, cpu_ticks(tree(srv.pid))))
                 last_sec = now
@@ -550,6 +555,7 @@ template = "default"
             "write_ms_p99": report.get("write_ms_p99"),
             "write_ms_max": report.get("write_ms_max"),
             "cpu_second_median": sec_median,
+            "rss_minutes_kb": rss_minutes,
             "cpu_second_max": sec_max,
         })
         return result
@@ -734,6 +740,9 @@ for r in live:
         notes.append(f"written − sent = {delta} per stream on {r['streams_mismatched']} streams")
     if r.get("error_count"):
         notes.append(f"{r['error_count']} bench errors: {'; '.join(r['errors'][:2])[:160]}")
+    mins = r.get("rss_minutes_kb") or []
+    if len(mins) >= 3:
+        notes.append("RSS/stream KB by minute: " + ", ".join(f"{(m - r['base_rss_kb']) / n:,.0f}" for m in mins))
     if r.get("close_count", 0) < n:
         notes.append(f"close time known for {r.get('close_count', 0)} streams")
     md.append(
