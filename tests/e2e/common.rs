@@ -48,28 +48,45 @@ impl Reel {
 
     /// Like [`Reel::start`] in an existing directory (a restart keeps `reel-data/`).
     pub fn start_in(dir: PathBuf, rest: &str) -> Self {
-        let rtmp_port = free_port();
-        let http_port = free_port();
-        let config = format!(
-            "[server]\nrtmp_listen = \"127.0.0.1:{rtmp_port}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\ndata_dir = \"reel-data\"\n{rest}"
-        );
-        std::fs::write(dir.join("reel.toml"), config).unwrap();
-        let log = dir.join(format!("reel-{rtmp_port}.log"));
-        let child = Command::new(REEL)
-            .args(["serve", "--config", "reel.toml"])
-            .current_dir(&dir)
-            .env("REEL_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start reel");
-        let r = Reel { child: Some(child), dir, rtmp_port, http_port, log };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", rtmp_port)).is_err() {
-            assert!(Instant::now() < deadline, "reel did not start: {}", r.log_text());
-            std::thread::sleep(Duration::from_millis(50));
+        // A port found free can be taken by another test before Reel binds it: then new ports.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let rtmp_port = free_port();
+            let http_port = free_port();
+            let config = format!(
+                "[server]\nrtmp_listen = \"127.0.0.1:{rtmp_port}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\ndata_dir = \"reel-data\"\n{rest}"
+            );
+            std::fs::write(dir.join("reel.toml"), config).unwrap();
+            let log = dir.join(format!("reel-{rtmp_port}.log"));
+            let child = Command::new(REEL)
+                .args(["serve", "--config", "reel.toml"])
+                .current_dir(&dir)
+                .env("REEL_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .expect("start reel");
+            let mut r = Reel { child: Some(child), dir: dir.clone(), rtmp_port, http_port, log };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if TcpStream::connect(("127.0.0.1", rtmp_port)).is_ok() {
+                    return r;
+                }
+                let exited = r.child.as_mut().and_then(|c| c.try_wait().ok().flatten()).is_some();
+                if exited {
+                    assert!(
+                        attempt < 5 && r.log_text().contains("Address already in use"),
+                        "reel did not start: {}",
+                        r.log_text()
+                    );
+                    r.child = None;
+                    break;
+                }
+                assert!(Instant::now() < deadline, "reel did not start: {}", r.log_text());
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
-        r
     }
 
     pub fn url(&self, app: &str, stream: &str) -> String {
