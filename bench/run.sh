@@ -26,6 +26,7 @@
 #   BENCH_LIVE_FORMATS="flv flv,hls,mp4"  Reel's format sets (nginx records FLV)
 #   BENCH_REEL_SERVER="flush_bytes = 65536;flush_interval = \"250ms\""  more [server] settings
 #                        for Reel (`;` separates lines)
+#   BENCH_PERF_DIR=dir   a `perf` profile of each Reel case, kept there (NAME.data, NAME.txt)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -237,6 +238,7 @@ PACING_TICK = os.environ.get("PACING_TICK", "20ms")
 INTERVAL = os.environ.get("INTERVAL", "30s")
 REEL_SERVER = os.environ.get("REEL_SERVER", "").replace(";", "\n")
 REEL_BEFORE = os.environ.get("REEL_BEFORE", "")
+PERF_DIR = os.environ.get("PERF_DIR", "")
 PAGE_KB = 1
 
 
@@ -346,6 +348,29 @@ def open_files(pids, prefix):
     return found
 
 
+def reap(pids, rec, reaped):
+    """Removes the recordings the server has finished (not open, not being written, not a
+    playlist it rewrites), counting the audio/video tags of FLV files into `reaped` first.
+    Keeps what a run holds in tmpfs small: past ~5 GB of tmpfs, writes on this machine get
+    several times slower, which would charge whichever case writes the most."""
+    held = open_files(pids, rec)
+    now = time.time()
+    for root, dirs, names in os.walk(rec):
+        dirs[:] = [x for x in dirs if x != ".partial"]
+        for nm in names:
+            path = os.path.join(root, nm)
+            if path in held or nm.endswith((".m3u8", ".tmp", ".meta", ".part")):
+                continue
+            try:
+                if now - os.path.getmtime(path) < 2:
+                    continue
+                if nm.endswith(".flv"):
+                    reaped[path] = flv_av_tags(path)
+                os.remove(path)
+            except OSError:
+                pass
+
+
 def pct(v, p):
     if not v:
         return None
@@ -433,6 +458,13 @@ template = "default"
         pids = tree(srv.pid)
         base_rss = status_kb(pids, "VmRSS")
         cpu0 = cpu_ticks(pids)
+        perf = None
+        if PERF_DIR and server != "nginx":
+            os.makedirs(PERF_DIR, exist_ok=True)
+            perf_name = os.path.join(PERF_DIR, f"{server}-{formats.replace(',', '+')}-{rate}-{n}")
+            perf = subprocess.Popen(["perf", "record", "-q", "-F", "499", "-g", "-p", str(srv.pid), "-o", perf_name + ".data"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            register(perf.pid)
         ramp = 1 if n <= 10 else min(10, max(2, n // 50))
         budget = DEADLINE - time.time()
         need = SECONDS_LIVE + ramp + 45
@@ -449,6 +481,7 @@ template = "default"
         peak = base_rss
         open_seen, closed_at = {}, {}
         last_rss = 0.0
+        reaped, last_reap = {}, time.time()
         # CPU per second of the run: does a cut (every INTERVAL) make a spike?
         seconds, last_sec = [], t_start
         rss_minutes = []
@@ -474,6 +507,9 @@ template = "default"
                 for t in list(open_seen):
                     if t not in cur and t not in closed_at:
                         closed_at[t] = now
+            if now - last_reap >= 5:
+                reap(tree(srv.pid), rec, reaped)
+                last_reap = now
             if done:
                 break
             time.sleep(0.02 if server == "nginx" and now - t_start >= SECONDS_LIVE - 1 else 0.1)
@@ -503,6 +539,12 @@ template = "default"
         peak = max(peak, status_kb(tree(srv.pid), "VmRSS"))
         hwm = status_kb(tree(srv.pid), "VmHWM")
         cpu1 = cpu_ticks(tree(srv.pid))
+        if perf:
+            perf.send_signal(signal.SIGINT)
+            perf.wait(timeout=60)
+            with open(perf_name + ".txt", "w") as txt:
+                subprocess.run(["perf", "report", "-q", "-i", perf_name + ".data", "--no-children", "--sort", "dso,symbol"],
+                               stdout=txt, stderr=subprocess.DEVNULL, timeout=300)
         stop(srv, signal.SIGQUIT if server == "nginx" else signal.SIGTERM)
         # Per-second CPU while every publisher sends (after the ramp, before the first ends).
         steady = [(b[1] - a[1]) / TICK / max(b[0] - a[0], 1e-3) for a, b in zip(seconds, seconds[1:])
@@ -519,13 +561,16 @@ template = "default"
             if server == "nginx":
                 fl = [os.path.join(rec, f) for f in os.listdir(rec)
                       if f == name + ".flv" or (f.startswith(name + "-") and f.endswith(".flv"))]
+                gone = [p for p in reaped if os.path.dirname(p) == rec and
+                        (os.path.basename(p) == name + ".flv" or os.path.basename(p).startswith(name + "-"))]
                 # The last file (unique names carry the start time) is the one the unpublish closes.
                 c = closed_at.get(max(fl)) if fl else None
             else:
                 fl = files(os.path.join(rec, "live", name), ".flv")
+                gone = [p for p in reaped if p.startswith(os.path.join(rec, "live", name) + os.sep)]
                 cs = [v for (s, _), v in reel_closed.items() if s == name]
                 c = max(cs) if cs and len(cs) == len(formats.split(",")) else None
-            written.append(sum(flv_av_tags(f) for f in fl))
+            written.append(sum(flv_av_tags(f) for f in fl) + sum(reaped[p] for p in gone))
             if c is not None and i < len(unpub) and unpub[i]:
                 lat.append(c * 1000 - unpub[i])
         bt = open(bench_time).read().split() if os.path.exists(bench_time) else []
@@ -557,6 +602,7 @@ template = "default"
             "cpu_second_median": sec_median,
             "rss_minutes_kb": rss_minutes,
             "cpu_second_max": sec_max,
+            "cpu_per_second": [round(x, 3) for x in steady],
         })
         return result
     finally:
@@ -574,6 +620,8 @@ def main():
                 print(f"[live] {server} {formats} N={n} {rate}", file=sys.stderr, flush=True)
                 r = run_case(server, formats, n, rate)
             print(f"[live] {json.dumps(r)[:400]}", file=sys.stderr, flush=True)
+            if r.get("cpu_per_second"):
+                print(f"[live] CPU per second: {r['cpu_per_second']}", file=sys.stderr, flush=True)
             out.write(json.dumps(r) + "\n")
             out.flush()
 
@@ -599,8 +647,19 @@ if [ "${BENCH_SKIP_LIVE:-0}" != 1 ]; then
     done
     cases+="]"
     log "live cases: $cases"
+    # The recordings go to tmpfs. On a virtual machine, memory the guest has not touched yet
+    # costs about twice as much to write the first time (the host backs it then): whichever
+    # case first writes past what earlier ones used would pay for it. Touch it once, up front,
+    # as much as half of what is available (at most BENCH_PREFAULT_MB, default 12288).
+    avail_mb=$(awk '/MemAvailable/ {print int($2 / 1024)}' /proc/meminfo)
+    pf_mb=$((avail_mb / 2)); [ "$pf_mb" -gt "${BENCH_PREFAULT_MB:-12288}" ] && pf_mb=${BENCH_PREFAULT_MB:-12288}
+    if [ "$pf_mb" -gt 0 ]; then
+        log "touching ${pf_mb} MB of tmpfs once"
+        dd if=/dev/zero of="$WORK/prefault" bs=1M count="$pf_mb" status=none 2>/dev/null || true
+        rm -f "$WORK/prefault"
+    fi
     WORK=$WORK RES=$RES REEL=$REEL REEL_BENCH=$REEL_BENCH PIDFILE=$PIDFILE LIVE_SECONDS=$LIVE_SECONDS LIVE_INPUTS=$LIVE_INPUTS PACING_TICK=$TICK \
-        INTERVAL=$INTERVAL REEL_BEFORE=${BENCH_REEL_BEFORE:-} REEL_SERVER=${BENCH_REEL_SERVER:-} NGINX_MODULE=$NGINX_MODULE DEADLINE=$((T0 + BUDGET - 20)) CASES=$cases \
+        INTERVAL=$INTERVAL REEL_BEFORE=${BENCH_REEL_BEFORE:-} PERF_DIR=${BENCH_PERF_DIR:-} REEL_SERVER=${BENCH_REEL_SERVER:-} NGINX_MODULE=$NGINX_MODULE DEADLINE=$((T0 + BUDGET - 20)) CASES=$cases \
         timeout "$(cap "$BUDGET")" python3 "$WORK/live.py" || log "live runner ended early (exit $?)"
 fi
 

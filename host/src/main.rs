@@ -268,12 +268,15 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
 
     let shutdown = CancellationToken::new();
     let conns = TaskTracker::new();
+    let workers =
+        Arc::new(reel::ingest::conn::Workers::start(server.ingest_threads).context("starting the ingest threads")?);
     let rtmp_task = tokio::spawn(reel::ingest::conn::serve(
         rtmp,
         Arc::new(Publishes(recorder.clone())),
         limits,
         shutdown.clone(),
         conns.clone(),
+        workers.clone(),
     ));
     let scheduler = tokio::spawn(tasks.clone().run(shutdown.clone()));
     let retention = tokio::spawn(reel::tasks::retention::run(recorder.clone(), catalog.clone(), shutdown.clone()));
@@ -298,6 +301,7 @@ async fn run(config: Config, config_path: Option<PathBuf>) -> Result<()> {
     if !clean {
         tracing::error!("connections or recordings still open at the shutdown deadline; exiting without them");
     }
+    workers.stop();
     let left = end.saturating_duration_since(tokio::time::Instant::now()).max(std::time::Duration::from_secs(1));
     if !deliverer.drain(left.min(std::time::Duration::from_secs(10))).await {
         tracing::warn!("some events were not delivered before exit; they stay in the outbox for the next start");

@@ -152,6 +152,9 @@ pub struct Server {
     /// RTMP connections at once; more are closed as they arrive.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Threads that run RTMP connections and the recordings they feed (0: one per CPU).
+    #[serde(default)]
+    pub ingest_threads: usize,
     /// Bytes of RTMP messages being reassembled at once, over all connections (each message is
     /// at most 8 MiB); a connection whose next message does not fit is closed.
     #[serde(default = "default_max_reassembly_bytes", deserialize_with = "plugins::de_bytes")]
@@ -184,6 +187,7 @@ impl Default for Server {
             handshake_timeout: default_handshake_timeout(),
             write_timeout: default_write_timeout(),
             max_connections: default_max_connections(),
+            ingest_threads: 0,
             max_reassembly_bytes: default_max_reassembly_bytes(),
             http_header_timeout: default_http_header_timeout(),
             max_http_connections: default_max_http_connections(),

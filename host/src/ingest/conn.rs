@@ -21,6 +21,11 @@ const READ_CHUNK: usize = 32 * 1024;
 /// at the fallback tick): a 500 kbit/s stream then costs a few reads a second, not one per
 /// packet. Recording tolerates the added latency (at most one tick).
 const PUBLISH_LOW_WATER: i32 = 16 * 1024;
+/// A faster stream gets a higher mark, up to this: about [`LOW_WATER_SPAN`] of its media per
+/// wake-up (2.5 Mbit/s: 31 KB), so an HD stream wakes its thread as seldom as an SD one.
+const MAX_LOW_WATER: i32 = 64 * 1024;
+/// Media a wake-up should bring, at most, as time.
+const LOW_WATER_SPAN: Duration = Duration::from_millis(100);
 /// Fallback tick: picks up data below the low-water mark and checks the idle timeout.
 const TICK: Duration = Duration::from_millis(250);
 /// Warnings (e.g. unparsable frames) logged per connection; the rest are only counted.
@@ -53,13 +58,66 @@ pub struct Limits {
     pub reassembly: Option<Arc<super::chunk::ReassemblyBudget>>,
 }
 
-/// Accepts connections until `shutdown` fires. Connection tasks join `tracker`.
+/// The threads RTMP connections run on, each with its own single-threaded runtime. A
+/// connection and the recordings its publisher feeds (spawned from it) share one thread, so
+/// handing a frame to its recording is a local wake-up, not a cross-thread one: what an
+/// event-loop server does, one loop per CPU. Connections go to the thread with the fewest.
+pub struct Workers {
+    threads: Vec<Worker>,
+    stop: CancellationToken,
+}
+
+struct Worker {
+    handle: tokio::runtime::Handle,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Workers {
+    /// Starts `n` threads (0: one per CPU).
+    pub fn start(n: usize) -> std::io::Result<Workers> {
+        let n = if n == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { n };
+        let stop = CancellationToken::new();
+        let mut threads = Vec::with_capacity(n);
+        for i in 0..n {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let handle = rt.handle().clone();
+            let stopped = stop.clone();
+            std::thread::Builder::new().name(format!("reel-ingest-{i}")).spawn(move || {
+                rt.block_on(stopped.cancelled());
+                // Tasks still running were given up by the shutdown deadline.
+                rt.shutdown_timeout(Duration::from_secs(1));
+            })?;
+            threads.push(Worker { handle, connections: Default::default() });
+        }
+        Ok(Workers { threads, stop })
+    }
+
+    /// Ends the threads; call once their connections and recordings are done.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    fn least_busy(&self) -> &Worker {
+        use std::sync::atomic::Ordering;
+        self.threads.iter().min_by_key(|w| w.connections.load(Ordering::Relaxed)).expect("at least one ingest thread")
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Accepts connections until `shutdown` fires and runs each on one of `workers`. Connection
+/// tasks join `tracker`.
 pub async fn serve<H: PublishHandler>(
     listener: TcpListener,
     handler: Arc<H>,
     limits: Limits,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    workers: Arc<Workers>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
@@ -82,15 +140,32 @@ pub async fn serve<H: PublishHandler>(
             continue;
         };
         let _ = sock.set_nodelay(true);
+        // The socket moves to the worker's runtime (registered with its reactor there).
+        let sock = match sock.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, error = &e as &dyn std::error::Error, "cannot hand the connection to a worker");
+                continue;
+            }
+        };
+        let worker = workers.least_busy();
+        let count = worker.connections.clone();
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let handler = handler.clone();
         let shutdown = shutdown.clone();
         let limits = limits.clone();
-        tracker.spawn(async move {
-            if let Err(e) = connection(sock, handler, limits, shutdown).await {
-                tracing::info!(%peer, error = &e as &dyn std::error::Error, "rtmp connection ended");
+        worker.handle.spawn(tracker.track_future(async move {
+            match TcpStream::from_std(sock) {
+                Ok(sock) => {
+                    if let Err(e) = connection(sock, handler, limits, shutdown).await {
+                        tracing::info!(%peer, error = &e as &dyn std::error::Error, "rtmp connection ended");
+                    }
+                }
+                Err(e) => tracing::warn!(%peer, error = &e as &dyn std::error::Error, "cannot register the connection"),
             }
+            count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             drop(slot);
-        });
+        }));
     }
 }
 
@@ -129,6 +204,8 @@ async fn connection<H: PublishHandler>(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_data = tokio::time::Instant::now();
     let mut batching = false;
+    // The low-water mark follows the stream's rate, measured over a second or more.
+    let (mut low_water, mut rate_bytes, mut rate_since) = (0i32, 0usize, tokio::time::Instant::now());
     let mut draining = false;
     let result = loop {
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
@@ -167,6 +244,17 @@ async fn connection<H: PublishHandler>(
             break Ok(());
         }
         last_data = tokio::time::Instant::now();
+        if batching {
+            rate_bytes += n;
+            let span = rate_since.elapsed();
+            if span >= Duration::from_secs(1) {
+                let want = low_water_for(rate_bytes, span);
+                if (want - low_water).abs() > low_water / 4 && set_low_water(&sock, want) {
+                    low_water = want;
+                }
+                (rate_bytes, rate_since) = (0, last_data);
+            }
+        }
         let fed = session.feed(&mut buf, &mut events);
         // A handshake trickled in a byte at a time is held to the same deadline.
         if !session.handshake_done() && opened.elapsed() > handshake_timeout {
@@ -181,6 +269,7 @@ async fn connection<H: PublishHandler>(
                         session.accept_publish();
                         if !batching {
                             batching = set_low_water(&sock, PUBLISH_LOW_WATER);
+                            (low_water, rate_bytes, rate_since) = (PUBLISH_LOW_WATER, 0, tokio::time::Instant::now());
                         }
                     }
                     Err((code, why)) => {
@@ -229,6 +318,13 @@ async fn connection<H: PublishHandler>(
     result
 }
 
+/// The low-water mark for a stream that sent `bytes` in `span`: [`LOW_WATER_SPAN`] of it,
+/// within [`PUBLISH_LOW_WATER`] ..= [`MAX_LOW_WATER`].
+fn low_water_for(bytes: usize, span: Duration) -> i32 {
+    let per_span = bytes as f64 * LOW_WATER_SPAN.as_secs_f64() / span.as_secs_f64().max(1e-3);
+    (per_span as i64).clamp(PUBLISH_LOW_WATER as i64, MAX_LOW_WATER as i64) as i32
+}
+
 /// Reads what the kernel holds right now, below the low-water mark too. (Tokio's `try_read`
 /// trusts its cached readiness, which a low-water mark keeps unset.)
 #[cfg(unix)]
@@ -271,4 +367,35 @@ fn set_low_water(sock: &TcpStream, bytes: i32) -> bool {
 #[cfg(not(unix))]
 fn set_low_water(_sock: &TcpStream, _bytes: i32) -> bool {
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_low_water_mark_follows_the_rate_within_bounds() {
+        // 500 kbit/s brings 6 KB per 100 ms: the floor holds.
+        assert_eq!(low_water_for(62_500, Duration::from_secs(1)), PUBLISH_LOW_WATER);
+        // 2.5 Mbit/s over 2 s: 31 KB.
+        assert_eq!(low_water_for(625_000, Duration::from_secs(2)), 31_250);
+        // 20 Mbit/s: capped.
+        assert_eq!(low_water_for(2_500_000, Duration::from_secs(1)), MAX_LOW_WATER);
+    }
+
+    #[test]
+    fn connections_go_to_the_least_busy_thread() {
+        let workers = Workers::start(2).unwrap();
+        assert_eq!(workers.threads.len(), 2);
+        workers.threads[0].connections.store(3, std::sync::atomic::Ordering::Relaxed);
+        assert!(Arc::ptr_eq(&workers.least_busy().connections, &workers.threads[1].connections));
+        // A task spawned there runs on its own thread, not the caller's.
+        let (tx, rx) = std::sync::mpsc::channel();
+        workers.least_busy().handle.spawn(async move {
+            tx.send(std::thread::current().name().map(String::from)).unwrap();
+        });
+        let name = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(name.as_deref(), Some("reel-ingest-1"));
+        workers.stop();
+    }
 }

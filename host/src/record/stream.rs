@@ -335,8 +335,8 @@ impl StreamTask {
             self.slots[i].out.pause(now, &mut events);
             self.handle(i, &mut events, false).await;
             self.events = events;
-            self.flush(i).await;
         }
+        self.flush().await;
         // An open HLS playlist has no file being written while it waits: a described empty one
         // stands for it, so a crash meanwhile still ends and names the playlist at the next start.
         let mut markers = Vec::new();
@@ -449,16 +449,14 @@ impl StreamTask {
                     if self.overflow.load(Ordering::Acquire) {
                         break;
                     }
-                    for i in 0..self.slots.len() {
-                        if self.slots[i].out.pending_bytes() >= flush_bytes {
-                            self.flush(i).await;
-                        }
+                    // One file over its batch size writes every file's batch: one hand-off.
+                    if self.slots.iter().any(|s| s.out.pending_bytes() >= flush_bytes) {
+                        self.flush().await;
+                        next_flush = Instant::now() + flush_every;
                     }
                 }
                 _ = sleep_until(next_flush) => {
-                    for i in 0..self.slots.len() {
-                        self.flush(i).await;
-                    }
+                    self.flush().await;
                     next_flush = Instant::now() + flush_every;
                 }
             }
@@ -537,58 +535,92 @@ impl StreamTask {
         format!("{}-{}.{}", self.ctx.stem(), self.created, format.extension())
     }
 
-    /// Writes the open file's pending bytes (creating it at the first flush) on the blocking pool.
-    async fn flush(&mut self, i: usize) {
-        let format = self.slots[i].out.format;
-        let Some(body) = &self.slots[i].out.body else { return };
-        if body.pending.is_empty() || body.write_failed {
+    /// Writes the pending bytes of every open file (creating each at its first flush), all in
+    /// one trip to the blocking pool: one hand-off per stream, not one per format.
+    async fn flush(&mut self) {
+        struct Job {
+            slot: usize,
+            chunks: crate::mux::Chunks,
+            writer: Option<Box<dyn crate::storage::FileWriter>>,
+            storage: Arc<dyn Storage>,
+            create: Option<(String, Vec<u8>)>,
+        }
+        let mut jobs = Vec::new();
+        for i in 0..self.slots.len() {
+            let format = self.slots[i].out.format;
+            let Some(body) = &self.slots[i].out.body else { continue };
+            if body.pending.is_empty() || body.write_failed {
+                continue;
+            }
+            let create = if body.writer.is_none() {
+                let (seq, opened_ms) = (body.seq, body.opened_ms);
+                let slot = &self.slots[i];
+                let playlist =
+                    slot.out.hls.as_ref().and_then(|h| h.live_key.clone()).map(|key| super::recover::PlaylistMeta {
+                        key,
+                        seq: slot.file_seq,
+                        start_ms: slot.file_start_ms,
+                        target_secs: slot.out.hls.as_ref().map_or(0, |h| h.playlist.target_duration),
+                    });
+                Some((self.hint(format), self.ctx.describe(format, seq, opened_ms, playlist)))
+            } else {
+                None
+            };
+            let slot = &mut self.slots[i];
+            let Some(body) = &mut slot.out.body else { continue };
+            jobs.push(Job {
+                slot: i,
+                chunks: body.take_pending(),
+                writer: body.writer.take(),
+                storage: slot.storage.clone(),
+                create,
+            });
+        }
+        if jobs.is_empty() {
             return;
         }
-        let (create, seq, opened_ms) = (body.writer.is_none(), body.seq, body.opened_ms);
-        let slot = &self.slots[i];
-        let playlist = slot.out.hls.as_ref().and_then(|h| h.live_key.clone()).map(|key| super::recover::PlaylistMeta {
-            key,
-            seq: slot.file_seq,
-            start_ms: slot.file_start_ms,
-            target_secs: slot.out.hls.as_ref().map_or(0, |h| h.playlist.target_duration),
-        });
-        let hint = create.then(|| self.hint(format));
-        let meta = create.then(|| self.ctx.describe(format, seq, opened_ms, playlist));
-        let slot = &mut self.slots[i];
-        let Some(body) = &mut slot.out.body else { return };
-        let chunks = body.take_pending();
-        let w = body.writer.take();
-        let storage = slot.storage.clone();
+        let slots: Vec<usize> = jobs.iter().map(|j| j.slot).collect();
         let res = tokio::task::spawn_blocking(move || {
-            let mut w = match w {
-                Some(w) => w,
-                None => {
-                    storage.create_described(hint.as_deref().unwrap_or("unnamed"), meta.as_deref().unwrap_or(b"{}"))?
-                }
-            };
-            let r = w.write(&chunks);
-            Ok::<_, StorageError>((w, r))
+            jobs.into_iter()
+                .map(|j| {
+                    let mut w = match (j.writer, j.create) {
+                        (Some(w), _) => w,
+                        (None, Some((hint, meta))) => j.storage.create_described(&hint, &meta)?,
+                        (None, None) => j.storage.create_described("unnamed", b"{}")?,
+                    };
+                    let r = w.write(&j.chunks);
+                    Ok::<_, StorageError>((w, r))
+                })
+                .collect::<Vec<_>>()
         })
         .await;
-        let stream = &self.ctx.info.name;
-        match res {
-            Ok(Ok((w, r))) => {
-                body.writer = Some(w);
-                if let Err(e) = r {
-                    tracing::error!(%stream, format = format.name(), error = &e as &dyn std::error::Error, "write failed, the file ends here");
-                    body.write_failed = true;
-                    self.ctx.failed(format, format!("write failed, the file ends here: {}", chain(&e)));
+        let stream = self.ctx.info.name.clone();
+        let results: Vec<Result<_, String>> = match res {
+            Ok(rs) => rs.into_iter().map(Ok).collect(),
+            Err(e) => slots.iter().map(|_| Err(e.to_string())).collect(),
+        };
+        for (i, r) in slots.into_iter().zip(results) {
+            let format = self.slots[i].out.format;
+            let Some(body) = &mut self.slots[i].out.body else { continue };
+            match r {
+                Ok(Ok((w, r))) => {
+                    body.writer = Some(w);
+                    if let Err(e) = r {
+                        tracing::error!(%stream, format = format.name(), error = &e as &dyn std::error::Error, "write failed, the file ends here");
+                        body.write_failed = true;
+                        self.ctx.failed(format, format!("write failed, the file ends here: {}", chain(&e)));
+                    }
                 }
-            }
-            Ok(Err(e)) => {
-                tracing::error!(%stream, format = format.name(), error = &e as &dyn std::error::Error, "cannot create file");
-                body.write_failed = true;
-                self.ctx.failed(format, format!("cannot create file: {}", chain(&e)));
-            }
-            Err(e) => {
-                tracing::error!(%stream, format = format.name(), error = &e as &dyn std::error::Error, "write task failed");
-                body.write_failed = true;
-                self.ctx.failed(format, format!("write task failed: {e}"));
+                Ok(Err(e)) => {
+                    tracing::error!(%stream, format = format.name(), error = &e as &dyn std::error::Error, "cannot create file");
+                    body.write_failed = true;
+                    self.ctx.failed(format, format!("cannot create file: {}", chain(&e)));
+                }
+                Err(e) => {
+                    tracing::error!(%stream, format = format.name(), error = %e, "write task failed");
+                    body.write_failed = true;
+                    self.ctx.failed(format, format!("write task failed: {e}"));
+                }
             }
         }
     }
