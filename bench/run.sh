@@ -26,6 +26,8 @@
 #   BENCH_LIVE_FORMATS="flv flv,hls,mp4"  Reel's format sets (nginx records FLV)
 #   BENCH_REEL_SERVER="flush_bytes = 65536;flush_interval = \"250ms\""  more [server] settings
 #                        for Reel (`;` separates lines)
+#   BENCH_REEL_BEFORE_SERVER=...  the same for reel-before (default: BENCH_REEL_SERVER); with
+#                        BENCH_REEL_BEFORE set to this build, compares two settings in one run
 #   BENCH_PERF_DIR=dir   a `perf` profile of each Reel case, kept there (NAME.data, NAME.txt)
 set -euo pipefail
 
@@ -237,6 +239,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 PACING_TICK = os.environ.get("PACING_TICK", "20ms")
 INTERVAL = os.environ.get("INTERVAL", "30s")
 REEL_SERVER = os.environ.get("REEL_SERVER", "").replace(";", "\n")
+REEL_BEFORE_SERVER = os.environ.get("REEL_BEFORE_SERVER", os.environ.get("REEL_SERVER", "")).replace(";", "\n")
 REEL_BEFORE = os.environ.get("REEL_BEFORE", "")
 PERF_DIR = os.environ.get("PERF_DIR", "")
 PAGE_KB = 1
@@ -434,7 +437,7 @@ rtmp {{
 rtmp_listen = "127.0.0.1:{port}"
 http_listen = "127.0.0.1:{free_port()}"
 data_dir = "{d}/data"
-{REEL_SERVER}
+{REEL_BEFORE_SERVER if server == "reel-before" else REEL_SERVER}
 [storage.local]
 kind = "fs"
 root = "{rec}"
@@ -647,19 +650,8 @@ if [ "${BENCH_SKIP_LIVE:-0}" != 1 ]; then
     done
     cases+="]"
     log "live cases: $cases"
-    # The recordings go to tmpfs. On a virtual machine, memory the guest has not touched yet
-    # costs about twice as much to write the first time (the host backs it then): whichever
-    # case first writes past what earlier ones used would pay for it. Touch it once, up front,
-    # as much as half of what is available (at most BENCH_PREFAULT_MB, default 12288).
-    avail_mb=$(awk '/MemAvailable/ {print int($2 / 1024)}' /proc/meminfo)
-    pf_mb=$((avail_mb / 2)); [ "$pf_mb" -gt "${BENCH_PREFAULT_MB:-12288}" ] && pf_mb=${BENCH_PREFAULT_MB:-12288}
-    if [ "$pf_mb" -gt 0 ]; then
-        log "touching ${pf_mb} MB of tmpfs once"
-        dd if=/dev/zero of="$WORK/prefault" bs=1M count="$pf_mb" status=none 2>/dev/null || true
-        rm -f "$WORK/prefault"
-    fi
     WORK=$WORK RES=$RES REEL=$REEL REEL_BENCH=$REEL_BENCH PIDFILE=$PIDFILE LIVE_SECONDS=$LIVE_SECONDS LIVE_INPUTS=$LIVE_INPUTS PACING_TICK=$TICK \
-        INTERVAL=$INTERVAL REEL_BEFORE=${BENCH_REEL_BEFORE:-} PERF_DIR=${BENCH_PERF_DIR:-} REEL_SERVER=${BENCH_REEL_SERVER:-} NGINX_MODULE=$NGINX_MODULE DEADLINE=$((T0 + BUDGET - 20)) CASES=$cases \
+        INTERVAL=$INTERVAL REEL_BEFORE=${BENCH_REEL_BEFORE:-} PERF_DIR=${BENCH_PERF_DIR:-} REEL_SERVER=${BENCH_REEL_SERVER:-} REEL_BEFORE_SERVER=${BENCH_REEL_BEFORE_SERVER-${BENCH_REEL_SERVER:-}} NGINX_MODULE=$NGINX_MODULE DEADLINE=$((T0 + BUDGET - 20)) CASES=$cases \
         timeout "$(cap "$BUDGET")" python3 "$WORK/live.py" || log "live runner ended early (exit $?)"
 fi
 

@@ -46,6 +46,11 @@ pub trait Muxer: Send + Sync {
     /// Ends the file: appends trailing bytes to `out` and returns how to finalise the file,
     /// if it needs an index up front.
     fn finish(&mut self, out: &mut Chunks) -> Result<Option<Rewrite>, MuxError>;
+    /// Appends what the muxer holds back for its own framing (MP4: the samples of the fragment
+    /// being built), so that a recorder's flush writes them now.
+    fn drain(&mut self, _out: &mut Chunks) -> Result<(), MuxError> {
+        Ok(())
+    }
     /// After `finish`, readies the muxer for the next segment of the same stream (MPEG-TS:
     /// continuity counters and codec configuration carry over). Others start anew instead.
     fn next_segment(&mut self) {}

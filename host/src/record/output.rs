@@ -42,11 +42,14 @@ pub fn layout(format: Format, interval_ms: u64, hls_segment_ms: u64) -> Layout {
     }
 }
 
-fn new_muxer(format: Format, interval_ms: u64) -> Box<dyn Muxer> {
+fn new_muxer(format: Format, interval_ms: u64, drains: Option<(u64, u64)>) -> Box<dyn Muxer> {
     match format {
         Format::Flv => Box::new(FlvMuxer::reserving(interval_ms)),
         Format::Aac => Box::new(AdtsMuxer::new()),
-        Format::Mp4 => Box::new(Mp4Muxer::reserving(interval_ms)),
+        Format::Mp4 => Box::new(match drains {
+            Some((every_ms, bytes)) => Mp4Muxer::reserving(interval_ms).drained(every_ms, bytes),
+            None => Mp4Muxer::reserving(interval_ms),
+        }),
         Format::Hls => Box::new(TsMuxer::new()),
     }
 }
@@ -116,6 +119,8 @@ pub struct Output {
     pub disabled: bool,
     pub hls: Option<Hls>,
     actions: Vec<Action>,
+    /// The caller drains the muxer ([`Output::drain`]) every `.0` ms or `.1` bytes.
+    drains: Option<(u64, u64)>,
 }
 
 impl Output {
@@ -136,6 +141,33 @@ impl Output {
             disabled: false,
             hls,
             actions: Vec::with_capacity(16),
+            drains: None,
+        }
+    }
+
+    /// The caller will [`drain`](Self::drain) this output before each write: at least every
+    /// `every_ms`, and whenever `bytes` are pending.
+    pub fn drained(mut self, every_ms: u64, bytes: u64) -> Self {
+        self.drains = Some((every_ms, bytes));
+        self
+    }
+
+    /// Moves what the muxer holds back into the pending bytes, before they are written.
+    pub fn drain(&mut self, events: &mut Vec<Event>) {
+        if self.failed || self.disabled {
+            return;
+        }
+        let (Some(m), Some(body)) = (self.muxer.as_mut(), self.body.as_mut()) else { return };
+        let before = body.pending.len();
+        match m.drain(&mut body.pending) {
+            Ok(()) => body.pending_bytes += body.pending[before..].iter().map(|b| b.len()).sum::<usize>(),
+            Err(e) => {
+                // As for a frame: a file container's file ends here (at the next frame).
+                if self.format != Format::Hls {
+                    self.failed = true;
+                }
+                events.push(Event::Skipped(e));
+            }
         }
     }
 
@@ -184,7 +216,7 @@ impl Output {
         for a in actions.drain(..) {
             match a {
                 Action::OpenFile { seq } => {
-                    self.muxer = Some(new_muxer(self.format, self.interval_ms));
+                    self.muxer = Some(new_muxer(self.format, self.interval_ms, self.drains));
                     self.failed = false;
                     if self.format != Format::Hls {
                         self.body = Some(Body::new(now_ms, seq));

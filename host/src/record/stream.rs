@@ -267,7 +267,9 @@ impl StreamTask {
                 let plan = policy.plan(&info, format, default);
                 resume_window_ms =
                     resume_window_ms.max(u64::from(plan.resume_window_ms).min(crate::config::MAX_RESUME_WINDOW_MS));
-                let out = Output::new(format, plan.interval_ms, u64::from(plan.hls_segment_ms));
+                let server = &rt.config.server;
+                let out = Output::new(format, plan.interval_ms, u64::from(plan.hls_segment_ms))
+                    .drained(server.flush_interval.as_millis(), server.flush_bytes as u64);
                 slots.push(Slot {
                     out,
                     storage: storage.clone(),
@@ -544,6 +546,15 @@ impl StreamTask {
             writer: Option<Box<dyn crate::storage::FileWriter>>,
             storage: Arc<dyn Storage>,
             create: Option<(String, Vec<u8>)>,
+        }
+        for i in 0..self.slots.len() {
+            // What a muxer holds for its framing (an MP4 fragment) goes with this write.
+            let mut events = std::mem::take(&mut self.events);
+            self.slots[i].out.drain(&mut events);
+            if !events.is_empty() {
+                self.handle(i, &mut events, false).await;
+            }
+            self.events = events;
         }
         let mut jobs = Vec::new();
         for i in 0..self.slots.len() {

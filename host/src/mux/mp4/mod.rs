@@ -4,9 +4,10 @@
 //! - `ftyp`, then a reserved region: a `free` box holding the init `moov` (with `mvex`, what
 //!   recovery reads the tracks from), padded to room for the final `moov` — sized from the
 //!   file's planned length (the template's interval) and the stream's frame rates.
-//! - Then a fragment at every video keyframe and at least every [`FRAGMENT_MS`]: its `moof`
-//!   wrapped in a `free` box, then an `mdat` with its payload. A reader of the final file
-//!   skips the `free` boxes; recovery after a crash reads them.
+//! - Then a fragment at every video keyframe, at least every [`FRAGMENT_MS`], and at every
+//!   [`Muxer::drain`] (a recorder's flush, so that its frames are not held in memory past the
+//!   write): its `moof` wrapped in a `free` box, then an `mdat` with its payload. A reader of
+//!   the final file skips the `free` boxes; recovery after a crash reads them.
 //! - At close the head — `ftyp` + final `moov` + `free` padding, exactly as long as the region
 //!   it replaces — is written over the start of the file ([`Rewrite`] with one range, the
 //!   body in place): the file is a progressive MP4 with the `moov` first and one `mdat` per
@@ -30,7 +31,9 @@
 //!   first fragment, whose samples tell the frame rate the reservation is sized from.
 //!   Until then at most [`MAX_PREROLL_FRAMES`] frames are held (reference-counted, not copied).
 //! - Append the emitted chunks to the temporary file in order; [`Mp4Muxer::bytes_written`] is
-//!   its length. If the stream stalls, call [`Mp4Muxer::flush`] on a timer.
+//!   its length. A recorder that batches its writes calls [`Muxer::drain`] before each (and
+//!   says how often with [`Mp4Muxer::drained`]); without it, call [`Mp4Muxer::flush`] on a
+//!   timer in case the stream stalls.
 //! - [`Muxer::finish`] emits the last fragment, then returns the [`Rewrite`]: the final file is
 //!   `head` ++ the temporary file from the end of the reserved region ++ `tail`.
 //!   `Ok(None)`: the file holds no sample; discard it.
@@ -192,6 +195,9 @@ pub struct Mp4Muxer {
     /// Length of `ftyp`, and where the reserved region ends (the first fragment starts).
     ftyp_len: u64,
     head_end: u64,
+    /// How often the recorder drains the muxer ([`Muxer::drain`]): at most every `.0` ms,
+    /// or every `.1` bytes; each drain is a fragment, which the reservation counts.
+    drains: Option<(u64, u64)>,
     stats: Mp4Stats,
     finished: bool,
 }
@@ -225,6 +231,7 @@ impl Mp4Muxer {
             plan_ms: 0,
             ftyp_len: 0,
             head_end: 0,
+            drains: None,
             stats: Mp4Stats::default(),
             finished: false,
         }
@@ -238,15 +245,41 @@ impl Mp4Muxer {
         Self { plan_ms, ..Self::new() }
     }
 
+    /// The recorder drains the muxer at every flush: at least every `every_ms`, and whenever
+    /// `bytes` are waiting. The room for the `moov` counts those fragments too.
+    pub fn drained(mut self, every_ms: u64, bytes: u64) -> Self {
+        self.drains = Some((every_ms.max(1), bytes.max(1)));
+        self
+    }
+
+    /// Fragments a second to plan for: one per keyframe (about one a second or fewer), plus
+    /// one per drain (by time, or by the bytes of the first fragment's rate).
+    fn fragments_per_s(&self) -> u64 {
+        let Some((every_ms, bytes)) = self.drains else { return 2 };
+        let by_time = 1000u64.div_ceil(every_ms);
+        let (size, span) = self.tracks.iter().fold((0u64, 0i64), |(size, span), t| {
+            let s: u64 = t.pending.iter().map(|p| p.data.len() as u64).sum();
+            let d = match (t.pending.first(), t.pending.last()) {
+                (Some(a), Some(b)) => b.ms - a.ms,
+                _ => 0,
+            };
+            (size + s, span.max(d))
+        });
+        // Any format's batch reaching `bytes` drains them all; MPEG-TS runs ~25% above MP4.
+        let by_bytes = if span > 0 { (size * 1000 * 5 / 4 / span as u64).div_ceil(bytes) } else { 0 };
+        by_time.max(by_bytes) + 1
+    }
+
     /// Room for the final `moov` of a `plan_ms` file, from the first fragment's samples: per
     /// second, each video frame costs a size, a duration and a composition offset (timestamps
     /// in ms rarely run-length encode) and a little for keyframes, each audio frame a size and
-    /// a little, each fragment (about two a second) an offset and a `stsc` entry per track;
+    /// a little, each fragment ([`Self::fragments_per_s`]) an offset and a `stsc` entry per track;
     /// plus the boxes the init `moov` already has, and a tenth for what was not foreseen.
     fn reservation(&self, init_len: u64) -> u64 {
         if self.plan_ms == 0 {
             return 0;
         }
+        let fragments = self.fragments_per_s();
         let per_s: u64 = self
             .tracks
             .iter()
@@ -261,7 +294,7 @@ impl Mp4Muxer {
                     },
                 };
                 let per_sample = if t.info.kind == TrackKind::Video { 21 } else { 5 };
-                rate.clamp(1, 240) * per_sample + 2 * 20
+                rate.clamp(1, 240) * per_sample + fragments * 20
             })
             .sum();
         let bytes = init_len * 2 + 2048 + per_s * self.plan_ms.div_ceil(1000) * 11 / 10;
@@ -717,6 +750,16 @@ impl Muxer for Mp4Muxer {
                 Ok(())
             }
         }
+    }
+
+    /// A fragment of what is held now (once the head is out: its room is sized from the first
+    /// fragment's own cadence), so a recorder's flush writes these samples instead of keeping
+    /// their frames in memory until the next keyframe.
+    fn drain(&mut self, out: &mut Chunks) -> Result<(), MuxError> {
+        if !self.head_written {
+            return Ok(());
+        }
+        self.flush(out)
     }
 
     fn finish(&mut self, out: &mut Chunks) -> Result<Option<Rewrite>, MuxError> {

@@ -798,3 +798,48 @@ fn the_reservation_holds_the_moov_of_a_file_as_long_as_planned() {
     assert_eq!(read_progressive(&file)[0].samples.len(), 90 * 30);
     assert_eq!(recover(&m.temp).unwrap().as_ref(), Some(rw), "recovery makes the same file");
 }
+
+/// Like [`mux_with`], draining the muxer every `every_ms` of media as a recorder's flushes do.
+fn mux_drained(mut m: Mp4Muxer, frames: &[Frame], every_ms: i64) -> Muxed {
+    let (mut out, mut temp, mut lengths) = (Vec::new(), Vec::new(), Vec::new());
+    let mut next = every_ms;
+    for f in frames {
+        m.push(f, &mut out).unwrap();
+        if f.dts >= next {
+            m.drain(&mut out).unwrap();
+            next = f.dts + every_ms;
+            if m.head_written {
+                assert!(m.tracks.iter().all(|t| t.pending.len() <= 1), "a drain leaves only the newest sample");
+            }
+        }
+        temp.extend(out.drain(..).flat_map(|b| b.to_vec()));
+        lengths.push(temp.len());
+    }
+    let rewrite = m.finish(&mut out).unwrap();
+    temp.extend(out.drain(..).flat_map(|b| b.to_vec()));
+    Muxed { temp, rewrite, stats: m.stats(), lengths }
+}
+
+#[test]
+fn drains_at_every_flush_hold_nothing_back_and_the_room_counts_their_fragments() {
+    for (interval_ms, secs) in [(30_000u64, 33i64), (0, UNPLANNED_FILE_MS as i64 / 1000)] {
+        let frames = ms_rounded_stream(secs);
+        let m = mux_drained(Mp4Muxer::reserving(interval_ms).drained(250, 64 * 1024), &frames, 250);
+        assert!(m.stats.fragments as i64 >= secs * 4 - 1, "{} fragments in {secs} s", m.stats.fragments);
+        let rw = m.rewrite.as_ref().unwrap();
+        assert!(rw.tail.is_empty(), "interval {interval_ms}: the moov outgrew its room");
+        let file = apply(&m.temp, rw);
+        check_tree(&file);
+        let tracks = read_progressive(&file);
+        assert_eq!(tracks[0].samples.len(), secs as usize * 30);
+        let moov = find(&file, &[b"moov"]).unwrap().len() + 8;
+        let padding = rw.head.len() - moov - be32(&file) as usize;
+        assert!(padding < moov, "interval {interval_ms}: {padding} bytes of padding beside a {moov}-byte moov");
+        assert_eq!(recover(&m.temp).unwrap().as_ref(), Some(rw), "recovery makes the same file");
+    }
+    // Undrained, the same muxer keeps its own cadence: at a keyframe (every 2 s here) or
+    // once a fragment spans a second.
+    let frames = ms_rounded_stream(10);
+    let m = mux_with(Mp4Muxer::reserving(30_000).drained(250, 64 * 1024), &frames);
+    assert!(m.stats.fragments <= 20, "{} fragments", m.stats.fragments);
+}
