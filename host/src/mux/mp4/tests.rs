@@ -770,22 +770,26 @@ fn ms_rounded_stream(secs: i64) -> Vec<Frame> {
     frames
 }
 
+/// The final `moov` of a `secs` long 30 fps file went in place, every sample in it, and the
+/// room was not wasteful either: the padding left is less than the `moov`.
+fn assert_moov_in_its_room(m: &Muxed, interval_ms: u64, secs: i64) {
+    let rw = m.rewrite.as_ref().unwrap();
+    assert!(rw.tail.is_empty(), "interval {interval_ms}: the moov outgrew its room");
+    let file = apply(&m.temp, rw);
+    check_tree(&file);
+    assert_eq!(read_progressive(&file)[0].samples.len(), secs as usize * 30);
+    let moov = find(&file, &[b"moov"]).unwrap().len() + 8;
+    let padding = rw.head.len() - moov - be32(&file) as usize;
+    assert!(padding < moov, "interval {interval_ms}: {padding} bytes of padding beside a {moov}-byte moov");
+}
+
 #[test]
 fn the_reservation_holds_the_moov_of_a_file_as_long_as_planned() {
     // Files cut every 30 s (closing at the first keyframe after 31 s), and a publish with no
     // interval that lasts the unplanned 10 minutes: the moov goes in place.
     for (interval_ms, secs) in [(30_000u64, 33i64), (0, UNPLANNED_FILE_MS as i64 / 1000)] {
         let m = mux_with(Mp4Muxer::reserving(interval_ms), &ms_rounded_stream(secs));
-        let rw = m.rewrite.as_ref().unwrap();
-        assert!(rw.tail.is_empty(), "interval {interval_ms}: the moov outgrew its room");
-        let file = apply(&m.temp, rw);
-        check_tree(&file);
-        let tracks = read_progressive(&file);
-        assert_eq!(tracks[0].samples.len(), secs as usize * 30);
-        // Not wasteful either: the padding left is less than the moov.
-        let moov = find(&file, &[b"moov"]).unwrap().len() + 8;
-        let padding = rw.head.len() - moov - be32(&file) as usize;
-        assert!(padding < moov, "interval {interval_ms}: {padding} bytes of padding beside a {moov}-byte moov");
+        assert_moov_in_its_room(&m, interval_ms, secs);
     }
     // Twice the planned length: the moov goes at the end, the file is still whole.
     let frames = ms_rounded_stream(90);
@@ -826,16 +830,8 @@ fn drains_at_every_flush_hold_nothing_back_and_the_room_counts_their_fragments()
         let frames = ms_rounded_stream(secs);
         let m = mux_drained(Mp4Muxer::reserving(interval_ms).drained(250, 64 * 1024), &frames, 250);
         assert!(m.stats.fragments as i64 >= secs * 4 - 1, "{} fragments in {secs} s", m.stats.fragments);
-        let rw = m.rewrite.as_ref().unwrap();
-        assert!(rw.tail.is_empty(), "interval {interval_ms}: the moov outgrew its room");
-        let file = apply(&m.temp, rw);
-        check_tree(&file);
-        let tracks = read_progressive(&file);
-        assert_eq!(tracks[0].samples.len(), secs as usize * 30);
-        let moov = find(&file, &[b"moov"]).unwrap().len() + 8;
-        let padding = rw.head.len() - moov - be32(&file) as usize;
-        assert!(padding < moov, "interval {interval_ms}: {padding} bytes of padding beside a {moov}-byte moov");
-        assert_eq!(recover(&m.temp).unwrap().as_ref(), Some(rw), "recovery makes the same file");
+        assert_moov_in_its_room(&m, interval_ms, secs);
+        assert_eq!(recover(&m.temp).unwrap(), m.rewrite, "recovery makes the same file");
     }
     // Undrained, the same muxer keeps its own cadence: at a keyframe (every 2 s here) or
     // once a fragment spans a second.
