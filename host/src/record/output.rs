@@ -46,10 +46,13 @@ fn new_muxer(format: Format, interval_ms: u64, drains: Option<(u64, u64)>) -> Bo
     match format {
         Format::Flv => Box::new(FlvMuxer::reserving(interval_ms)),
         Format::Aac => Box::new(AdtsMuxer::new()),
-        Format::Mp4 => Box::new(match drains {
-            Some((every_ms, bytes)) => Mp4Muxer::reserving(interval_ms).drained(every_ms, bytes),
-            None => Mp4Muxer::reserving(interval_ms),
-        }),
+        Format::Mp4 => {
+            let m = Mp4Muxer::reserving(interval_ms);
+            Box::new(match drains {
+                Some((every_ms, bytes)) => m.drained(every_ms, bytes),
+                None => m,
+            })
+        }
         Format::Hls => Box::new(TsMuxer::new()),
     }
 }
@@ -72,6 +75,11 @@ pub struct Body {
 impl Body {
     fn new(now_ms: u64, seq: u32) -> Self {
         Body { pending: Vec::with_capacity(256), opened_ms: now_ms, seq, ..Default::default() }
+    }
+
+    /// Counts the chunks a muxer appended from index `from` on into `pending_bytes`.
+    fn count_from(&mut self, from: usize) {
+        self.pending_bytes += self.pending[from..].iter().map(|b| b.len()).sum::<usize>();
     }
 
     /// The chunks to write now.
@@ -160,7 +168,7 @@ impl Output {
         let (Some(m), Some(body)) = (self.muxer.as_mut(), self.body.as_mut()) else { return };
         let before = body.pending.len();
         match m.drain(&mut body.pending) {
-            Ok(()) => body.pending_bytes += body.pending[before..].iter().map(|b| b.len()).sum::<usize>(),
+            Ok(()) => body.count_from(before),
             Err(e) => {
                 // As for a frame: a file container's file ends here (at the next frame).
                 if self.format != Format::Hls {
@@ -275,7 +283,7 @@ impl Output {
         let (Some(m), Some(body)) = (self.muxer.as_mut(), self.body.as_mut()) else { return };
         let before = body.pending.len();
         match m.push(f, &mut body.pending) {
-            Ok(()) => body.pending_bytes += body.pending[before..].iter().map(|b| b.len()).sum::<usize>(),
+            Ok(()) => body.count_from(before),
             Err(e @ MuxError::UnsupportedCodec { .. }) => {
                 self.disabled = true;
                 let writer = self.body.take().and_then(|b| b.writer);

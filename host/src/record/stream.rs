@@ -540,12 +540,13 @@ impl StreamTask {
     /// Writes the pending bytes of every open file (creating each at its first flush), all in
     /// one trip to the blocking pool: one hand-off per stream, not one per format.
     async fn flush(&mut self) {
+        /// A file's writer, or the hint and description to create it with.
+        type Target = Result<Box<dyn crate::storage::FileWriter>, (String, Vec<u8>)>;
         struct Job {
             slot: usize,
             chunks: crate::mux::Chunks,
-            writer: Option<Box<dyn crate::storage::FileWriter>>,
+            target: Target,
             storage: Arc<dyn Storage>,
-            create: Option<(String, Vec<u8>)>,
         }
         for i in 0..self.slots.len() {
             // What a muxer holds for its framing (an MP4 fragment) goes with this write.
@@ -579,13 +580,12 @@ impl StreamTask {
             };
             let slot = &mut self.slots[i];
             let Some(body) = &mut slot.out.body else { continue };
-            jobs.push(Job {
-                slot: i,
-                chunks: body.take_pending(),
-                writer: body.writer.take(),
-                storage: slot.storage.clone(),
-                create,
-            });
+            let target = match (body.writer.take(), create) {
+                (Some(w), _) => Ok(w),
+                (None, Some(c)) => Err(c),
+                (None, None) => continue,
+            };
+            jobs.push(Job { slot: i, chunks: body.take_pending(), target, storage: slot.storage.clone() });
         }
         if jobs.is_empty() {
             return;
@@ -594,10 +594,9 @@ impl StreamTask {
         let res = tokio::task::spawn_blocking(move || {
             jobs.into_iter()
                 .map(|j| {
-                    let mut w = match (j.writer, j.create) {
-                        (Some(w), _) => w,
-                        (None, Some((hint, meta))) => j.storage.create_described(&hint, &meta)?,
-                        (None, None) => j.storage.create_described("unnamed", b"{}")?,
+                    let mut w = match j.target {
+                        Ok(w) => w,
+                        Err((hint, meta)) => j.storage.create_described(&hint, &meta)?,
                     };
                     let r = w.write(&j.chunks);
                     Ok::<_, StorageError>((w, r))
