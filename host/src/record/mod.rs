@@ -13,6 +13,7 @@ mod recover;
 pub mod remux;
 pub mod segmenter;
 mod stream;
+mod timeline;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use super::events::{self, file_fields};
 use super::output::{rebase_playlist, relative_uri, segment_key, Body, Event, Output};
 use super::segmenter::Piece;
+use super::timeline::Timeline;
 use super::{queue_events, Msg, Parking, Resume, Runtime, StreamKey};
 use crate::catalog::{new_id, Catalog, NewEvent, Recording};
 use crate::config::{Format, Template};
@@ -222,15 +223,8 @@ pub(crate) struct StreamTask {
     /// Where it waits for its publisher to come back, and for how long at most.
     parking: Arc<Parking>,
     resume_window_ms: u64,
-    /// Added to every timestamp: a resumed publish follows on from the last frame.
-    offset: i64,
-    /// The latest timestamp written (after `offset`), the main track's latest and the spacing
-    /// of its last frames: where a resumed publish starts.
-    last_dts: Option<i64>,
-    last_main: Option<i64>,
-    last_step: i64,
-    /// The next media frame sets `offset` (a publish resumed).
-    rebase: bool,
+    /// Where a resumed publish's frames go.
+    timeline: Timeline,
 }
 
 impl StreamTask {
@@ -304,11 +298,7 @@ impl StreamTask {
             created: 0,
             parking,
             resume_window_ms,
-            offset: 0,
-            last_dts: None,
-            last_main: None,
-            last_step: 40,
-            rebase: false,
+            timeline: Timeline::default(),
         }
     }
 
@@ -385,34 +375,8 @@ impl StreamTask {
         for s in &mut self.slots {
             s.out.resume();
         }
-        self.rebase = true;
+        self.timeline.resume();
         Some(rx)
-    }
-
-    /// Moves `f` onto the recording's timeline: after a resume, the first media frame follows
-    /// the last written one by the main track's frame spacing.
-    fn retime(&mut self, mut f: Frame) -> Frame {
-        if self.rebase {
-            if f.is_sample() {
-                let last = self.last_dts.unwrap_or(f.dts);
-                self.offset = last + self.last_step - f.dts;
-                self.rebase = false;
-            } else {
-                f.dts = self.last_dts.unwrap_or(f.dts);
-                return f;
-            }
-        }
-        f.dts += self.offset;
-        if f.is_sample() {
-            if f.kind == FrameKind::Video || !self.has_video {
-                if let Some(step) = self.last_main.map(|l| f.dts - l).filter(|s| (1..=200).contains(s)) {
-                    self.last_step = step;
-                }
-                self.last_main = Some(f.dts);
-            }
-            self.last_dts = Some(self.last_dts.map_or(f.dts, |l| l.max(f.dts)));
-        }
-        f
     }
 
     pub async fn run(mut self, rx: mpsc::Receiver<Msg>) {
@@ -445,7 +409,7 @@ impl StreamTask {
                     }
                     let now = now_ms();
                     for Msg::Frame(f) in batch.drain(..) {
-                        let f = self.retime(f);
+                        let f = self.timeline.place(f);
                         self.on_frame(f, now).await;
                     }
                     if self.overflow.load(Ordering::Acquire) {
