@@ -122,7 +122,7 @@ EOF
     fi
     t1=$(ticks "$pid")
     weed1=$(ticks "$WEED")
-    kill "$pid"
+    kill "$pid" 2>/dev/null || { log "$name: reel had exited:"; tail -5 "$d/reel.log" >&2; }
     wait "$pid" 2>/dev/null || true
     python3 - "$name" "$t0" "$t1" "$weed0" "$weed1" "$start" "$end" "$d/bench.json" <<'PY'
 import json, os, sys
@@ -170,7 +170,7 @@ endpoint = \"http://127.0.0.1:$S3PORT\"
 bucket = \"bench\"
 access_key = \"bench\"
 secret_key = \"bench-secret\"
-sign_payload = $signed" "$BENCH_REEL_BEFORE"
+sign_payload = $signed" "$BENCH_REEL_BEFORE" || log "that case failed"
     done
 fi
 python3 - "$LOCAL" "$S3" "$S3U" <<'PY'

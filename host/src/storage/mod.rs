@@ -2,7 +2,6 @@
 //! and published under their final key only when complete, so a reader never sees a partial
 //! file under a final name. Blocking API: callers run it on the blocking pool.
 
-mod direct;
 pub mod fs;
 pub mod s3;
 

@@ -39,7 +39,6 @@ use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjPath;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, PutPayload, RetryConfig};
 
-use super::direct::DirectPut;
 use super::fs::{FsStorage, PARTIAL_DIR};
 use super::{check_key, FileWriter, Finalize, Located, Storage, StorageError, Stored, UploadEvent, UploadListener};
 use crate::config;
@@ -79,8 +78,6 @@ struct Inner {
     down: std::sync::atomic::AtomicBool,
     /// Parts of uploads while recording (0: files upload whole at close).
     part_size: u64,
-    /// Sends spooled bytes from the page cache (path-style `http://` endpoints).
-    direct: Option<Arc<DirectPut>>,
 }
 
 /// Parts of one upload while recording in flight at once.
@@ -109,8 +106,8 @@ impl S3Storage {
         let mut b = AmazonS3Builder::new()
             .with_bucket_name(&cfg.bucket)
             .with_region(&cfg.region)
-            .with_access_key_id(&access)
-            .with_secret_access_key(&secret)
+            .with_access_key_id(access)
+            .with_secret_access_key(secret)
             .with_virtual_hosted_style_request(!cfg.path_style)
             .with_unsigned_payload(
                 !cfg.sign_payload.unwrap_or_else(|| cfg.endpoint.as_deref().is_some_and(|e| e.starts_with("http://"))),
@@ -134,11 +131,6 @@ impl S3Storage {
             None => format!("https://{}.s3.{}.amazonaws.com/", cfg.bucket, cfg.region),
         };
         let store = b.build().map_err(|e| StorageError::Config(format!("storage {name}: {e}")))?;
-        let direct = cfg.endpoint.as_deref().filter(|_| cfg.path_style).and_then(|e| {
-            let sign = cfg.sign_payload.unwrap_or(e.starts_with("http://"));
-            let connect = CONNECT_TIMEOUT.min(cfg.request_timeout.std());
-            DirectPut::new(e, &cfg.bucket, &cfg.region, &access, &secret, sign, connect, cfg.request_timeout.std())
-        });
         let rt = tokio::runtime::Handle::try_current()
             .map_err(|_| StorageError::Config("S3 storage needs the async runtime".into()))?;
         let spool = FsStorage::new(&data_dir.join("spool").join(name))?;
@@ -154,7 +146,6 @@ impl S3Storage {
             refused: Mutex::new(HashSet::new()),
             down: std::sync::atomic::AtomicBool::new(false),
             part_size: cfg.part_size,
-            direct: direct.map(Arc::new),
         });
         rt.spawn(drain_spool(Arc::downgrade(&inner)));
         Ok(Self { inner })
@@ -215,14 +206,8 @@ impl Inner {
         let io = |op| move |source| StorageError::Io { op, path: local.display().to_string(), source };
         let size = tokio::fs::metadata(local).await.map_err(io("stat"))?.len();
         let result = if size <= PART_BYTES as u64 {
-            match &self.direct {
-                Some(d) => d.put_object(path.as_ref(), local, 0, size).await.map(Some),
-                None => {
-                    let data = read_range(local, 0, size).await.map_err(io("read"))?;
-                    self.store.put(&path, PutPayload::from(data)).await.map(|r| r.e_tag)
-                }
-            }
-            .map_err(|e| s3_err("upload", &key, e))?
+            let data = read_range(local, 0, size).await.map_err(io("read"))?;
+            self.store.put(&path, PutPayload::from(data)).await.map_err(|e| s3_err("upload", &key, e))?
         } else {
             let id = self.store.create_multipart(&path).await.map_err(|e| s3_err("start upload", &key, e))?;
             let parts = match self.put_parts(&path, &id, local, size, &key).await {
@@ -232,14 +217,10 @@ impl Inner {
                     return Err(e);
                 }
             };
-            self.store
-                .complete_multipart(&path, &id, parts)
-                .await
-                .map_err(|e| s3_err("complete upload", &key, e))?
-                .e_tag
+            self.store.complete_multipart(&path, &id, parts).await.map_err(|e| s3_err("complete upload", &key, e))?
         };
         let _ = tokio::fs::remove_file(local).await;
-        Ok((key, size, result))
+        Ok((key, size, result.e_tag))
     }
 
     /// Sends the `PART_BYTES` parts of the spooled file `local` to the multipart upload `id`,
@@ -259,14 +240,13 @@ impl Inner {
         let mut next = 0;
         loop {
             while next < n && running.len() < PARTS_IN_FLIGHT {
-                let (store, direct) = (self.store.clone(), self.direct.clone());
-                let (path, id, local) = (path.clone(), id.to_string(), local.to_path_buf());
+                let (store, path, id, local) = (self.store.clone(), path.clone(), id.to_string(), local.to_path_buf());
                 let (index, from) = (next, next as u64 * part);
                 running.spawn(async move {
-                    let len = part.min(size - from);
-                    put_part_from(&store, direct.as_deref(), &path, &id, index, &local, from, len)
+                    let data = read_range(&local, from, part.min(size - from))
                         .await
-                        .map(|p| (index, p))
+                        .map_err(|e| object_store::Error::Generic { store: "spool", source: Box::new(e) })?;
+                    store.put_part(&path, &id, index, PutPayload::from(data)).await.map(|p| (index, p))
                 });
                 next += 1;
             }
@@ -595,7 +575,10 @@ impl S3File {
             let (inner, temp, path, cell) = (self.inner.clone(), st.temp.clone(), path.clone(), st.id.clone());
             let handle = self.inner.rt.spawn(async move {
                 let id = cell.get_or_try_init(|| inner.store.create_multipart(&temp)).await?.clone();
-                let r = put_part_from(&inner.store, inner.direct.as_deref(), &temp, &id, index, &path, from, len).await;
+                let data = read_range(&path, from, len)
+                    .await
+                    .map_err(|e| object_store::Error::Generic { store: "spool", source: Box::new(e) })?;
+                let r = inner.store.put_part(&temp, &id, index, PutPayload::from(data)).await;
                 if r.is_ok() {
                     metrics::counter!("reel_upload_parts_streamed_total").increment(1);
                 }
@@ -625,10 +608,10 @@ impl S3File {
         missing.sort_unstable();
         for index in missing {
             let from = index as u64 * st.part;
-            let len = st.part.min(size - from);
-            let part =
-                put_part_from(&inner.store, inner.direct.as_deref(), &st.temp, &id, index, local, from, len).await;
-            parts[index] = Some(part.map_err(|e| e.to_string())?);
+            let data = read_range(local, from, st.part.min(size - from)).await.map_err(|e| e.to_string())?;
+            parts[index] = Some(
+                inner.store.put_part(&st.temp, &id, index, PutPayload::from(data)).await.map_err(|e| e.to_string())?,
+            );
         }
         let parts: Vec<PartId> = parts.into_iter().map(|p| p.expect("every part sent")).collect();
         inner.store.complete_multipart(&st.temp, &id, parts).await.map_err(|e| e.to_string())?;
@@ -643,29 +626,6 @@ impl S3File {
         let _ = tokio::fs::remove_file(local).await;
         Ok((key, size, etag))
     }
-}
-
-/// Part `index` of the multipart upload `id` of `path`: `len` bytes of the spool file `local`
-/// from `from`, sent from the page cache where the endpoint allows it ([`DirectPut`]), else
-/// mapped and handed to the client.
-#[allow(clippy::too_many_arguments)]
-async fn put_part_from(
-    store: &AmazonS3,
-    direct: Option<&DirectPut>,
-    path: &ObjPath,
-    id: &str,
-    index: usize,
-    local: &Path,
-    from: u64,
-    len: u64,
-) -> Result<PartId, object_store::Error> {
-    if let Some(d) = direct {
-        return d.put_part(path.as_ref(), id, index, local, from, len).await.map(|content_id| PartId { content_id });
-    }
-    let data = read_range(local, from, len)
-        .await
-        .map_err(|e| object_store::Error::Generic { store: "spool", source: Box::new(e) })?;
-    store.put_part(path, &id.to_string(), index, PutPayload::from(data)).await
 }
 
 /// `len` bytes of `path` from `from` (a part of a spooled file), mapped from the page cache on
