@@ -217,7 +217,6 @@ pub(crate) struct StreamTask {
     slots: Vec<Slot>,
     events: Vec<Event>,
     overflow: Arc<AtomicBool>,
-    has_video: bool,
     /// Temporary files created, for unique names.
     created: u64,
     /// Where it waits for its publisher to come back, and for how long at most.
@@ -294,7 +293,6 @@ impl StreamTask {
             slots,
             events: Vec::new(),
             overflow,
-            has_video: false,
             created: 0,
             parking,
             resume_window_ms,
@@ -465,7 +463,6 @@ impl StreamTask {
         let ctx = &mut self.ctx;
         match f.kind {
             FrameKind::Video => {
-                self.has_video = true;
                 ctx.info.video_codec.get_or_insert_with(|| f.codec.name().into());
             }
             FrameKind::Audio => {
@@ -475,7 +472,7 @@ impl StreamTask {
         }
         // Kept frames (sequence headers, metadata) must not pin the block they arrived in.
         let f = if f.config || f.kind == FrameKind::Data { f.owned() } else { f };
-        let cut_point = f.is_sample() && f.keyframe && (f.kind == FrameKind::Video || !self.has_video);
+        let cut_point = f.is_sample() && f.keyframe && (f.kind == FrameKind::Video || !self.timeline.has_video());
         if cut_point {
             // Files opened from here on follow the latest reload (naming, callbacks).
             let rt = self.live.read().unwrap_or_else(|e| e.into_inner()).clone();

@@ -27,6 +27,12 @@ impl Default for Timeline {
 }
 
 impl Timeline {
+    /// Whether a video frame has been seen: video, if any, is the main track (cuts and frame
+    /// spacing follow it).
+    pub fn has_video(&self) -> bool {
+        self.video
+    }
+
     /// A new publish continues this timeline: its first frame sets the offset.
     pub fn resume(&mut self) {
         self.rebase = true;
