@@ -299,6 +299,10 @@ impl Catalog {
             q.execute(&mut *tx).within().await??;
         }
         tx.commit().within().await??;
+        if outcomes.iter().any(|o| matches!(o, EventOutcome::Retry { .. })) {
+            // A retry is due later: the deliverer sleeping until the earliest due event looks again.
+            self.outbox_wake.notify_one();
+        }
         Ok(())
     }
 
@@ -310,7 +314,21 @@ impl Catalog {
             .execute(&self.pool)
             .within()
             .await??;
+        self.outbox_wake.notify_one();
         Ok(())
+    }
+
+    /// When the earliest pending event can be claimed (its next attempt, or the end of the lease
+    /// a node holds on it), in ms since the epoch; `None` when nothing is pending.
+    pub async fn next_event_due(&self) -> Result<Option<i64>, CatalogError> {
+        let row = sqlx::query(
+            "SELECT MIN(CASE WHEN lease_until_ms > next_ms THEN lease_until_ms ELSE next_ms END) AS due \
+             FROM events WHERE status = 'pending'",
+        )
+        .fetch_one(&self.pool)
+        .within()
+        .await??;
+        Ok(row.try_get::<Option<i64>, _>("due")?)
     }
 
     /// Pending events due at `now_ms` (claimed or not).

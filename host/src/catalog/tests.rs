@@ -173,10 +173,18 @@ fn new_event(id: &str, url: &str, created_ms: i64) -> NewEvent {
 
 /// Two nodes on one outbox: a due event is leased to one of them at a time, the outcome sticks.
 async fn outbox(a: &Catalog, b: &Catalog) {
+    let told = |c: &Catalog| {
+        let c = c.clone();
+        async move { tokio::time::timeout(std::time::Duration::from_millis(200), c.events_queued()).await.is_ok() }
+    };
+    assert_eq!(a.next_event_due().await.unwrap(), None, "nothing pending");
     let events: Vec<NewEvent> = (0..6).map(|i| new_event(&format!("e{i:03}"), "http://x/cb", 1_000 + i)).collect();
     a.enqueue_events(&events).await.unwrap();
+    assert!(told(a).await, "queueing wakes the deliverer");
+    assert_eq!(a.next_event_due().await.unwrap(), Some(1_000), "the oldest is due first");
     let (ca, cb) = tokio::join!(a.claim_events(2_000, 60_000, 4), b.claim_events(2_000, 60_000, 4));
     let (ca, cb) = (ca.unwrap(), cb.unwrap());
+    assert_eq!(b.next_event_due().await.unwrap(), Some(60_000), "all leased: due when the leases end");
     assert_eq!(ca.len() + cb.len(), 6, "every event claimed once");
     assert!(ca.iter().all(|e| !cb.iter().any(|f| f.id == e.id)), "never by both");
     assert!(a.claim_events(2_000, 60_000, 10).await.unwrap().is_empty(), "leased");
@@ -188,10 +196,14 @@ async fn outbox(a: &Catalog, b: &Catalog) {
     b.event_attempt_failed("e002", 2_100, Some(9_000), "HTTP 503", Some(503)).await.unwrap();
     // The endpoint is down: the rest wait for 9 s; it answers: all due now.
     assert_eq!(a.defer_events("http://x/cb", 3_000, 9_000).await.unwrap(), 0, "leased rows stay");
+    assert!(told(b).await, "an attempt to repeat later wakes the deliverer");
     for id in ["e003", "e004", "e005"] {
         a.release_event(id, 5_000).await.unwrap();
     }
+    assert!(told(a).await, "an event given back wakes the deliverer");
+    assert_eq!(a.next_event_due().await.unwrap(), Some(5_000));
     assert_eq!(a.defer_events("http://x/cb", 3_000, 9_000).await.unwrap(), 3);
+    assert_eq!(a.next_event_due().await.unwrap(), Some(9_000));
     assert_eq!(a.count_due_events(8_999).await.unwrap(), 0);
     assert_eq!(b.hurry_events("http://x/cb", 3_000).await.unwrap(), 4);
     assert_eq!(a.count_due_events(3_000).await.unwrap(), 4);

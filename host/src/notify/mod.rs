@@ -212,9 +212,10 @@ async fn run(shared: Arc<Shared>) {
         };
         if events.is_empty() {
             drop(first);
+            let wait = if failing { shared.options.poll } else { idle_wait(&shared).await };
             tokio::select! {
                 _ = shared.catalog.events_queued() => {}
-                _ = tokio::time::sleep(shared.options.poll) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = shared.stop.cancelled() => return,
             }
             continue;
@@ -238,6 +239,28 @@ async fn run(shared: Arc<Shared>) {
         }
     }
 }
+
+/// How long the deliverer may sleep with nothing to claim. A fleet's catalog (PostgreSQL) is
+/// read every `poll`: other nodes queue events and let leases lapse. A node alone on its SQLite
+/// catalog is told of every change that makes an event due sooner (queued, retried, given back,
+/// an attempt to be repeated), so it sleeps until the earliest pending event is due, at most
+/// [`IDLE_POLL_MAX`]: an idle node does not read its outbox twice a second.
+async fn idle_wait(shared: &Shared) -> Duration {
+    let poll = shared.options.poll;
+    if shared.catalog.backend() != crate::catalog::Backend::Sqlite {
+        return poll;
+    }
+    match shared.catalog.next_event_due().await {
+        Ok(Some(due)) => {
+            Duration::from_millis((due - now_ms()).max(0) as u64).clamp(poll.min(IDLE_POLL_MAX), IDLE_POLL_MAX)
+        }
+        Ok(None) => IDLE_POLL_MAX,
+        Err(_) => poll,
+    }
+}
+
+/// The longest an idle single node leaves its outbox unread.
+const IDLE_POLL_MAX: Duration = Duration::from_secs(10);
 
 /// What one POST came to.
 enum Outcome {

@@ -24,6 +24,9 @@ use crate::record::{check_name, Recorder, StreamKey, TaskSource};
 /// How often each node reads the active tasks (the delay for a task created or stopped on
 /// another node of a fleet, and the precision of `end_time`).
 pub const REFRESH: Duration = Duration::from_millis(500);
+/// How often a node alone on its SQLite catalog with no active task reads the tasks (a task
+/// created through it wakes it at once).
+pub const IDLE_REFRESH: Duration = Duration::from_secs(10);
 /// A node recording a task says so this often ([`Catalog::touch_task`])…
 pub const HEARTBEAT_MS: i64 = 5_000;
 /// …and a `recording` task not heard of for this long is `waiting` again (its node died).
@@ -227,6 +230,7 @@ impl Tasks {
         };
         self.inner.catalog.insert_task(&task).await?;
         self.inner.cache.write().unwrap_or_else(|e| e.into_inner()).push(task.clone());
+        self.inner.wake.notify_one();
         tracing::info!(task = %task.id, app = %task.app, stream = %task.stream, template = %task.template,
             start_ms = task.start_ms, end_ms = task.end_ms, "record task created");
         self.tick().await;
@@ -295,7 +299,7 @@ impl Tasks {
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(REFRESH) => {}
+                _ = tokio::time::sleep(self.refresh()) => {}
                 _ = self.inner.wake.notified() => {}
                 _ = shutdown.cancelled() => {
                     self.stop_pullers().await;
@@ -312,6 +316,19 @@ impl Tasks {
                 }
             }
             self.tick().await;
+        }
+    }
+
+    /// How long until the next round. A node alone on its SQLite catalog with no active task has
+    /// nothing to look at: tasks are created through this node, which wakes the loop
+    /// ([`Tasks::create`]). A fleet's nodes, or any node with a task to carry out, look every
+    /// [`REFRESH`].
+    fn refresh(&self) -> Duration {
+        let idle = self.inner.cache.read().unwrap_or_else(|e| e.into_inner()).is_empty();
+        if idle && self.inner.catalog.backend() == crate::catalog::Backend::Sqlite {
+            IDLE_REFRESH
+        } else {
+            REFRESH
         }
     }
 
