@@ -26,7 +26,9 @@ const PUBLISH_LOW_WATER: i32 = 16 * 1024;
 const MAX_LOW_WATER: i32 = 64 * 1024;
 /// Media a wake-up should bring, at most, as time.
 const LOW_WATER_SPAN: Duration = Duration::from_millis(100);
-/// Fallback tick: picks up data below the low-water mark and checks the idle timeout.
+/// Fallback tick: picks up data below the low-water mark and checks the idle timeout. It
+/// fires this long after the last read, not on a fixed beat: a stream whose reads come more
+/// often never wakes for it.
 const TICK: Duration = Duration::from_millis(250);
 /// Warnings (e.g. unparsable frames) logged per connection; the rest are only counted.
 const MAX_LOGGED_WARNINGS: u32 = 5;
@@ -200,8 +202,9 @@ async fn connection<H: PublishHandler>(
     let mut warnings = 0u32;
     let cancelled = shutdown.cancelled();
     tokio::pin!(cancelled);
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A fresh timer per wait (not one reset): the timer wheel then holds the real deadline, and
+    // a parked thread is not woken at a deadline that has since moved.
+    let mut next_tick = tokio::time::Instant::now() + TICK;
     let mut last_data = tokio::time::Instant::now();
     let mut batching = false;
     // The low-water mark follows the stream's rate, measured over a second or more.
@@ -225,25 +228,29 @@ async fn connection<H: PublishHandler>(
                     Ok(n) => n,
                     Err(e) => break Err(e.into()),
                 },
-                _ = tick.tick() => match recv_now(&sock, &mut buf) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        if last_data.elapsed() > idle_timeout {
-                            break Err(ConnError::Idle(idle_timeout));
+                _ = tokio::time::sleep_until(next_tick) => {
+                    next_tick = tokio::time::Instant::now() + TICK;
+                    match recv_now(&sock, &mut buf) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            if last_data.elapsed() > idle_timeout {
+                                break Err(ConnError::Idle(idle_timeout));
+                            }
+                            if !session.handshake_done() && opened.elapsed() > handshake_timeout {
+                                break Err(ConnError::HandshakeTimeout(handshake_timeout));
+                            }
+                            continue;
                         }
-                        if !session.handshake_done() && opened.elapsed() > handshake_timeout {
-                            break Err(ConnError::HandshakeTimeout(handshake_timeout));
-                        }
-                        continue;
+                        Err(e) => break Err(e.into()),
                     }
-                    Err(e) => break Err(e.into()),
-                },
+                }
             }
         };
         if n == 0 {
             break Ok(());
         }
         last_data = tokio::time::Instant::now();
+        next_tick = last_data + TICK;
         if batching {
             rate_bytes += n;
             let span = rate_since.elapsed();
