@@ -64,7 +64,14 @@ async fn main() {
     };
     let t = Instant::now();
     let storage = reel::storage::open("vod", &cfg, &data_dir).expect("open S3 storage");
-    while spooled(&spool) > 0 {
+    // As `reel serve` does at start: the uploader begins once someone hears of its uploads.
+    let announced = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = announced.clone();
+    storage.on_upload(std::sync::Arc::new(move |ev| {
+        assert!(ev.result.is_ok(), "upload failed: {:?}", ev.result);
+        seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }));
+    while spooled(&spool) > 0 || announced.load(std::sync::atomic::Ordering::Relaxed) < files as usize {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(t.elapsed() < Duration::from_secs(600), "spool did not drain");
     }
@@ -72,7 +79,7 @@ async fn main() {
     drop(storage);
     let mb = bytes as f64 / 1e6;
     println!(
-        "spool drain: {files} files, {mb:.0} MB in {:.2} s = {:.0} MB/s (first poll after 1 s included); \
+        "spool drain: {files} files, {mb:.0} MB in {:.2} s = {:.0} MB/s (from the storage opening); \
          local copy of the same: {:.0} MB/s; ratio {:.2}",
         drain.as_secs_f64(),
         mb / drain.as_secs_f64(),

@@ -78,6 +78,9 @@ struct Inner {
     down: std::sync::atomic::AtomicBool,
     /// Parts of uploads while recording (0: files upload whole at close).
     part_size: u64,
+    /// Someone listens for uploads from the spool: the uploader may start (what a restart left
+    /// in the spool goes at once, not after the first poll, and no upload goes unannounced).
+    listening: tokio::sync::Notify,
 }
 
 /// Parts of one upload while recording in flight at once.
@@ -146,6 +149,7 @@ impl S3Storage {
             refused: Mutex::new(HashSet::new()),
             down: std::sync::atomic::AtomicBool::new(false),
             part_size: cfg.part_size,
+            listening: tokio::sync::Notify::new(),
         });
         rt.spawn(drain_spool(Arc::downgrade(&inner)));
         Ok(Self { inner })
@@ -358,7 +362,13 @@ fn spooled(root: &Path) -> Vec<(SystemTime, PathBuf, String)> {
 
 /// The spool's uploader: sends what is owed, oldest first, while the storage lives.
 async fn drain_spool(inner: Weak<Inner>) {
-    let mut wait = SPOOL_POLL;
+    // The first look: once a listener is registered (at once, at start-up), or after one poll.
+    let first = match inner.upgrade() {
+        Some(s) => tokio::time::timeout(SPOOL_POLL, async move { s.listening.notified().await }),
+        None => return,
+    };
+    let _ = first.await;
+    let mut wait = Duration::ZERO;
     loop {
         tokio::time::sleep(wait).await;
         let Some(s) = inner.upgrade() else { return };
@@ -518,6 +528,7 @@ impl Storage for S3Storage {
 
     fn on_upload(&self, listener: UploadListener) {
         *self.inner.listener.lock().unwrap_or_else(|e| e.into_inner()) = Some(listener);
+        self.inner.listening.notify_one();
     }
 }
 
