@@ -177,5 +177,7 @@ impl S3Server {
 impl Drop for S3Server {
     fn drop(&mut self) {
         self.pause();
+        // The server's volumes (hundreds of MB after a bench): nothing to look at afterwards.
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
