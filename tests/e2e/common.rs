@@ -68,7 +68,9 @@ impl Reel {
                 .spawn()
                 .expect("start reel");
             let mut r = Reel { child: Some(child), dir: dir.clone(), rtmp_port, http_port, log };
-            let deadline = Instant::now() + Duration::from_secs(20);
+            // A cold start compiles the configured plugins first (a Python component takes
+            // 5-10 s alone, longer beside other tests on a loaded machine).
+            let deadline = Instant::now() + Duration::from_secs(60);
             loop {
                 if TcpStream::connect(("127.0.0.1", rtmp_port)).is_ok() {
                     return r;
