@@ -183,6 +183,11 @@ impl Output {
         self.body.as_ref().map_or(0, |b| b.pending_bytes)
     }
 
+    /// A file or segment has bytes but no writer yet (it opened since the last flush).
+    pub fn unopened(&self) -> bool {
+        self.body.as_ref().is_some_and(|b| b.writer.is_none() && !b.pending.is_empty() && !b.write_failed)
+    }
+
     /// Feeds one frame; `now_ms` stamps what opens.
     pub fn push(&mut self, f: &Frame, now_ms: u64, events: &mut Vec<Event>) {
         if self.disabled {

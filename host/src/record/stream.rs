@@ -414,7 +414,10 @@ impl StreamTask {
                         break;
                     }
                     // One file over its batch size writes every file's batch: one hand-off.
-                    if self.slots.iter().any(|s| s.out.pending_bytes() >= flush_bytes) {
+                    // So does a file or segment just opened: its partial, which tells recovery
+                    // what it is (an HLS segment names its live playlist), exists at once, not
+                    // up to a batch later, and a crash at any moment leaves it recoverable.
+                    if self.slots.iter().any(|s| s.out.pending_bytes() >= flush_bytes || s.out.unopened()) {
                         self.flush().await;
                         next_flush = Instant::now() + flush_every;
                     }
