@@ -134,7 +134,7 @@ pub struct Server {
     /// Frames a recording may queue before it is declared too slow (per stream).
     #[serde(default = "default_queue_frames")]
     pub queue_frames: usize,
-    /// Largest buffered, not yet written bytes per open file before a flush.
+    /// Largest buffered bytes per open file before they go to the recording's writer thread.
     #[serde(default = "default_flush_bytes")]
     pub flush_bytes: usize,
     /// Longest time written data may wait in memory before a flush.
@@ -210,7 +210,7 @@ fn default_queue_frames() -> usize {
     4096
 }
 fn default_flush_bytes() -> usize {
-    256 * 1024
+    16 * 1024
 }
 fn default_flush_interval() -> Duration {
     Duration::from_millis(1000)

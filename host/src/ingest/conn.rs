@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -197,7 +197,7 @@ async fn connection<H: PublishHandler>(
     let opened = tokio::time::Instant::now();
     let mut session = ServerSession::with_budget(reassembly);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    let mut events = Vec::with_capacity(64);
+    let mut events = Vec::with_capacity(16);
     let mut sink: Option<H::Sink> = None;
     let mut warnings = 0u32;
     let cancelled = shutdown.cancelled();
@@ -211,25 +211,34 @@ async fn connection<H: PublishHandler>(
     let (mut low_water, mut rate_bytes, mut rate_since) = (0i32, 0usize, tokio::time::Instant::now());
     let mut draining = false;
     let result = loop {
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
-        }
         let n = if draining {
             // Shutting down: take what the kernel already holds, then stop.
+            room(&mut buf);
             recv_now(&sock, &mut buf).unwrap_or(0)
         } else {
+            // Room is made once data is there, not before the wait: by then the frames of the
+            // last read were written and dropped, and the block they were slices of is reused
+            // in place instead of a new one being allocated beside it.
             tokio::select! {
                 biased;
                 _ = &mut cancelled => {
                     draining = true;
                     continue;
                 }
-                r = sock.read_buf(&mut buf) => match r {
-                    Ok(n) => n,
+                r = sock.readable() => match r {
+                    Ok(()) => {
+                        room(&mut buf);
+                        match sock.try_io(tokio::io::Interest::READABLE, || recv_now(&sock, &mut buf)) {
+                            Ok(n) => n,
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                            Err(e) => break Err(e.into()),
+                        }
+                    }
                     Err(e) => break Err(e.into()),
                 },
                 _ = tokio::time::sleep_until(next_tick) => {
                     next_tick = tokio::time::Instant::now() + TICK;
+                    room(&mut buf);
                     match recv_now(&sock, &mut buf) {
                         Ok(n) => n,
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -323,6 +332,13 @@ async fn connection<H: PublishHandler>(
     drop(sink);
     let _ = tokio::time::timeout(write_timeout, sock.shutdown()).await;
     result
+}
+
+/// Makes room for a read: a block of [`READ_CHUNK`] when little is left.
+fn room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
 }
 
 /// The low-water mark for a stream that sent `bytes` in `span`: [`LOW_WATER_SPAN`] of it,

@@ -46,6 +46,9 @@ const PADDING_CHUNK: usize = 250;
 const PADDING_OVERHEAD: usize = 2 + PADDING_KEY.len() + 1 + 4;
 /// Room for the publisher's metadata growing after the placeholder was written.
 const RESERVE_SLACK: usize = 1024;
+/// Tag headers are cut from blocks of this size (a block lives while a header cut from it
+/// waits to be written).
+const SCRATCH: usize = 1024;
 /// Keyframes reserved at most (four hours at one per second).
 const MAX_RESERVED_KEYFRAMES: usize = 4 * 3600;
 
@@ -71,7 +74,7 @@ pub struct FlvMuxer {
 
 impl FlvMuxer {
     pub fn new() -> Self {
-        Self { scratch: BytesMut::with_capacity(4096), ..Self::default() }
+        Self { scratch: BytesMut::with_capacity(SCRATCH), ..Self::default() }
     }
 
     /// A muxer for a live file of at most `interval_ms`: reserves `onMetaData` room for one
@@ -83,7 +86,7 @@ impl FlvMuxer {
 
     fn reserve(&mut self) {
         if self.scratch.capacity() < 64 {
-            self.scratch.reserve(4096);
+            self.scratch.reserve(SCRATCH);
         }
     }
 

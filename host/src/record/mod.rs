@@ -14,6 +14,7 @@ pub mod remux;
 pub mod segmenter;
 mod stream;
 mod timeline;
+mod writer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,6 +43,8 @@ pub enum RecordError {
     Policy(#[from] PolicyError),
     #[error("template.{template}.name: {message}")]
     Name { template: String, message: String },
+    #[error("starting the writer threads")]
+    Threads(#[source] std::io::Error),
 }
 
 /// Longest app or stream name accepted, in bytes.
@@ -428,6 +431,8 @@ struct Inner {
     next_session: AtomicU64,
     catalog: Option<Catalog>,
     tasks: std::sync::OnceLock<Arc<dyn TaskSource>>,
+    /// Where recordings' files are written.
+    writers: writer::Writers,
 }
 
 /// Entry point of the recording side; cheap to clone.
@@ -474,6 +479,7 @@ impl Drop for StreamHandle {
 impl Recorder {
     /// A recorder writing what it records into `catalog` (none: files are only announced).
     pub fn new(config: Config, catalog: Option<Catalog>) -> Result<Self, RecordError> {
+        let writers = writer::Writers::start(config.server.ingest_threads).map_err(RecordError::Threads)?;
         let rt = Runtime::new(config)?;
         let runtime = Arc::new(RwLock::new(Arc::new(rt)));
         watch_uploads(&runtime.read().unwrap_or_else(|e| e.into_inner()), &runtime, catalog.as_ref());
@@ -486,6 +492,7 @@ impl Recorder {
                 next_session: AtomicU64::new(1),
                 catalog,
                 tasks: std::sync::OnceLock::new(),
+                writers,
             }),
         })
     }
@@ -615,6 +622,7 @@ impl Recorder {
             self.inner.tracker.clone(),
             self.inner.catalog.clone(),
             self.inner.parking.clone(),
+            self.inner.writers.queue(),
         );
         self.inner.tracker.spawn(task.run(rx));
         Ok(Some(Sink { of, tx, overflow, wait_key }))

@@ -74,7 +74,7 @@ pub struct Body {
 
 impl Body {
     fn new(now_ms: u64, seq: u32) -> Self {
-        Body { pending: Vec::with_capacity(256), opened_ms: now_ms, seq, ..Default::default() }
+        Body { pending: Vec::with_capacity(64), opened_ms: now_ms, seq, ..Default::default() }
     }
 
     /// Counts the chunks a muxer appended from index `from` on into `pending_bytes`.
@@ -181,11 +181,6 @@ impl Output {
 
     pub fn pending_bytes(&self) -> usize {
         self.body.as_ref().map_or(0, |b| b.pending_bytes)
-    }
-
-    /// A file or segment has bytes but no writer yet (it opened since the last flush).
-    pub fn unopened(&self) -> bool {
-        self.body.as_ref().is_some_and(|b| b.writer.is_none() && !b.pending.is_empty() && !b.write_failed)
     }
 
     /// Feeds one frame; `now_ms` stamps what opens.

@@ -1,10 +1,11 @@
 //! One task per recorded publish: receives frames, feeds the outputs (one per format), and
-//! acts on what they report: it names files (policy), stores them (storage, on the blocking
-//! pool) and announces them (notify). Closing a file runs as its own tracked task so the
-//! stream never waits for it; HLS segments and playlists are stored in order.
+//! acts on what they report: it names files (policy), stores them and announces them
+//! (notify). Bytes go to the recording's writer thread ([`super::writer`]) as they come;
+//! closing a file runs on the blocking pool as its own tracked task, after the writes queued
+//! before it, so the stream never waits for it; HLS segments and playlists are stored in order.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
@@ -16,6 +17,7 @@ use super::events::{self, file_fields};
 use super::output::{rebase_playlist, relative_uri, segment_key, Body, Event, Output};
 use super::segmenter::Piece;
 use super::timeline::Timeline;
+use super::writer::WriteQueue;
 use super::{queue_events, Msg, Parking, Resume, Runtime, StreamKey};
 use crate::catalog::{new_id, Catalog, NewEvent, Recording};
 use crate::config::{Format, Template};
@@ -24,7 +26,10 @@ use crate::media::{Frame, FrameKind};
 use crate::mux::hls::{Playlist, Segment};
 use crate::mux::Rewrite;
 use crate::policy::{random_id, FileInfo, Plan, Policy, StreamInfo};
-use crate::storage::{Finalize, Storage, StorageError, Stored};
+use crate::storage::{FileWriter, Finalize, Storage, StorageError, Stored};
+
+/// Frames taken off the queue at a time.
+const RECV_BATCH: usize = 16;
 
 /// Counters of one publish, readable while it runs.
 #[derive(Debug, Default)]
@@ -196,9 +201,86 @@ pub(crate) struct Ids {
     pub task_id: Option<String>,
 }
 
+/// How the writer thread creates a file at its first batch: storage, temporary name hint,
+/// description for recovery.
+type Create = (Arc<dyn Storage>, String, Vec<u8>);
+
+/// An open file (or HLS segment) while the writer thread writes it: created there at its first
+/// batch, written there, and taken back to be closed once the writes before the close ran.
+#[derive(Default)]
+struct LiveFile(Mutex<Written>);
+
+#[derive(Default)]
+struct Written {
+    writer: Option<Box<dyn FileWriter>>,
+    /// The first failure, as the `record_failed` reason; nothing is written after it.
+    failure: Option<String>,
+    /// The failure was logged and announced.
+    reported: bool,
+}
+
+impl LiveFile {
+    fn state(&self) -> std::sync::MutexGuard<'_, Written> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// On the writer thread: creates the file if it is new, then appends `chunks`.
+    fn write(&self, chunks: &[bytes::Bytes], create: Option<Create>) {
+        let mut s = self.state();
+        if s.failure.is_some() {
+            return;
+        }
+        if s.writer.is_none() {
+            let Some((storage, hint, meta)) = create else { return };
+            match storage.create_described(&hint, &meta) {
+                Ok(w) => s.writer = Some(w),
+                Err(e) => {
+                    s.failure = Some(format!("cannot create file: {}", chain(&e)));
+                    return;
+                }
+            }
+        }
+        if let Some(Err(e)) = s.writer.as_mut().map(|w| w.write(chunks)) {
+            s.failure = Some(format!("write failed, the file ends here: {}", chain(&e)));
+        }
+    }
+
+    /// A failure nobody reported yet (the caller reports it).
+    fn unreported(&self) -> Option<String> {
+        let mut s = self.state();
+        if s.reported {
+            return None;
+        }
+        s.reported = s.failure.is_some();
+        s.failure.clone()
+    }
+
+    /// Takes the writer back, with whether a write failed and the failure nobody reported yet.
+    fn take(&self) -> (Option<Box<dyn FileWriter>>, bool, Option<String>) {
+        let unreported = self.unreported();
+        let mut s = self.state();
+        (s.writer.take(), s.failure.is_some(), unreported)
+    }
+}
+
+/// Hands a live file's writer back to `body` to be closed (after the writes queued before):
+/// a failure marks the body failed and, if nobody reported it yet, is reported now.
+fn take_back(file: Option<Arc<LiveFile>>, body: &mut Body, ctx: &Ctx, format: Format) {
+    let Some(file) = file else { return };
+    let (writer, failed, unreported) = file.take();
+    body.writer = writer;
+    body.write_failed |= failed;
+    if let Some(why) = unreported {
+        tracing::error!(stream = %ctx.info.name, format = format.name(), "{why}");
+        ctx.failed(format, why);
+    }
+}
+
 /// One output and the storage its files go to.
 struct Slot {
     out: Output,
+    /// Its open file or segment, once its first batch went to the writer thread.
+    file: Option<Arc<LiveFile>>,
     storage: Arc<dyn Storage>,
     storage_name: String,
     /// Wall-clock start of the open file (HLS: playlist).
@@ -224,6 +306,8 @@ pub(crate) struct StreamTask {
     resume_window_ms: u64,
     /// Where a resumed publish's frames go.
     timeline: Timeline,
+    /// Where its files are written.
+    queue: WriteQueue,
 }
 
 impl StreamTask {
@@ -239,6 +323,7 @@ impl StreamTask {
         tracker: TaskTracker,
         catalog: Option<Catalog>,
         parking: Arc<Parking>,
+        queue: WriteQueue,
     ) -> Self {
         let storage = rt.storages.get(&template.storage).cloned();
         let policy = rt.policy_for(&template);
@@ -265,6 +350,7 @@ impl StreamTask {
                     .drained(server.flush_interval.as_millis(), server.flush_bytes as u64);
                 slots.push(Slot {
                     out,
+                    file: None,
                     storage: storage.clone(),
                     storage_name: template.storage.clone(),
                     file_start_ms: 0,
@@ -297,6 +383,7 @@ impl StreamTask {
             parking,
             resume_window_ms,
             timeline: Timeline::default(),
+            queue,
         }
     }
 
@@ -398,10 +485,10 @@ impl StreamTask {
         let flush_every = server.flush_interval.std();
         let flush_bytes = server.flush_bytes;
         let mut next_flush = Instant::now() + flush_every;
-        let mut batch = Vec::with_capacity(256);
+        let mut batch = Vec::with_capacity(RECV_BATCH);
         loop {
             tokio::select! {
-                n = rx.recv_many(&mut batch, 256) => {
+                n = rx.recv_many(&mut batch, RECV_BATCH) => {
                     if n == 0 {
                         break;
                     }
@@ -417,7 +504,11 @@ impl StreamTask {
                     // So does a file or segment just opened: its partial, which tells recovery
                     // what it is (an HLS segment names its live playlist), exists at once, not
                     // up to a batch later, and a crash at any moment leaves it recoverable.
-                    if self.slots.iter().any(|s| s.out.pending_bytes() >= flush_bytes || s.out.unopened()) {
+                    let due = |s: &Slot| {
+                        let n = s.out.pending_bytes();
+                        n > 0 && (n >= flush_bytes || s.file.is_none())
+                    };
+                    if self.slots.iter().any(due) {
                         self.flush().await;
                         next_flush = Instant::now() + flush_every;
                     }
@@ -501,17 +592,9 @@ impl StreamTask {
         format!("{}-{}.{}", self.ctx.stem(), self.created, format.extension())
     }
 
-    /// Writes the pending bytes of every open file (creating each at its first flush), all in
-    /// one trip to the blocking pool: one hand-off per stream, not one per format.
+    /// Hands the pending bytes of every open file (each created at its first batch) to the
+    /// writer thread, in one job: one hand-off per stream, not one per format, and no wait.
     async fn flush(&mut self) {
-        /// A file's writer, or the hint and description to create it with.
-        type Target = Result<Box<dyn crate::storage::FileWriter>, (String, Vec<u8>)>;
-        struct Job {
-            slot: usize,
-            chunks: crate::mux::Chunks,
-            target: Target,
-            storage: Arc<dyn Storage>,
-        }
         for i in 0..self.slots.len() {
             // What a muxer holds for its framing (an MP4 fragment) goes with this write.
             let mut events = std::mem::take(&mut self.events);
@@ -521,16 +604,24 @@ impl StreamTask {
             }
             self.events = events;
         }
-        let mut jobs = Vec::new();
+        let mut jobs: Vec<(Arc<LiveFile>, crate::mux::Chunks, Option<Create>)> = Vec::new();
+        let mut bytes = 0;
         for i in 0..self.slots.len() {
+            self.check_failure(i);
             let format = self.slots[i].out.format;
-            let Some(body) = &self.slots[i].out.body else { continue };
-            if body.pending.is_empty() || body.write_failed {
+            let Some(body) = &mut self.slots[i].out.body else { continue };
+            if body.write_failed {
+                // Storage failed: what comes after is not written (the file keeps what it has).
+                body.take_pending();
                 continue;
             }
-            let create = if body.writer.is_none() {
-                let (seq, opened_ms) = (body.seq, body.opened_ms);
+            if body.pending.is_empty() {
+                continue;
+            }
+            let create = if self.slots[i].file.is_none() {
+                let hint = self.hint(format);
                 let slot = &self.slots[i];
+                let Some(body) = &slot.out.body else { continue };
                 let playlist =
                     slot.out.hls.as_ref().and_then(|h| h.live_key.clone()).map(|key| super::recover::PlaylistMeta {
                         key,
@@ -538,65 +629,38 @@ impl StreamTask {
                         start_ms: slot.file_start_ms,
                         target_secs: slot.out.hls.as_ref().map_or(0, |h| h.playlist.target_duration),
                     });
-                Some((self.hint(format), self.ctx.describe(format, seq, opened_ms, playlist)))
+                Some((slot.storage.clone(), hint, self.ctx.describe(format, body.seq, body.opened_ms, playlist)))
             } else {
                 None
             };
             let slot = &mut self.slots[i];
             let Some(body) = &mut slot.out.body else { continue };
-            let target = match (body.writer.take(), create) {
-                (Some(w), _) => Ok(w),
-                (None, Some(c)) => Err(c),
-                (None, None) => continue,
-            };
-            jobs.push(Job { slot: i, chunks: body.take_pending(), target, storage: slot.storage.clone() });
+            bytes += body.pending_bytes;
+            let file = slot.file.get_or_insert_with(Default::default).clone();
+            jobs.push((file, body.take_pending(), create));
         }
         if jobs.is_empty() {
             return;
         }
-        let slots: Vec<usize> = jobs.iter().map(|j| j.slot).collect();
-        let res = tokio::task::spawn_blocking(move || {
-            jobs.into_iter()
-                .map(|j| {
-                    let mut w = match j.target {
-                        Ok(w) => w,
-                        Err((hint, meta)) => j.storage.create_described(&hint, &meta)?,
-                    };
-                    let r = w.write(&j.chunks);
-                    Ok::<_, StorageError>((w, r))
-                })
-                .collect::<Vec<_>>()
-        })
-        .await;
-        let stream = self.ctx.info.name.clone();
-        let results: Vec<Result<_, String>> = match res {
-            Ok(rs) => rs.into_iter().map(Ok).collect(),
-            Err(e) => slots.iter().map(|_| Err(e.to_string())).collect(),
-        };
-        for (i, r) in slots.into_iter().zip(results) {
-            let format = self.slots[i].out.format;
-            let Some(body) = &mut self.slots[i].out.body else { continue };
-            match r {
-                Ok(Ok((w, r))) => {
-                    body.writer = Some(w);
-                    if let Err(e) = r {
-                        tracing::error!(%stream, format = format.name(), error = &e as &dyn std::error::Error, "write failed, the file ends here");
-                        body.write_failed = true;
-                        self.ctx.failed(format, format!("write failed, the file ends here: {}", chain(&e)));
-                    }
+        self.queue
+            .submit(bytes, move || {
+                for (file, chunks, create) in jobs {
+                    file.write(&chunks, create);
                 }
-                Ok(Err(e)) => {
-                    tracing::error!(%stream, format = format.name(), error = &e as &dyn std::error::Error, "cannot create file");
-                    body.write_failed = true;
-                    self.ctx.failed(format, format!("cannot create file: {}", chain(&e)));
-                }
-                Err(e) => {
-                    tracing::error!(%stream, format = format.name(), error = %e, "write task failed");
-                    body.write_failed = true;
-                    self.ctx.failed(format, format!("write task failed: {e}"));
-                }
-            }
+            })
+            .await;
+    }
+
+    /// Reports a failure the writer thread met on slot `i`'s file since the last look: the
+    /// file ends at its last whole write.
+    fn check_failure(&mut self, i: usize) {
+        let slot = &mut self.slots[i];
+        let Some(why) = slot.file.as_ref().and_then(|f| f.unreported()) else { return };
+        if let Some(body) = &mut slot.out.body {
+            body.write_failed = true;
         }
+        tracing::error!(stream = %self.ctx.info.name, format = slot.out.format.name(), "{why}");
+        self.ctx.failed(slot.out.format, why);
     }
 
     async fn handle(&mut self, i: usize, events: &mut Vec<Event>, failed: bool) {
@@ -628,8 +692,17 @@ impl StreamTask {
                     }
                 }
                 Event::Disabled(e, writer) => {
-                    if let Some(w) = writer {
-                        self.tracker.spawn_blocking(move || w.abort());
+                    let file = self.slots[i].file.take();
+                    if writer.is_some() || file.is_some() {
+                        // After the writes queued for it.
+                        let (barrier, tracker) = (self.queue.barrier(), self.tracker.clone());
+                        self.tracker.spawn(async move {
+                            let _ = barrier.await;
+                            tracker.spawn_blocking(move || {
+                                let taken = file.and_then(|f| f.take().0);
+                                writer.into_iter().chain(taken).for_each(|w| w.abort());
+                            });
+                        });
                     }
                     tracing::warn!(format = format.name(), stream = %self.ctx.info.name, "skipping format for this stream: {e}");
                 }
@@ -646,13 +719,27 @@ impl StreamTask {
         }
     }
 
-    /// Finalises, names, stores and announces a closed file, in a tracked blocking task.
-    fn close_file(&self, i: usize, piece: Piece, mut body: Body, rewrite: Option<Rewrite>, failed: bool, hint: String) {
+    /// Finalises, names, stores and announces a closed file, in a tracked blocking task that
+    /// starts once the writes queued before it ran.
+    fn close_file(
+        &mut self,
+        i: usize,
+        piece: Piece,
+        mut body: Body,
+        rewrite: Option<Rewrite>,
+        failed: bool,
+        hint: String,
+    ) {
+        let file = self.slots[i].file.take();
         let slot = &self.slots[i];
         let (storage, ctx, format, start_ms, storage_name) =
             (slot.storage.clone(), self.ctx.clone(), slot.out.format, body.opened_ms, slot.storage_name.clone());
         let end_ms = now_ms();
-        self.tracker.spawn_blocking(move || {
+        let (barrier, tracker) = (self.queue.barrier(), self.tracker.clone());
+        self.tracker.spawn(async move {
+            let _ = barrier.await;
+            tracker.spawn_blocking(move || {
+            take_back(file, &mut body, &ctx, format);
             if piece.samples == 0 {
                 if let Some(w) = body.writer.take() {
                     w.abort();
@@ -714,11 +801,17 @@ impl StreamTask {
                     ctx.failed(format, format!("closing {key} failed: {}", chain(&e)));
                 }
             }
+            });
         });
     }
 
     /// Stores a closed HLS segment under its playlist's name and rewrites the playlist.
     async fn store_segment(&mut self, i: usize, piece: Piece, mut body: Body, discontinuity: bool, hint: String) {
+        if let Some(file) = self.slots[i].file.take() {
+            // The segment's writes queued before its close land first.
+            let _ = self.queue.barrier().await;
+            take_back(Some(file), &mut body, &self.ctx, Format::Hls);
+        }
         let slot = &mut self.slots[i];
         let Some(hls) = &mut slot.out.hls else { return };
         let Some(live) = hls.live_key.clone() else { return };

@@ -30,15 +30,17 @@ fn moov(tracks: &[(&TrackInfo, &TrackTable)], shift: i64, co64: bool) -> Result<
 }
 
 /// A `free` box of `len` (≥ 8) bytes.
+/// The header of a `free` box `len` bytes long. Its content is whatever the reserved region
+/// held there (zeros, or the start of the init `moov`): a reader skips it, so the head is
+/// written without it and nothing of the region's size is built in memory.
 fn put_free(head: &mut BytesMut, len: u64) {
     head.put_u32(len as u32);
     head.put_slice(b"free");
-    head.put_bytes(0, (len - 8) as usize);
 }
 
-/// How to finish the file: `head` over `[0, head_end)` with `ftyp` + `moov` + `free` padding
-/// when the `moov` fits, else `ftyp` + `free` there and the `moov` as the `tail` (or, offline,
-/// a new head before a copy of the fragments). Tracks without samples are left out.
+/// How to finish the file: `head` over the start of `[0, head_end)` with `ftyp` + `moov` + the
+/// header of a `free` box over the rest when the `moov` fits, else `ftyp` + `free` there and
+/// the `moov` as the `tail` (or, offline, a new head before a copy of the fragments). Tracks without samples are left out.
 /// `Ok(None)` when no track has a sample.
 pub(crate) fn finalize(tracks: &[(&TrackInfo, &TrackTable)], at: Layout) -> Result<Option<Rewrite>, MuxError> {
     let tracks: Vec<(&TrackInfo, &TrackTable)> = tracks.iter().copied().filter(|(_, t)| t.sample_count() > 0).collect();
@@ -51,7 +53,6 @@ pub(crate) fn finalize(tracks: &[(&TrackInfo, &TrackTable)], at: Layout) -> Resu
     w.done()?;
     debug_assert_eq!(head.len() as u64, at.ftyp_len);
     let last_chunk = tracks.iter().filter_map(|(_, t)| t.chunks.last().map(|c| c.0)).max().unwrap_or(0);
-    let body = std::iter::once(at.head_end..at.end).collect::<Vec<_>>();
 
     let in_place = moov(&tracks, 0, last_chunk > u64::from(u32::MAX))?;
     let room = at.head_end - at.ftyp_len;
@@ -61,10 +62,12 @@ pub(crate) fn finalize(tracks: &[(&TrackInfo, &TrackTable)], at: Layout) -> Resu
         if len < room {
             put_free(&mut head, room - len);
         }
+        let body: Vec<_> = std::iter::once(head.len() as u64..at.end).collect();
         return Ok(Some(Rewrite { head: head.freeze(), ranges: body, tail: Bytes::new() }));
     }
     if at.moov_at_end && room >= 8 {
         put_free(&mut head, room);
+        let body: Vec<_> = std::iter::once(head.len() as u64..at.end).collect();
         return Ok(Some(Rewrite { head: head.freeze(), ranges: body, tail: in_place.freeze() }));
     }
     // Laid out anew: the fragments move by the difference between the heads. The moov's size
@@ -77,5 +80,9 @@ pub(crate) fn finalize(tracks: &[(&TrackInfo, &TrackTable)], at: Layout) -> Resu
         shift = shift_for(moov(&tracks, 0, true)?.len());
     }
     head.extend_from_slice(&moov(&tracks, shift, co64)?);
-    Ok(Some(Rewrite { head: head.freeze(), ranges: body, tail: Bytes::new() }))
+    Ok(Some(Rewrite {
+        head: head.freeze(),
+        ranges: std::iter::once(at.head_end..at.end).collect(),
+        tail: Bytes::new(),
+    }))
 }

@@ -1,0 +1,156 @@
+//! The threads that write live recordings. A recording hands each batch of its files' bytes
+//! to its writer thread and goes on: no wait and no wake-up back, so it can write what every
+//! wake-up of its connection brought instead of holding frames in memory for a larger batch
+//! (what a batch pins is the read and reassembly blocks its frames are slices of).
+//!
+//! A recording's jobs run in order on one thread (several recordings share one). It waits only
+//! when its bytes in flight pass [`MAX_IN_FLIGHT`] (storage slower than the stream), and before
+//! a file closes, for the writes queued before ([`WriteQueue::barrier`]); closing itself runs on
+//! the blocking pool, not here, so a slow close (an upload, an fsync) holds no other stream.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::Arc;
+
+use tokio::sync::{oneshot, Notify};
+
+/// Bytes one recording may have queued and not yet written; past it, the recording waits (and
+/// its frames wait in its queue, which ends it if storage never catches up).
+pub const MAX_IN_FLIGHT: usize = 4 << 20;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The writer threads of a recorder.
+pub(crate) struct Writers {
+    threads: Vec<Sender<Job>>,
+    next: AtomicUsize,
+}
+
+impl Writers {
+    /// Starts `n` threads (0: one per CPU). They end when the last queue on them is dropped.
+    pub fn start(n: usize) -> std::io::Result<Writers> {
+        let n = if n == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { n };
+        let mut threads = Vec::with_capacity(n);
+        for i in 0..n {
+            let (tx, rx) = channel::<Job>();
+            std::thread::Builder::new().name(format!("reel-writer-{i}")).spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job();
+                }
+            })?;
+            threads.push(tx);
+        }
+        Ok(Writers { threads, next: AtomicUsize::new(0) })
+    }
+
+    /// The queue of a new recording (recordings go to the threads in turn).
+    pub fn queue(&self) -> WriteQueue {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.threads.len();
+        WriteQueue { tx: self.threads[i].clone(), in_flight: Arc::default() }
+    }
+}
+
+#[derive(Default)]
+struct InFlight {
+    bytes: AtomicUsize,
+    below: Notify,
+}
+
+/// One recording's way to its writer thread.
+pub(crate) struct WriteQueue {
+    tx: Sender<Job>,
+    in_flight: Arc<InFlight>,
+}
+
+impl WriteQueue {
+    /// Runs `job` on the writer thread after the jobs queued before it; `bytes` count against
+    /// [`MAX_IN_FLIGHT`] until it ran. Waits only while the recording is over that bound.
+    pub async fn submit(&self, bytes: usize, job: impl FnOnce() + Send + 'static) {
+        loop {
+            let below = self.in_flight.below.notified();
+            tokio::pin!(below);
+            below.as_mut().enable();
+            if self.in_flight.bytes.load(Ordering::Acquire) < MAX_IN_FLIGHT {
+                break;
+            }
+            below.await;
+        }
+        self.in_flight.bytes.fetch_add(bytes, Ordering::AcqRel);
+        let in_flight = self.in_flight.clone();
+        let job: Job = Box::new(move || {
+            // A job that panics (a storage bug) loses its own write, not the count or the thread.
+            if std::panic::catch_unwind(AssertUnwindSafe(job)).is_err() {
+                tracing::error!("a write job panicked");
+            }
+            let before = in_flight.bytes.fetch_sub(bytes, Ordering::AcqRel);
+            if before >= MAX_IN_FLIGHT && before - bytes < MAX_IN_FLIGHT {
+                in_flight.below.notify_waiters();
+            }
+        });
+        if let Err(back) = self.tx.send(job) {
+            // The thread is gone (the recorder is being dropped): write here, in order still.
+            (back.0)();
+        }
+    }
+
+    /// Resolves once every job queued before it has run.
+    pub fn barrier(&self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.tx.send(Box::new(move || {
+            let _ = tx.send(());
+        }));
+        rx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[tokio::test]
+    async fn jobs_run_in_order_off_the_caller_and_a_barrier_waits_for_them() {
+        let writers = Writers::start(2).unwrap();
+        let q = writers.queue();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let caller = std::thread::current().id();
+        for i in 0..100 {
+            let seen = seen.clone();
+            q.submit(10, move || {
+                assert_ne!(std::thread::current().id(), caller);
+                seen.lock().unwrap().push(i);
+            })
+            .await;
+        }
+        q.barrier().await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), (0..100).collect::<Vec<_>>());
+        assert_eq!(q.in_flight.bytes.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn a_recording_over_its_bound_waits_for_its_writes() {
+        let writers = Writers::start(1).unwrap();
+        let q = writers.queue();
+        let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+        // A write that does not end until the gate opens (storage stalled).
+        q.submit(MAX_IN_FLIGHT, move || gate_rx.recv().unwrap()).await;
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(200), q.submit(1, || {})).await;
+        assert!(waited.is_err(), "a submit over the bound must wait");
+        gate_tx.send(()).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), q.submit(1, || {}))
+            .await
+            .expect("the wait ends when the stalled write does");
+        q.barrier().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_leaves_the_thread_working() {
+        let writers = Writers::start(1).unwrap();
+        let q = writers.queue();
+        q.submit(1, || panic!("storage bug")).await;
+        let (tx, rx) = oneshot::channel();
+        q.submit(1, move || tx.send(()).unwrap()).await;
+        tokio::time::timeout(std::time::Duration::from_secs(5), rx).await.unwrap().unwrap();
+    }
+}
