@@ -77,8 +77,9 @@ const AUDIO_PES_MAX_MS: f64 = 100.0;
 const AUDIO_JITTER_MS: f64 = 2.0;
 
 /// Packets are built into blocks of at least this size; each push splits its packets off as
-/// one chunk, so small frames share an allocation.
-const BUF_BLOCK: usize = 64 * 1024;
+/// one chunk, so small frames share an allocation. A block lives until every chunk cut from
+/// it is written: a live recorder writes about this much at a time, so no larger.
+const BUF_BLOCK: usize = 16 * 1024;
 
 fn reserve(buf: &mut BytesMut, n: usize) {
     if buf.capacity() - buf.len() < n {
@@ -767,6 +768,15 @@ impl Muxer for TsMuxer {
         self.flush_audio();
         self.emit(out);
         Ok(None)
+    }
+
+    /// Audio frames waiting for their PES are copied out of their frames, so they do not keep
+    /// the read block of the frames just written alive (a few hundred bytes each).
+    fn drain(&mut self, _out: &mut Chunks) -> Result<(), MuxError> {
+        for (_, b) in &mut self.batch {
+            *b = Bytes::copy_from_slice(b);
+        }
+        Ok(())
     }
 
     fn next_segment(&mut self) {

@@ -65,6 +65,10 @@ pub use self::recover::{recover, recover_from, RecoverError};
 /// Longest stretch of media (by decode time, ms) a fragment holds: what a crash can lose, plus
 /// the one sample per track held back until the next one gives its duration.
 pub const FRAGMENT_MS: i64 = 1000;
+/// The first fragment of a drained muxer ([`Mp4Muxer::drained`]) ends once it spans this much:
+/// enough samples to size the reservation from, and the recorder's drains (which wait for the
+/// head) start this soon, instead of a whole fragment being held at every file's start.
+pub const FIRST_FRAGMENT_MS: i64 = 300;
 /// Every video keyframe starts a new fragment, unless keyframes come closer together than
 /// this (all-intra video): then only once the current fragment spans this much.
 pub const MIN_KEYFRAME_FRAGMENT_MS: i64 = 200;
@@ -126,6 +130,8 @@ struct Pending {
     duration: u32,
     cts: i32,
     sync: bool,
+    /// `data` is its own copy, not a slice of the block the frame arrived in.
+    owned: bool,
 }
 
 struct Track {
@@ -589,11 +595,12 @@ impl Mp4Muxer {
         }
         if let Some(s) = self.fragment_start {
             let span = ms - s;
-            if span >= FRAGMENT_MS || (video && sync && (keyframe_cut || span >= MIN_KEYFRAME_FRAGMENT_MS)) {
+            let most = if self.head_written || self.drains.is_none() { FRAGMENT_MS } else { FIRST_FRAGMENT_MS };
+            if span >= most || (video && sync && (keyframe_cut || span >= MIN_KEYFRAME_FRAGMENT_MS)) {
                 self.flush(out)?;
             }
         }
-        self.tracks[ti].pending.push(Pending { data, ms, time, duration: 0, cts, sync });
+        self.tracks[ti].pending.push(Pending { data, ms, time, duration: 0, cts, sync, owned: false });
         self.fragment_start = Some(self.fragment_start.map_or(ms, |s| s.min(ms)));
         self.stats.samples += 1;
         Ok(())
@@ -755,11 +762,18 @@ impl Muxer for Mp4Muxer {
     /// A fragment of what is held now (once the head is out: its room is sized from the first
     /// fragment's own cadence), so a recorder's flush writes these samples instead of keeping
     /// their frames in memory until the next keyframe.
+    /// The sample held back per track (its duration comes with the next one) is copied out of
+    /// its frame, so it does not keep the read block of the frames just written alive.
     fn drain(&mut self, out: &mut Chunks) -> Result<(), MuxError> {
         if !self.head_written {
             return Ok(());
         }
-        self.flush(out)
+        self.flush(out)?;
+        for p in self.tracks.iter_mut().flat_map(|t| t.pending.iter_mut()).filter(|p| !p.owned) {
+            p.data = Bytes::copy_from_slice(&p.data);
+            p.owned = true;
+        }
+        Ok(())
     }
 
     fn finish(&mut self, out: &mut Chunks) -> Result<Option<Rewrite>, MuxError> {
