@@ -1106,6 +1106,23 @@ mod tests {
     }
 
     #[test]
+    fn a_drain_copies_the_batched_audio_out_of_its_frames_and_changes_no_byte() {
+        let mut frames = vec![aac_config_frame()];
+        frames.extend((0..12).map(|i| aac_frame((i as f64 * 23.22).round() as i64, 100 + i)));
+        let plain = mux(&mut TsMuxer::new(), &frames);
+        let mut m = TsMuxer::new();
+        let mut out = Vec::new();
+        for f in &frames {
+            m.push(f, &mut out).unwrap();
+            m.drain(&mut out).unwrap();
+            let pinned = m.batch.iter().any(|(_, b)| frames.iter().any(|f| f.tag.as_ptr_range().contains(&b.as_ptr())));
+            assert!(!pinned, "a batched frame still points into its frame after a drain");
+        }
+        m.finish(&mut out).unwrap();
+        assert_eq!(out.iter().flat_map(|b| b.iter().copied()).collect::<Vec<_>>(), plain);
+    }
+
+    #[test]
     fn audio_frames_are_batched_into_adts_pes_with_audio_pcr_when_audio_only() {
         let mut m = TsMuxer::new();
         // 44.1 kHz: 1024 samples = 23.22 ms. A gap after the 7th frame starts a new PES.

@@ -827,6 +827,9 @@ fn mux_drained(mut m: Mp4Muxer, frames: &[Frame], every_ms: i64) -> Muxed {
             next = f.dts + every_ms;
             if m.head_written {
                 assert!(m.tracks.iter().all(|t| t.pending.len() <= 1), "a drain leaves only the newest sample");
+                // ... as its own copy: it pins no block the frames arrived in.
+                let pinned = |p: &Pending| frames.iter().any(|f| f.tag.as_ptr_range().contains(&p.data.as_ptr()));
+                assert!(!m.tracks.iter().flat_map(|t| &t.pending).any(pinned), "a drain keeps a slice of a frame");
             }
         }
         temp.extend(out.drain(..).flat_map(|b| b.to_vec()));
@@ -835,6 +838,22 @@ fn mux_drained(mut m: Mp4Muxer, frames: &[Frame], every_ms: i64) -> Muxed {
     let rewrite = m.finish(&mut out).unwrap();
     temp.extend(out.drain(..).flat_map(|b| b.to_vec()));
     Muxed { temp, rewrite, stats: m.stats(), lengths }
+}
+
+#[test]
+fn a_drained_muxer_writes_its_head_after_a_short_first_fragment() {
+    let frames = ms_rounded_stream(5);
+    let head_at = |mut m: Mp4Muxer| {
+        let mut out = Vec::new();
+        frames.iter().find(|f| m.push(f, &mut out).is_ok() && m.head_written).map(|f| f.dts)
+    };
+    // A recorder that drains gets the head (and its drains work) 300 ms in; the whole first
+    // fragment is not held.
+    let drained = head_at(Mp4Muxer::reserving(30_000).drained(250, 16 * 1024)).unwrap();
+    assert!((FIRST_FRAGMENT_MS..FIRST_FRAGMENT_MS + 40).contains(&drained), "head at {drained} ms");
+    // Undrained, the first fragment ends as every other does (here at the keyframe at 2 s).
+    let undrained = head_at(Mp4Muxer::reserving(30_000)).unwrap();
+    assert!(undrained >= FRAGMENT_MS, "head at {undrained} ms");
 }
 
 #[test]
