@@ -1,6 +1,7 @@
 //! Where recordings go. A [`Storage`] creates files that are written under a temporary name
 //! and published under their final key only when complete, so a reader never sees a partial
-//! file under a final name. Blocking API: callers run it on the blocking pool.
+//! file under a final name. Blocking API: callers run it off the async workers (the blocking
+//! pool, or a recorder's writer threads).
 
 pub mod fs;
 pub mod s3;
