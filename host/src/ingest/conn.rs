@@ -334,10 +334,12 @@ async fn connection<H: PublishHandler>(
     result
 }
 
-/// Makes room for a read: a block of [`READ_CHUNK`] when little is left.
+/// Makes room for a read when little is left: up to [`READ_CHUNK`] in all, the bytes of a
+/// partial message included. (Asking for a whole block more than those bytes would never fit
+/// the block being reused, and would grow it at every turn.)
 fn room(buf: &mut BytesMut) {
     if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-        buf.reserve(READ_CHUNK);
+        buf.reserve(READ_CHUNK.saturating_sub(buf.len()).max(READ_CHUNK / 4));
     }
 }
 
@@ -404,6 +406,26 @@ mod tests {
         assert_eq!(low_water_for(625_000, Duration::from_secs(2)), 31_250);
         // 20 Mbit/s: capped.
         assert_eq!(low_water_for(2_500_000, Duration::from_secs(1)), MAX_LOW_WATER);
+    }
+
+    #[test]
+    fn room_reuses_a_block_whose_slices_are_gone_even_with_a_partial_message_left() {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        buf.resize(READ_CHUNK - 100, 7);
+        let block = buf.as_ptr();
+        // A read's messages are split off and dropped (written); 100 bytes of the next remain.
+        drop(buf.split_to(READ_CHUNK - 200));
+        room(&mut buf);
+        assert_eq!(buf.as_ptr(), block, "the block is reused in place");
+        assert_eq!(buf.capacity(), READ_CHUNK, "and not grown");
+        assert_eq!(&buf[..], &[7; 100][..]);
+        // Still held: a new block.
+        let held = buf.split_to(50);
+        buf.resize(READ_CHUNK - 60, 1);
+        drop(buf.split_to(READ_CHUNK - 150));
+        room(&mut buf);
+        assert_ne!(buf.as_ptr(), held.as_ptr().wrapping_add(50));
+        assert!(buf.capacity() >= READ_CHUNK / 4);
     }
 
     #[test]
