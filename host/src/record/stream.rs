@@ -721,87 +721,18 @@ impl StreamTask {
 
     /// Finalises, names, stores and announces a closed file, in a tracked blocking task that
     /// starts once the writes queued before it ran.
-    fn close_file(
-        &mut self,
-        i: usize,
-        piece: Piece,
-        mut body: Body,
-        rewrite: Option<Rewrite>,
-        failed: bool,
-        hint: String,
-    ) {
+    fn close_file(&mut self, i: usize, piece: Piece, body: Body, rewrite: Option<Rewrite>, failed: bool, hint: String) {
         let file = self.slots[i].file.take();
         let slot = &self.slots[i];
         let (storage, ctx, format, start_ms, storage_name) =
             (slot.storage.clone(), self.ctx.clone(), slot.out.format, body.opened_ms, slot.storage_name.clone());
         let end_ms = now_ms();
         let (barrier, tracker) = (self.queue.barrier(), self.tracker.clone());
+        let closing =
+            Closing { file, piece, body, rewrite, failed, hint, storage, storage_name, start_ms, end_ms, format };
         self.tracker.spawn(async move {
             let _ = barrier.await;
-            tracker.spawn_blocking(move || {
-            take_back(file, &mut body, &ctx, format);
-            if piece.samples == 0 {
-                if let Some(w) = body.writer.take() {
-                    w.abort();
-                }
-                return;
-            }
-            let stream = &ctx.info.name;
-            let mut w = match body.writer.take() {
-                Some(w) => w,
-                None => match storage.create(&hint) {
-                    Ok(w) => w,
-                    Err(e) => {
-                        tracing::error!(%stream, error = &e as &dyn std::error::Error, "cannot create file");
-                        ctx.failed(format, format!("cannot create file: {}", chain(&e)));
-                        return;
-                    }
-                },
-            };
-            // A file whose writing failed keeps what it has: its index would describe frames
-            // that are not there. An MP4 gets the index of the fragments it does have, as
-            // recovery after a crash would make it.
-            let mut rewrite = if body.write_failed { None } else { rewrite };
-            if !body.write_failed {
-                if let Err(e) = w.write(&body.pending) {
-                    tracing::error!(%stream, error = &e as &dyn std::error::Error, "write failed at close");
-                    rewrite = None;
-                    body.write_failed = true;
-                }
-            }
-            if body.write_failed && format == Format::Mp4 {
-                let recovered = w.local_path().map(|p| {
-                    std::fs::File::open(p)
-                        .map_err(crate::mux::mp4::RecoverError::Io)
-                        .and_then(|f| crate::mux::mp4::recover_from(std::io::BufReader::new(f)))
-                });
-                match recovered {
-                    Some(Ok(Some(rw))) => rewrite = Some(rw),
-                    other => {
-                        let why = match other {
-                            Some(Err(e)) => chain(&e),
-                            _ => "no complete fragment".into(),
-                        };
-                        tracing::error!(%stream, format = format.name(), "the MP4 whose writing failed holds nothing playable ({why}): removed");
-                        w.abort();
-                        return;
-                    }
-                }
-            }
-            let mut fi = ctx.file_info(format, piece.seq, start_ms, end_ms);
-            fi.duration_ms = piece.duration_ms;
-            fi.size = w.written();
-            let key = ctx.key(&fi);
-            let Rewrite { head, ranges, tail } = rewrite.unwrap_or_default();
-            match w.finish(&key, Finalize { head: &head, ranges: &ranges, tail: &tail }) {
-                Ok(stored) => ctx.announce(fi, &stored, failed, &piece, &storage_name),
-                Err(e) => {
-                    metrics::counter!("reel_file_errors_total", "format" => format.name()).increment(1);
-                    tracing::error!(%stream, format = format.name(), %key, error = &e as &dyn std::error::Error, "closing file failed");
-                    ctx.failed(format, format!("closing {key} failed: {}", chain(&e)));
-                }
-            }
-            });
+            tracker.spawn_blocking(move || finish_file(closing, ctx));
         });
     }
 
@@ -927,6 +858,89 @@ impl StreamTask {
             Err(e) => {
                 tracing::error!(stream = %ctx.info.name, error = &e as &dyn std::error::Error, "playlist task failed")
             }
+        }
+    }
+}
+
+/// A closed file on its way to storage ([`StreamTask::close_file`]).
+struct Closing {
+    file: Option<Arc<LiveFile>>,
+    piece: Piece,
+    body: Body,
+    rewrite: Option<Rewrite>,
+    failed: bool,
+    hint: String,
+    storage: Arc<dyn Storage>,
+    storage_name: String,
+    start_ms: u64,
+    end_ms: u64,
+    format: Format,
+}
+
+/// Finalises, names, stores and announces a closed file (on the blocking pool, after the
+/// writes queued before the close).
+fn finish_file(c: Closing, ctx: Ctx) {
+    let Closing { file, piece, mut body, rewrite, failed, hint, storage, storage_name, start_ms, end_ms, format } = c;
+    take_back(file, &mut body, &ctx, format);
+    if piece.samples == 0 {
+        if let Some(w) = body.writer.take() {
+            w.abort();
+        }
+        return;
+    }
+    let stream = &ctx.info.name;
+    let mut w = match body.writer.take() {
+        Some(w) => w,
+        None => match storage.create(&hint) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(%stream, error = &e as &dyn std::error::Error, "cannot create file");
+                ctx.failed(format, format!("cannot create file: {}", chain(&e)));
+                return;
+            }
+        },
+    };
+    // A file whose writing failed keeps what it has: its index would describe frames
+    // that are not there. An MP4 gets the index of the fragments it does have, as
+    // recovery after a crash would make it.
+    let mut rewrite = if body.write_failed { None } else { rewrite };
+    if !body.write_failed {
+        if let Err(e) = w.write(&body.pending) {
+            tracing::error!(%stream, error = &e as &dyn std::error::Error, "write failed at close");
+            rewrite = None;
+            body.write_failed = true;
+        }
+    }
+    if body.write_failed && format == Format::Mp4 {
+        let recovered = w.local_path().map(|p| {
+            std::fs::File::open(p)
+                .map_err(crate::mux::mp4::RecoverError::Io)
+                .and_then(|f| crate::mux::mp4::recover_from(std::io::BufReader::new(f)))
+        });
+        match recovered {
+            Some(Ok(Some(rw))) => rewrite = Some(rw),
+            other => {
+                let why = match other {
+                    Some(Err(e)) => chain(&e),
+                    _ => "no complete fragment".into(),
+                };
+                tracing::error!(%stream, format = format.name(), "the MP4 whose writing failed holds nothing playable ({why}): removed");
+                w.abort();
+                return;
+            }
+        }
+    }
+    let mut fi = ctx.file_info(format, piece.seq, start_ms, end_ms);
+    fi.duration_ms = piece.duration_ms;
+    fi.size = w.written();
+    let key = ctx.key(&fi);
+    let Rewrite { head, ranges, tail } = rewrite.unwrap_or_default();
+    match w.finish(&key, Finalize { head: &head, ranges: &ranges, tail: &tail }) {
+        Ok(stored) => ctx.announce(fi, &stored, failed, &piece, &storage_name),
+        Err(e) => {
+            metrics::counter!("reel_file_errors_total", "format" => format.name()).increment(1);
+            tracing::error!(%stream, format = format.name(), %key, error = &e as &dyn std::error::Error, "closing file failed");
+            ctx.failed(format, format!("closing {key} failed: {}", chain(&e)));
         }
     }
 }
