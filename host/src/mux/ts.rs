@@ -395,6 +395,8 @@ pub struct TsMuxer {
     pes_since_psi: bool,
     /// Pending audio frames: ADTS header and raw frame.
     batch: Vec<([u8; ADTS_HEADER_LEN], Bytes)>,
+    /// Leading frames of `batch` already copied out of their frames by a drain.
+    batch_owned: usize,
     batch_bytes: usize,
     batch_start_ms: i64,
     batch_next_ms: f64,
@@ -423,6 +425,7 @@ impl TsMuxer {
             psi_in_file: false,
             pes_since_psi: false,
             batch: Vec::with_capacity(AUDIO_PES_MAX_FRAMES),
+            batch_owned: 0,
             batch_bytes: 0,
             batch_start_ms: 0,
             batch_next_ms: 0.0,
@@ -448,6 +451,7 @@ impl TsMuxer {
             psi_in_file: false,
             pes_since_psi: false,
             batch: prev.batch.clone(),
+            batch_owned: prev.batch_owned,
             batch_bytes: prev.batch_bytes,
             batch_start_ms: prev.batch_start_ms,
             batch_next_ms: prev.batch_next_ms,
@@ -685,6 +689,7 @@ impl TsMuxer {
         }
         w.finish();
         self.batch_bytes = 0;
+        self.batch_owned = 0;
         self.pes_since_psi = true;
     }
 
@@ -773,9 +778,10 @@ impl Muxer for TsMuxer {
     /// Audio frames waiting for their PES are copied out of their frames, so they do not keep
     /// the read block of the frames just written alive (a few hundred bytes each).
     fn drain(&mut self, _out: &mut Chunks) -> Result<(), MuxError> {
-        for (_, b) in &mut self.batch {
+        for (_, b) in &mut self.batch[self.batch_owned..] {
             *b = Bytes::copy_from_slice(b);
         }
+        self.batch_owned = self.batch.len();
         Ok(())
     }
 

@@ -694,14 +694,9 @@ impl StreamTask {
                 Event::Disabled(e, writer) => {
                     let file = self.slots[i].file.take();
                     if writer.is_some() || file.is_some() {
-                        // After the writes queued for it.
-                        let (barrier, tracker) = (self.queue.barrier(), self.tracker.clone());
-                        self.tracker.spawn(async move {
-                            let _ = barrier.await;
-                            tracker.spawn_blocking(move || {
-                                let taken = file.and_then(|f| f.take().0);
-                                writer.into_iter().chain(taken).for_each(|w| w.abort());
-                            });
+                        self.after_writes(move || {
+                            let taken = file.and_then(|f| f.take().0);
+                            writer.into_iter().chain(taken).for_each(|w| w.abort());
                         });
                     }
                     tracing::warn!(format = format.name(), stream = %self.ctx.info.name, "skipping format for this stream: {e}");
@@ -727,12 +722,17 @@ impl StreamTask {
         let (storage, ctx, format, start_ms, storage_name) =
             (slot.storage.clone(), self.ctx.clone(), slot.out.format, body.opened_ms, slot.storage_name.clone());
         let end_ms = now_ms();
-        let (barrier, tracker) = (self.queue.barrier(), self.tracker.clone());
         let closing =
             Closing { file, piece, body, rewrite, failed, hint, storage, storage_name, start_ms, end_ms, format };
+        self.after_writes(move || finish_file(closing, ctx));
+    }
+
+    /// Runs `f` on the blocking pool, as a tracked task, once the writes queued so far ran.
+    fn after_writes(&self, f: impl FnOnce() + Send + 'static) {
+        let (barrier, tracker) = (self.queue.barrier(), self.tracker.clone());
         self.tracker.spawn(async move {
             let _ = barrier.await;
-            tracker.spawn_blocking(move || finish_file(closing, ctx));
+            tracker.spawn_blocking(f);
         });
     }
 
@@ -882,7 +882,8 @@ struct Closing {
 fn finish_file(c: Closing, ctx: Ctx) {
     let Closing { file, piece, mut body, rewrite, failed, hint, storage, storage_name, start_ms, end_ms, format } = c;
     take_back(file, &mut body, &ctx, format);
-    if piece.samples == 0 {
+    if piece.samples == 0 || (body.write_failed && body.writer.is_none()) {
+        // Nothing, or nothing stored (the file could not be created): no file, not an empty one.
         if let Some(w) = body.writer.take() {
             w.abort();
         }
