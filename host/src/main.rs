@@ -335,6 +335,9 @@ impl FrameSink for Frames {
     fn push(&mut self, frame: reel::media::Frame) {
         self.0.push(frame);
     }
+    fn read_done(&mut self) {
+        self.0.read_done();
+    }
 }
 
 impl PublishHandler for Publishes {

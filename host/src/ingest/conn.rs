@@ -14,9 +14,13 @@ use tokio_util::task::TaskTracker;
 use super::session::{PublishRequest, ServerSession, SessionEvent};
 use crate::media::Frame;
 
-/// Read buffer growth step. Frames are split off the read buffer as refcounted slices, so a
-/// buffer is shared until its frames are written; a new one is started when this runs low.
-const READ_CHUNK: usize = 32 * 1024;
+/// Read block of a connection before it publishes (handshake, commands). Frames are split off
+/// the read buffer as refcounted slices, so a block is shared until its frames are written; it
+/// is reused in place once they are, or a new one started when it runs low.
+const FIRST_BLOCK: usize = 8 * 1024;
+/// Largest read block: a faster stream's wake-up is read in two (measured: a larger block per
+/// stream costs more memory than the second read costs time).
+const MAX_BLOCK: usize = 32 * 1024;
 /// Once a publish is accepted, the kernel wakes us only when this much media is waiting (or
 /// at the fallback tick): a 500 kbit/s stream then costs a few reads a second, not one per
 /// packet. Recording tolerates the added latency (at most one tick).
@@ -36,6 +40,8 @@ const MAX_LOGGED_WARNINGS: u32 = 5;
 /// Receives the frames of one accepted publish. Dropping it ends the publish.
 pub trait FrameSink: Send + 'static {
     fn push(&mut self, frame: Frame);
+    /// The frames pushed since the last call are all that one read brought.
+    fn read_done(&mut self) {}
 }
 
 /// Decides what happens to a publish.
@@ -196,7 +202,8 @@ async fn connection<H: PublishHandler>(
     let Limits { idle_timeout, handshake_timeout, write_timeout, reassembly, .. } = limits;
     let opened = tokio::time::Instant::now();
     let mut session = ServerSession::with_budget(reassembly);
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut block = FIRST_BLOCK;
+    let mut buf = BytesMut::with_capacity(block);
     let mut events = Vec::with_capacity(16);
     let mut sink: Option<H::Sink> = None;
     let mut warnings = 0u32;
@@ -210,10 +217,11 @@ async fn connection<H: PublishHandler>(
     // The low-water mark follows the stream's rate, measured over a second or more.
     let (mut low_water, mut rate_bytes, mut rate_since) = (0i32, 0usize, tokio::time::Instant::now());
     let mut draining = false;
+    let mut tick_again = false;
     let result = loop {
         let n = if draining {
             // Shutting down: take what the kernel already holds, then stop.
-            room(&mut buf);
+            room(&mut buf, block);
             recv_now(&sock, &mut buf).unwrap_or(0)
         } else {
             // Room is made once data is there, not before the wait: by then the frames of the
@@ -227,7 +235,7 @@ async fn connection<H: PublishHandler>(
                 }
                 r = sock.readable() => match r {
                     Ok(()) => {
-                        room(&mut buf);
+                        room(&mut buf, block);
                         match sock.try_io(tokio::io::Interest::READABLE, || recv_now(&sock, &mut buf)) {
                             Ok(n) => n,
                             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
@@ -238,9 +246,15 @@ async fn connection<H: PublishHandler>(
                 },
                 _ = tokio::time::sleep_until(next_tick) => {
                     next_tick = tokio::time::Instant::now() + TICK;
-                    room(&mut buf);
+                    room(&mut buf, block);
+                    let spare = buf.capacity() - buf.len();
                     match recv_now(&sock, &mut buf) {
-                        Ok(n) => n,
+                        Ok(n) => {
+                            // The room was full and less than the mark may still wait in the
+                            // kernel (the unpublish, say): read on now, not a tick later.
+                            tick_again = n == spare;
+                            n
+                        }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                             if last_data.elapsed() > idle_timeout {
                                 break Err(ConnError::Idle(idle_timeout));
@@ -259,7 +273,7 @@ async fn connection<H: PublishHandler>(
             break Ok(());
         }
         last_data = tokio::time::Instant::now();
-        next_tick = last_data + TICK;
+        next_tick = if std::mem::take(&mut tick_again) { last_data } else { last_data + TICK };
         if batching {
             rate_bytes += n;
             let span = rate_since.elapsed();
@@ -267,6 +281,7 @@ async fn connection<H: PublishHandler>(
                 let want = low_water_for(rate_bytes, span);
                 if (want - low_water).abs() > low_water / 4 && set_low_water(&sock, want) {
                     low_water = want;
+                    block = block_for(low_water);
                 }
                 (rate_bytes, rate_since) = (0, last_data);
             }
@@ -277,6 +292,7 @@ async fn connection<H: PublishHandler>(
             break Err(ConnError::HandshakeTimeout(handshake_timeout));
         }
         let mut refused = None;
+        let mut pushed = false;
         for ev in events.drain(..) {
             match ev {
                 SessionEvent::PublishRequested(req) => match handler.publish(&req) {
@@ -286,6 +302,7 @@ async fn connection<H: PublishHandler>(
                         if !batching {
                             batching = set_low_water(&sock, PUBLISH_LOW_WATER);
                             (low_water, rate_bytes, rate_since) = (PUBLISH_LOW_WATER, 0, tokio::time::Instant::now());
+                            block = block_for(low_water);
                         }
                     }
                     Err((code, why)) => {
@@ -299,6 +316,7 @@ async fn connection<H: PublishHandler>(
                 SessionEvent::Frame(f) => {
                     if let Some(s) = &mut sink {
                         s.push(f);
+                        pushed = true;
                     }
                 }
                 SessionEvent::Unpublished => sink = None,
@@ -311,6 +329,12 @@ async fn connection<H: PublishHandler>(
                     metrics::counter!("reel_rtmp_bad_frames_total").increment(1);
                 }
             }
+        }
+        // A read of a batching socket brings a wake-up's worth of frames: they are written
+        // now. (Without a low-water mark a read may be one packet: the recording's own batch
+        // size decides.)
+        if let (true, true, Some(s)) = (pushed, batching, &mut sink) {
+            s.read_done();
         }
         while let Some(out) = session.take_output() {
             match tokio::time::timeout(write_timeout, sock.write_all(&out)).await {
@@ -334,13 +358,20 @@ async fn connection<H: PublishHandler>(
     result
 }
 
-/// Makes room for a read when little is left: up to [`READ_CHUNK`] in all, the bytes of a
-/// partial message included. (Asking for a whole block more than those bytes would never fit
-/// the block being reused, and would grow it at every turn.)
-fn room(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-        buf.reserve(READ_CHUNK.saturating_sub(buf.len()).max(READ_CHUNK / 4));
+/// Makes room for a read when little is left: up to `block` in all, the bytes of a partial
+/// message included. (Asking for a whole block more than those bytes would never fit the block
+/// being reused, and would grow it at every turn.)
+fn room(buf: &mut BytesMut, block: usize) {
+    if buf.capacity() - buf.len() < block / 4 {
+        buf.reserve(block.saturating_sub(buf.len()).max(block / 4));
     }
+}
+
+/// The read block of a socket woken at `low_water` bytes: what one wake-up brings (the mark,
+/// or less at the fallback tick) and the partial chunk left from the read before. Memory per
+/// stream is about one block, so it follows the stream's rate instead of fitting the fastest.
+fn block_for(low_water: i32) -> usize {
+    (low_water.max(0) as usize + 4096).next_multiple_of(4096).clamp(FIRST_BLOCK, MAX_BLOCK)
 }
 
 /// The low-water mark for a stream that sent `bytes` in `span`: [`LOW_WATER_SPAN`] of it,
@@ -410,22 +441,39 @@ mod tests {
 
     #[test]
     fn room_reuses_a_block_whose_slices_are_gone_even_with_a_partial_message_left() {
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        buf.resize(READ_CHUNK - 100, 7);
+        const BLOCK: usize = 20 * 1024;
+        let mut buf = BytesMut::with_capacity(BLOCK);
+        buf.resize(BLOCK - 100, 7);
         let block = buf.as_ptr();
         // A read's messages are split off and dropped (written); 100 bytes of the next remain.
-        drop(buf.split_to(READ_CHUNK - 200));
-        room(&mut buf);
+        drop(buf.split_to(BLOCK - 200));
+        room(&mut buf, BLOCK);
         assert_eq!(buf.as_ptr(), block, "the block is reused in place");
-        assert_eq!(buf.capacity(), READ_CHUNK, "and not grown");
+        assert_eq!(buf.capacity(), BLOCK, "and not grown");
         assert_eq!(&buf[..], &[7; 100][..]);
         // Still held: a new block.
         let held = buf.split_to(50);
-        buf.resize(READ_CHUNK - 60, 1);
-        drop(buf.split_to(READ_CHUNK - 150));
-        room(&mut buf);
+        buf.resize(BLOCK - 60, 1);
+        drop(buf.split_to(BLOCK - 150));
+        room(&mut buf, BLOCK);
         assert_ne!(buf.as_ptr(), held.as_ptr().wrapping_add(50));
-        assert!(buf.capacity() >= READ_CHUNK / 4);
+        assert!(buf.capacity() >= BLOCK / 4);
+        // A chunk longer than the block still fits: the buffer grows by a quarter block a turn.
+        let mut big = BytesMut::with_capacity(FIRST_BLOCK);
+        big.resize(FIRST_BLOCK, 0);
+        room(&mut big, FIRST_BLOCK);
+        assert!(big.capacity() - big.len() >= FIRST_BLOCK / 4);
+    }
+
+    #[test]
+    fn the_read_block_follows_the_low_water_mark() {
+        // 500 kbit/s: the 16 KiB floor of the mark and a 4 KiB chunk.
+        assert_eq!(block_for(PUBLISH_LOW_WATER), 20 * 1024);
+        // 2.5 Mbit/s (31 KB a wake-up) and faster: a larger block costs more memory than the
+        // second read of a wake-up costs time.
+        assert_eq!(block_for(low_water_for(625_000, Duration::from_secs(2))), MAX_BLOCK);
+        assert_eq!(block_for(MAX_LOW_WATER), MAX_BLOCK);
+        assert_eq!(block_for(0), FIRST_BLOCK);
     }
 
     #[test]

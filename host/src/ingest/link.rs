@@ -64,7 +64,9 @@ impl Link {
         if self.out.is_empty() {
             None
         } else {
-            Some(self.out.split().freeze())
+            // The whole buffer goes: a large reply (the handshake's 3 KB) does not stay
+            // allocated for the connection's life; later replies are small and seldom.
+            Some(std::mem::take(&mut self.out).freeze())
         }
     }
 

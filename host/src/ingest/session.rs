@@ -57,7 +57,7 @@ pub struct PublishRequest {
 pub enum SessionEvent {
     /// The application must call `accept_publish()` or `reject_publish()`. Frames that arrive
     /// before it decides are still emitted, after this event.
-    PublishRequested(PublishRequest),
+    PublishRequested(Box<PublishRequest>),
     /// An audio, video or data message as a frame; `dts` is unwrapped past 32 bits.
     Frame(Frame),
     /// `FCUnpublish` / `deleteStream` / `closeStream` ended the requested or accepted publish.
@@ -372,7 +372,7 @@ impl ServerSession {
         };
         self.publish = Publish::Pending { stream_id, stream: request.stream.clone() };
         self.media.reset();
-        events.push(SessionEvent::PublishRequested(request));
+        events.push(SessionEvent::PublishRequested(Box::new(request)));
     }
 
     fn on_unpublish(&mut self, events: &mut Vec<SessionEvent>) {
@@ -558,7 +558,7 @@ mod tests {
             self.command(1, &[s("publish"), Value::Number(5.0), Value::Null, s(name), s("live")]);
             let ev = self.events();
             match ev.as_slice() {
-                [SessionEvent::PublishRequested(r)] => r.clone(),
+                [SessionEvent::PublishRequested(r)] => (**r).clone(),
                 other => panic!("expected a publish request, got {other:?}"),
             }
         }

@@ -267,6 +267,15 @@ impl Hub {
         });
     }
 
+    /// The frames of one read of the connection were pushed: each recording writes what it
+    /// has, so the read block those frames are slices of is free for the next read. (A full
+    /// queue drops the mark: its frames are written at the next batch.)
+    fn read_done(&mut self) {
+        for s in &self.sinks {
+            let _ = s.tx.try_send(Msg::ReadDone);
+        }
+    }
+
     fn recordings(&self) -> Vec<RecordingOf> {
         self.sinks.iter().map(|s| s.of.clone()).collect()
     }
@@ -444,6 +453,8 @@ pub struct Recorder {
 /// Messages from a connection to its stream task.
 pub(crate) enum Msg {
     Frame(Frame),
+    /// The frames before it are all one read brought: write them now.
+    ReadDone,
 }
 
 /// Held by the connection that publishes; dropping it ends the recording.
@@ -459,6 +470,13 @@ impl StreamHandle {
     /// more than the configured queue is ended with an error; the publisher goes on.
     pub fn push(&mut self, frame: Frame) {
         lock(&self.hub).push(frame);
+    }
+
+    /// Says the frames pushed since the last call are all one read of the connection brought:
+    /// they are written without waiting for more, and the read buffer they are slices of is
+    /// reused by the next read instead of a new one being allocated beside it.
+    pub fn read_done(&mut self) {
+        lock(&self.hub).read_done();
     }
 
     pub fn session_id(&self) -> &str {

@@ -327,7 +327,7 @@ impl StreamTask {
     ) -> Self {
         let storage = rt.storages.get(&template.storage).cloned();
         let policy = rt.policy_for(&template);
-        let mut slots = Vec::new();
+        let mut slots = Vec::with_capacity(template.formats.len());
         let mut resume_window_ms = 0u64;
         if let Some(storage) = storage {
             let default = Plan {
@@ -493,9 +493,15 @@ impl StreamTask {
                         break;
                     }
                     let now = now_ms();
-                    for Msg::Frame(f) in batch.drain(..) {
-                        let f = self.timeline.place(f);
-                        self.on_frame(f, now).await;
+                    let mut read_done = false;
+                    for msg in batch.drain(..) {
+                        match msg {
+                            Msg::Frame(f) => {
+                                let f = self.timeline.place(f);
+                                self.on_frame(f, now).await;
+                            }
+                            Msg::ReadDone => read_done = true,
+                        }
                     }
                     if self.overflow.load(Ordering::Acquire) {
                         break;
@@ -504,9 +510,11 @@ impl StreamTask {
                     // So does a file or segment just opened: its partial, which tells recovery
                     // what it is (an HLS segment names its live playlist), exists at once, not
                     // up to a batch later, and a crash at any moment leaves it recoverable.
+                    // And so does the end of a read: the frames it brought are written, and no
+                    // slice of them keeps their read block from the next read.
                     let due = |s: &Slot| {
                         let n = s.out.pending_bytes();
-                        n > 0 && (n >= flush_bytes || s.file.is_none())
+                        n > 0 && (read_done || n >= flush_bytes || s.file.is_none())
                     };
                     if self.slots.iter().any(due) {
                         self.flush().await;
