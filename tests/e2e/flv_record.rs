@@ -99,40 +99,6 @@ fn audio_only_stream_is_recorded() {
 }
 
 #[test]
-fn each_read_of_a_publisher_is_written_without_waiting_for_a_full_batch() {
-    // Batches so large and so seldom that only the end of each read of the connection writes
-    // them: the file grows while the publish goes on.
-    let src = fixture("av", 20, true, true);
-    let config = format!("flush_bytes = 8388608\nflush_interval = \"60s\"\n{BASE_CONFIG}");
-    let mut reel = Reel::start("read-done", &config);
-    let mut publisher = Command::new("ffmpeg")
-        .args(["-v", "error", "-re", "-i"])
-        .arg(&src)
-        .args(["-c", "copy", "-f", "flv", &reel.url("live", "reads")])
-        .spawn()
-        .unwrap();
-    let partial = reel.recordings().join(".partial");
-    let written = || files(&partial, "part").iter().map(|p| std::fs::metadata(p).map_or(0, |m| m.len())).sum::<u64>();
-    std::thread::sleep(Duration::from_secs(3));
-    let early = written();
-    std::thread::sleep(Duration::from_secs(3));
-    let later = written();
-    let status = reel.stop();
-    let _ = publisher.kill();
-    let _ = publisher.wait();
-    assert!(status.success(), "{}", reel.log_text());
-    let found = files(&reel.recordings().join("live/reads"), "flv");
-    assert_eq!(found.len(), 1, "{}", reel.log_text());
-    let total = std::fs::metadata(&found[0]).unwrap().len();
-    // What was on disk just before the stop is nearly all the file holds, and it grew.
-    assert!(
-        later >= total * 7 / 10 && early < later && early >= total / 4,
-        "on disk at 3 s: {early}, at 6 s: {later}, in all: {total}"
-    );
-    assert_eq!(decode_errors(&found[0]), "");
-}
-
-#[test]
 fn sigterm_finishes_open_files() {
     let src = fixture("av", 20, true, true);
     let mut reel = Reel::start("sigterm", BASE_CONFIG);

@@ -330,9 +330,9 @@ async fn connection<H: PublishHandler>(
                 }
             }
         }
-        // A read of a batching socket brings a wake-up's worth of frames: they are written
-        // now. (Without a low-water mark a read may be one packet: the recording's own batch
-        // size decides.)
+        // A read of a batching socket brings a wake-up's worth of frames: the recording lets go
+        // of its block now. (Without a low-water mark a read may be one packet: not worth a
+        // copy of what waits for the batch.)
         if let (true, true, Some(s)) = (pushed, batching, &mut sink) {
             s.read_done();
         }

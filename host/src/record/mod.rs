@@ -267,9 +267,9 @@ impl Hub {
         });
     }
 
-    /// The frames of one read of the connection were pushed: each recording writes what it
-    /// has, so the read block those frames are slices of is free for the next read. (A full
-    /// queue drops the mark: its frames are written at the next batch.)
+    /// The frames of one read of the connection were pushed: each recording copies what of
+    /// them waits for its batch, so the read block those frames are slices of is free for the
+    /// next read. (A full queue drops the mark: nothing is lost, the block is held longer.)
     fn read_done(&mut self) {
         for s in &self.sinks {
             let _ = s.tx.try_send(Msg::ReadDone);
@@ -453,7 +453,7 @@ pub struct Recorder {
 /// Messages from a connection to its stream task.
 pub(crate) enum Msg {
     Frame(Frame),
-    /// The frames before it are all one read brought: write them now.
+    /// The frames before it are all one read brought: hold none of them as slices.
     ReadDone,
 }
 
@@ -473,7 +473,7 @@ impl StreamHandle {
     }
 
     /// Says the frames pushed since the last call are all one read of the connection brought:
-    /// they are written without waiting for more, and the read buffer they are slices of is
+    /// what of them waits for a batch is copied, and the read buffer they are slices of is
     /// reused by the next read instead of a new one being allocated beside it.
     pub fn read_done(&mut self) {
         lock(&self.hub).read_done();
@@ -841,6 +841,51 @@ mod tests {
         for bad in ["", ".", "..", ".hidden", "a/b", "../../tmp/evil", "a\0b", "%2e%2e%2f", "名前", "a b"] {
             assert!(check_name("stream", bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_end_of_a_read_follows_its_frames_to_every_recording() {
+        let mut hub = Hub {
+            info: StreamInfo::default(),
+            session_id: "s".into(),
+            stats: Arc::default(),
+            sinks: Vec::new(),
+            metadata: None,
+            video_config: None,
+            audio_config: None,
+            video: None,
+        };
+        let mut queues = Vec::new();
+        for _ in 0..2 {
+            let (tx, rx) = mpsc::channel(4);
+            let of = RecordingOf { task_id: None, template: "t".into() };
+            hub.sinks.push(Sink { of, tx, overflow: Arc::default(), wait_key: false });
+            queues.push(rx);
+        }
+        let audio = Frame {
+            kind: FrameKind::Audio,
+            codec: crate::media::Codec::Aac,
+            dts: 0,
+            cts: 0,
+            keyframe: true,
+            config: false,
+            tag: bytes::Bytes::from_static(&[0xaf, 1, 0x21]),
+            payload_offset: 2,
+        };
+        hub.push(audio.clone());
+        hub.push(audio);
+        hub.read_done();
+        for rx in &mut queues {
+            let got: Vec<bool> =
+                std::iter::from_fn(|| rx.try_recv().ok()).map(|m| matches!(m, Msg::ReadDone)).collect();
+            assert_eq!(got, [false, false, true], "two frames, then the end of their read");
+        }
+        // A full queue drops the mark, not the recording.
+        for _ in 0..5 {
+            hub.read_done();
+        }
+        assert_eq!(hub.sinks.len(), 2);
+        assert!(hub.sinks.iter().all(|s| !s.overflow.load(Ordering::Acquire)));
     }
 
     #[test]

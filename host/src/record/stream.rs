@@ -510,15 +510,19 @@ impl StreamTask {
                     // So does a file or segment just opened: its partial, which tells recovery
                     // what it is (an HLS segment names its live playlist), exists at once, not
                     // up to a batch later, and a crash at any moment leaves it recoverable.
-                    // And so does the end of a read: the frames it brought are written, and no
-                    // slice of them keeps their read block from the next read.
+                    // At the end of a read, what waits for the batch is copied instead, so no
+                    // slice of its frames keeps their read block from the next read.
                     let due = |s: &Slot| {
                         let n = s.out.pending_bytes();
-                        n > 0 && (read_done || n >= flush_bytes || s.file.is_none())
+                        n > 0 && (n >= flush_bytes || s.file.is_none())
                     };
                     if self.slots.iter().any(due) {
                         self.flush().await;
                         next_flush = Instant::now() + flush_every;
+                    } else if read_done {
+                        for s in &mut self.slots {
+                            s.out.own_pending();
+                        }
                     }
                 }
                 _ = sleep_until(next_flush) => {
