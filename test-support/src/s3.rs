@@ -47,6 +47,21 @@ impl S3Server {
             ),
         )
         .unwrap();
+        // A port found free can be taken before weed binds it (other tests pick ports too):
+        // weed then exits, and it starts again on new ports.
+        for attempt in 1.. {
+            let mut s = Self::with_ports(bucket, &dir, &config);
+            match s.try_resume() {
+                Ok(()) => return Some(s),
+                Err(why) if attempt < 4 && s.exited() => eprintln!("weed exited ({why}); new ports"),
+                Err(why) => panic!("{why}"),
+            }
+        }
+        unreachable!()
+    }
+
+    fn with_ports(bucket: &str, dir: &std::path::Path, config: &std::path::Path) -> Self {
+        let dir = dir.to_path_buf();
         let port = free_port();
         let mut args: Vec<String> = [
             "mini",
@@ -82,7 +97,7 @@ impl S3Server {
         ] {
             args.push(format!("-{flag}={}", free_port()));
         }
-        let mut s = S3Server {
+        S3Server {
             endpoint: format!("http://127.0.0.1:{port}"),
             bucket: bucket.into(),
             dir,
@@ -90,9 +105,12 @@ impl S3Server {
             port,
             filer_port,
             child: None,
-        };
-        s.resume();
-        Some(s)
+        }
+    }
+
+    /// The server process ended by itself.
+    fn exited(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
     }
 
     /// Stops the server (its data stays).
@@ -109,6 +127,12 @@ impl S3Server {
 
     /// Starts it again on the same ports and data; waits until the bucket answers.
     pub fn resume(&mut self) {
+        if let Err(why) = self.try_resume() {
+            panic!("{why}");
+        }
+    }
+
+    fn try_resume(&mut self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("weed.log")).unwrap();
         let child = Command::new("weed")
             .args(&self.args)
@@ -125,9 +149,11 @@ impl S3Server {
         loop {
             let s3_up = matches!(self.http_status(&format!("/{}", self.bucket)), Some(403 | 200));
             if s3_up && self.filer_write_ok() {
-                return;
+                return Ok(());
             }
-            assert!(Instant::now() < deadline, "SeaweedFS did not start: {}", self.log());
+            if Instant::now() >= deadline || self.exited() {
+                return Err(format!("SeaweedFS did not start: {}", self.log()));
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
     }
