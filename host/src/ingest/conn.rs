@@ -15,8 +15,9 @@ use super::session::{PublishRequest, ServerSession, SessionEvent};
 use crate::media::Frame;
 
 /// Read block of a connection before it publishes (handshake, commands). Frames are split off
-/// the read buffer as refcounted slices, so a block is shared until its frames are written; it
-/// is reused in place once they are, or a new one started when it runs low.
+/// the read buffer as refcounted slices, so a block is shared until its frames are written or
+/// copied (at the end of each read, [`FrameSink::read_done`]); it is reused in place once they
+/// are, or a new one started when it runs low.
 const FIRST_BLOCK: usize = 8 * 1024;
 /// Largest read block: a faster stream's wake-up is read in two (measured: a larger block per
 /// stream costs more memory than the second read costs time).
