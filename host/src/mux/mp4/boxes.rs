@@ -404,7 +404,7 @@ fn write_sample_tables(w: &mut BoxWriter, t: &TrackTable, shift: i64, co64: bool
         w.close();
     }
 
-    if t.sync.len() != t.sizes.len() {
+    if !t.all_sync() {
         w.open_full(b"stss", 0, 0);
         w.u32(t.sync.len() as u32);
         for &s in &t.sync {

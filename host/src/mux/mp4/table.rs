@@ -38,8 +38,11 @@ pub(crate) struct TrackTable {
     pub stts: Vec<(u32, u32)>,
     /// (sample count, composition offset).
     pub ctts: Vec<(u32, i32)>,
-    /// 1-based numbers of the sync samples.
+    /// 1-based numbers of the sync samples, once a sample is not one ([`Self::all_sync`]):
+    /// an audio track (every sample sync, no `stss`) keeps nothing here.
     pub sync: Vec<u32>,
+    /// A sample that is not a sync sample was pushed.
+    pub some_not_sync: bool,
     /// (offset in the file being written, sample count): one chunk per fragment run.
     pub chunks: Vec<(u64, u32)>,
 }
@@ -69,12 +72,22 @@ impl TrackTable {
             Some((n, c)) if *c == cts => *n += 1,
             _ => self.ctts.push((1, cts)),
         }
-        if sync {
-            self.sync.push(self.sizes.len() as u32);
+        let n = self.sizes.len() as u32;
+        if !sync && !self.some_not_sync {
+            // The first sample that is not a sync sample: every one before it was.
+            self.some_not_sync = true;
+            self.sync.extend(1..n);
+        } else if sync && self.some_not_sync {
+            self.sync.push(n);
         }
         if let Some((_, n)) = self.chunks.last_mut() {
             *n += 1;
         }
+    }
+
+    /// Every sample is a sync sample (`stss` is left out).
+    pub fn all_sync(&self) -> bool {
+        !self.some_not_sync
     }
 
     /// The duration of the last sample, if any.

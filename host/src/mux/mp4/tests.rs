@@ -207,6 +207,36 @@ fn final_file_holds_every_sample_with_its_timing() {
     assert_eq!(m.stats.samples as usize, v.samples.len() + a.samples.len());
 }
 
+#[test]
+fn an_all_sync_track_keeps_no_sync_sample_numbers() {
+    let mut audio = TrackTable::default();
+    audio.begin_chunk(0, 0);
+    (0..1000).for_each(|_| audio.push(300, 1024, 0, true));
+    assert!(audio.all_sync() && audio.sync.is_empty() && audio.sync.capacity() == 0);
+    // Video: the numbers start with the first sample that is not a sync sample.
+    let mut video = TrackTable::default();
+    video.begin_chunk(0, 0);
+    for sync in [true, true, false, false, true, false, true] {
+        video.push(900, 3600, 0, sync);
+    }
+    assert!(!video.all_sync());
+    assert_eq!(video.sync, [1, 2, 5, 7]);
+    // Written as before: `stss` only for the track with a sample that is not sync.
+    let moov = |t: &TrackTable| {
+        let mut b = BytesMut::new();
+        let mut w = BoxWriter::new(&mut b);
+        write_final_moov(&mut w, &[(&avc_info(), t)], 0, false);
+        w.done().unwrap();
+        b
+    };
+    let stss = [b"moov", b"trak", b"mdia", b"minf", b"stbl", b"stss"];
+    assert!(find(&moov(&audio), &stss).is_none());
+    let (video_moov, at) = (moov(&video), find(&moov(&video), &stss).map(<[u8]>::to_vec).unwrap());
+    check_tree(&video_moov);
+    let entries: Vec<u32> = at[8..].chunks(4).map(be32).collect();
+    assert_eq!((be32(&at[4..]), entries), (4, vec![1, 2, 5, 7]));
+}
+
 fn synthetic_table(chunks: usize, chunk_payload: u64, first_at: u64) -> TrackTable {
     let mut t = TrackTable::default();
     for c in 0..chunks {
