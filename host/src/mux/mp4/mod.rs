@@ -75,10 +75,6 @@ pub const MIN_KEYFRAME_FRAGMENT_MS: i64 = 200;
 /// Before the init segment: how long to wait (stream time) for the other track's sequence
 /// header once one track is ready, and how much audio to keep while waiting for a keyframe.
 pub const PREROLL_MS: i64 = 1000;
-/// Most samples (and fragments) a track's table makes room for up front; a longer file's
-/// table grows from there.
-const MAX_RESERVED_SAMPLES: u64 = 1 << 16;
-
 /// Before the init segment: at most this many frames are held (bounds memory for streams
 /// with broken timestamps).
 pub const MAX_PREROLL_FRAMES: usize = 256;
@@ -148,20 +144,6 @@ struct Track {
 impl Track {
     fn complete(&self) -> usize {
         self.pending.iter().take_while(|p| p.duration > 0).count()
-    }
-
-    /// Samples a second, from the codec (audio) or the samples waiting (video; 30 if unknown).
-    fn samples_per_s(&self) -> u64 {
-        let rate = match (self.info.kind, self.setup.frame_samples) {
-            (TrackKind::Audio, n) if n > 0 => u64::from(self.info.timescale).div_ceil(u64::from(n)),
-            _ => match (self.pending.first(), self.pending.last()) {
-                (Some(a), Some(b)) if self.pending.len() >= 4 && b.ms > a.ms => {
-                    (self.pending.len() as u64 - 1) * 1000 / (b.ms - a.ms) as u64
-                }
-                _ => 30,
-            },
-        };
-        rate.clamp(1, 240)
     }
 
     /// A duration for the last sample when nothing follows it.
@@ -308,8 +290,17 @@ impl Mp4Muxer {
             .tracks
             .iter()
             .map(|t| {
+                let rate = match (t.info.kind, t.setup.frame_samples) {
+                    (TrackKind::Audio, n) if n > 0 => u64::from(t.info.timescale).div_ceil(u64::from(n)),
+                    _ => match (t.pending.first(), t.pending.last()) {
+                        (Some(a), Some(b)) if t.pending.len() >= 4 && b.ms > a.ms => {
+                            (t.pending.len() as u64 - 1) * 1000 / (b.ms - a.ms) as u64
+                        }
+                        _ => 30,
+                    },
+                };
                 let per_sample = if t.info.kind == TrackKind::Video { 21 } else { 5 };
-                t.samples_per_s() * per_sample + fragments * 20
+                rate.clamp(1, 240) * per_sample + fragments * 20
             })
             .sum();
         let bytes = init_len * 2 + 2048 + per_s * self.plan_ms.div_ceil(1000) * 11 / 10;
@@ -325,15 +316,6 @@ impl Mp4Muxer {
         w.done()?;
         let init_len = init.len() as u64 + 8;
         let room = self.reservation(init_len).max(init_len);
-        if self.plan_ms > 0 {
-            // The sample tables of a planned file grow to about this: one allocation each,
-            // not a dozen growing copies left behind in the heap at every file.
-            let (secs, fragments) = (self.plan_ms.div_ceil(1000), self.fragments_per_s());
-            for t in &mut self.tracks {
-                let samples = (t.samples_per_s() * secs * 11 / 10).min(MAX_RESERVED_SAMPLES) as usize;
-                t.table.reserve(samples, (fragments * secs).min(MAX_RESERVED_SAMPLES) as usize);
-            }
-        }
         let mut w = BoxWriter::new(&mut self.scratch);
         write_ftyp(&mut w);
         let ftyp_len = w.len();

@@ -60,12 +60,6 @@ impl TrackTable {
         self.chunks.push((offset, 0));
     }
 
-    /// Makes room for `samples` more samples in `chunks` more chunks.
-    pub fn reserve(&mut self, samples: usize, chunks: usize) {
-        self.sizes.reserve_exact(samples);
-        self.chunks.reserve_exact(chunks);
-    }
-
     /// Appends a sample to the current chunk.
     pub fn push(&mut self, size: u32, duration: u32, cts: i32, sync: bool) {
         self.sizes.push(size);

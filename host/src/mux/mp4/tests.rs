@@ -208,33 +208,6 @@ fn final_file_holds_every_sample_with_its_timing() {
 }
 
 #[test]
-fn a_planned_files_sample_tables_are_allocated_once() {
-    let frames = av_stream(30, 25, true, true);
-    let mut m = Mp4Muxer::reserving(30_000).drained(250, 16 * 1024);
-    let mut out = Vec::new();
-    let (mut at_head, mut drained) = (None, 0);
-    for f in &frames {
-        m.push(f, &mut out).unwrap();
-        // Drained as a recorder does: every 250 ms.
-        if f.dts >= drained + 250 {
-            m.drain(&mut out).unwrap();
-            drained = f.dts;
-        }
-        if m.head_written && at_head.is_none() {
-            at_head =
-                Some(m.tracks.iter().map(|t| (t.table.sizes.as_ptr(), t.table.chunks.as_ptr())).collect::<Vec<_>>());
-        }
-    }
-    let at_end: Vec<_> = m.tracks.iter().map(|t| (t.table.sizes.as_ptr(), t.table.chunks.as_ptr())).collect();
-    assert_eq!(at_head.unwrap(), at_end, "a table grew past its room");
-    for t in &m.tracks {
-        let n = t.table.sample_count();
-        // The estimate comes from the first fragment: within what doubling would have left.
-        assert!(n > 500 && t.table.sizes.capacity() < n * 2, "{n} samples, room for {}", t.table.sizes.capacity());
-    }
-}
-
-#[test]
 fn an_all_sync_track_keeps_no_sync_sample_numbers() {
     let mut audio = TrackTable::default();
     audio.begin_chunk(0, 0);
