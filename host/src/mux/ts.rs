@@ -785,6 +785,10 @@ impl Muxer for TsMuxer {
         Ok(())
     }
 
+    fn owns_output(&self) -> bool {
+        true
+    }
+
     fn next_segment(&mut self) {
         self.reset_for_next_segment();
     }
@@ -923,6 +927,24 @@ mod tests {
         let mut v = vec![avc_config_frame(), aac_config_frame()];
         v.extend(frames.into_iter().map(|(_, f)| f));
         v
+    }
+
+    #[test]
+    fn no_output_chunk_is_a_slice_of_a_frame() {
+        let video: Vec<i64> = (0..100).map(|i| i * 40).collect();
+        let frames = interleaved(&video, 67, 4);
+        let mut m = TsMuxer::new();
+        let mut out = Vec::new();
+        for f in &frames {
+            m.push(f, &mut out).unwrap();
+            m.drain(&mut out).unwrap();
+        }
+        m.finish(&mut out).unwrap();
+        assert!(m.owns_output() && out.len() > 10);
+        for c in &out {
+            let inside = |f: &Frame| f.tag.as_ptr_range().contains(&c.as_ptr());
+            assert!(!frames.iter().any(inside), "a chunk points into a frame");
+        }
     }
 
     #[test]

@@ -203,8 +203,11 @@ impl Output {
         self.body.as_ref().map_or(0, |b| b.pending_bytes)
     }
 
-    /// See [`Body::own_pending`].
+    /// See [`Body::own_pending`]; nothing to do when the muxer's bytes are all its own.
     pub fn own_pending(&mut self) {
+        if self.muxer.as_ref().is_some_and(|m| m.owns_output()) {
+            return;
+        }
         if let Some(b) = &mut self.body {
             b.own_pending();
         }
