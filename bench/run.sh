@@ -458,6 +458,14 @@ template = "default"
             result["error"] = "server did not start: " + open(log + (".stderr" if server == "nginx" else "")).read()[-300:]
             return result
         time.sleep(1.0)
+        idle_rss = status_kb(tree(srv.pid), "VmRSS")
+        # Warm-up: one stream, published for 3 s and closed before the measurement, so that
+        # the per-stream figures do not carry what a server's first publish touches once
+        # (code pages, threads and pools started on demand). Its cost is reported apart.
+        subprocess.run([REEL_BENCH, "publish", "--url", f"rtmp://127.0.0.1:{port}/live/warmup", "--streams", "1",
+                        "--input", INPUTS[rate], "--duration", "3s", "--ramp", "0s", "--tick", PACING_TICK],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+        time.sleep(2.0)
         pids = tree(srv.pid)
         base_rss = status_kb(pids, "VmRSS")
         cpu0 = cpu_ticks(pids)
@@ -535,7 +543,8 @@ template = "default"
                 reel_closed = {}
                 for m in re.finditer(r"^(\S+Z)\s+INFO file closed .*?stream=(\S+) format=\"?(\w+)", text, re.M):
                     ts = datetime.datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp()
-                    reel_closed[(m.group(2), m.group(3))] = ts
+                    if m.group(2) != "warmup":
+                        reel_closed[(m.group(2), m.group(3))] = ts
                 if len(reel_closed) >= report.get("published", n) * len(formats.split(",")):
                     break
             time.sleep(0.05)
@@ -591,6 +600,7 @@ template = "default"
             "errors": report.get("errors", [])[:5],
             "error_count": len(report.get("errors", [])),
             "cpu_s": (cpu1 - cpu0) / TICK,
+            "idle_rss_kb": idle_rss,
             "base_rss_kb": base_rss,
             "peak_rss_kb": peak,
             "hwm_kb": hwm,
@@ -747,7 +757,10 @@ md += [
     f"stream (rate 500k: 640x360 at ~500 kbit/s; 2.5M: 1280x720 at ~2.5 Mbit/s), in real time, for {os.environ['LIVE_SECONDS']} s per stream (starts spread",
     "over a short ramp). Server CPU = utime + stime of the server's processes (nginx: master +",
     "worker) over the run, from `/proc/PID/stat`. CPU/stream-min = server CPU ms per stream per",
-    "minute of media. RSS/stream = (peak VmRSS sampled every 250 ms - idle RSS) / N. Frames =",
+    "minute of media. RSS/stream = (peak VmRSS sampled every 250 ms - RSS before the run) / N, where",
+    "\"before the run\" follows a warm-up: one stream published for 3 s and closed, so that what a",
+    "server's first publish touches once (code pages, threads started on demand) is not counted per",
+    "stream; the notes give that first-publish cost (\"warm-up +KB\"). Frames =",
     "audio + video tags: sent (bench report) and found in the recorded files. Close = time from the",
     "publisher's unpublish to the file being closed (Reel: its `file closed` log line; nginx: the",
     "worker's file descriptor gone, polled every 20 ms). Bench CPU = the publisher's own user + sys.",
@@ -791,6 +804,8 @@ for r in live:
         notes.append(f"written − sent = {delta} per stream on {r['streams_mismatched']} streams")
     if r.get("error_count"):
         notes.append(f"{r['error_count']} bench errors: {'; '.join(r['errors'][:2])[:160]}")
+    if "idle_rss_kb" in r:
+        notes.append(f"warm-up +{r['base_rss_kb'] - r['idle_rss_kb']:,} KB")
     mins = r.get("rss_minutes_kb") or []
     if len(mins) >= 3:
         notes.append("RSS/stream KB by minute: " + ", ".join(f"{(m - r['base_rss_kb']) / n:,.0f}" for m in mins))
