@@ -385,11 +385,10 @@ fn low_water_for(bytes: usize, span: Duration) -> i32 {
 }
 
 /// Reads what the kernel holds (see [`recv_now`]) once tokio reported the socket readable
-/// (`try_io` reads nothing while the readiness is unset): a read that does not fill the room
-/// took everything, so the readiness it came with is cleared —
-/// inside `try_io`, so a wake-up that came meanwhile is kept — and the next wait does not end
-/// in a read that finds nothing (measured: a sixth of all reads at 500 kbit/s). `Ok(0)`: the
-/// peer closed.
+/// (`try_io` reads nothing while the readiness is unset). A read that does not fill the room
+/// took everything, so the readiness it came with is cleared — inside `try_io`, so a wake-up
+/// that came meanwhile is kept — and the next wait does not end in a read that finds nothing
+/// (measured: a sixth of all reads at 500 kbit/s). `Ok(0)`: the peer closed.
 fn read_ready(sock: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
     let mut got = 0;
     let read = sock.try_io(tokio::io::Interest::READABLE, || {
