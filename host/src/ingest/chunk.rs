@@ -1,8 +1,10 @@
 //! RTMP chunk stream: a sans-IO reader shaped like tokio-util's `Decoder`, and a writer.
 //!
 //! Zero copy: a message that arrives in a single chunk is returned as a `Bytes` split off the
-//! input `BytesMut` (the memory the socket read into). Only a message spread over several
-//! chunks is copied, once, into a per-chunk-stream reassembly buffer.
+//! input `BytesMut` (the memory the socket read into). A message spread over several chunks
+//! that are all in the input, one after another, is joined there: each continuation moves
+//! back over the chunk headers before it. Only a message still arriving (or interleaved with
+//! another chunk stream) is copied, once, into a per-chunk-stream reassembly buffer.
 //!
 //! Protocol-level messages that change how chunks are read are applied by the reader itself:
 //! Set Chunk Size (type 1) and Abort Message (type 2). They are still returned, for logging.
@@ -286,7 +288,13 @@ impl ChunkReader {
                 self.streams.len() - 1
             }
         };
-        if !in_progress && length > chunk_len {
+        // A message whose every chunk is already in `buf` is joined where it lies.
+        let span = if !in_progress && length > chunk_len {
+            contiguous_span(&buf[h.len..], h.csid, h.extended, length, self.chunk_size)
+        } else {
+            None
+        };
+        if !in_progress && length > chunk_len && span.is_none() {
             let bytes = self.partial_bytes + length;
             if bytes > MAX_PARTIAL_BYTES {
                 return Err(ChunkError::TooMuchPartialData { bytes, max: MAX_PARTIAL_BYTES });
@@ -321,6 +329,11 @@ impl ChunkReader {
         if !in_progress && chunk_len == length {
             // Single-chunk message: zero copy.
             let payload = buf.split_to(chunk_len).freeze();
+            return Ok(ChunkResult::Message(Self::message(s, payload)));
+        }
+        if let Some(span) = span {
+            let header_len = continuation_header(h.csid).1 + if h.extended { 4 } else { 0 };
+            let payload = join_in_place(buf, span, header_len, length, self.chunk_size);
             return Ok(ChunkResult::Message(Self::message(s, payload)));
         }
         if !in_progress {
@@ -455,6 +468,56 @@ impl ChunkWriter {
             }
         }
     }
+}
+
+/// The basic header of a format 3 chunk on `csid`, as bytes and their count.
+fn continuation_header(csid: u32) -> ([u8; 3], usize) {
+    match csid {
+        0..=63 => ([0xC0 | csid as u8, 0, 0], 1),
+        64..=319 => ([0xC0, (csid - 64) as u8, 0], 2),
+        _ => {
+            let c = csid - 64;
+            ([0xC1, c as u8, (c >> 8) as u8], 3)
+        }
+    }
+}
+
+/// Bytes a message spans in `buf` (which starts at its first chunk's payload) when all its
+/// chunks are there, each continuation a format 3 header on the same chunk stream; `None`
+/// when some have not arrived yet or another chunk stream comes in between.
+fn contiguous_span(buf: &[u8], csid: u32, extended: bool, length: usize, chunk_size: usize) -> Option<usize> {
+    let (basic, basic_len) = continuation_header(csid);
+    let header_len = basic_len + if extended { 4 } else { 0 };
+    let (mut pos, mut joined) = (chunk_size, chunk_size);
+    while joined < length {
+        let n = (length - joined).min(chunk_size);
+        if buf.get(pos..pos + basic_len)? != &basic[..basic_len] || buf.len() < pos + header_len + n {
+            return None;
+        }
+        pos += header_len + n;
+        joined += n;
+    }
+    Some(pos)
+}
+
+/// Splits off a message found by [`contiguous_span`]: each continuation's payload moves back
+/// over the headers before it, in the block the socket read into. A move within memory the
+/// read has just touched, where reassembly would allocate a buffer the size of the message
+/// and copy all of it (and free it on the writer thread).
+/// `header_len` is a continuation's header with its extended timestamp, if any.
+fn join_in_place(buf: &mut BytesMut, span: usize, header_len: usize, length: usize, chunk_size: usize) -> Bytes {
+    let (mut src, mut dst) = (chunk_size, chunk_size);
+    while dst < length {
+        let n = (length - dst).min(chunk_size);
+        src += header_len;
+        buf.copy_within(src..src + n, dst);
+        src += n;
+        dst += n;
+    }
+    debug_assert_eq!(src, span);
+    let payload = buf.split_to(length).freeze();
+    buf.advance(span - length);
+    payload
 }
 
 fn put_basic_header(out: &mut BytesMut, fmt: u8, csid: u32) {
@@ -773,10 +836,79 @@ mod tests {
         let mut b = fmt0(6, 0, 100, 9, 1);
         b.extend_from_slice(&[0x17; 100]);
         let mut buf = BytesMut::from(&b[..]);
-        let range = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.len();
+        let read_block = block(&buf);
         let m = ChunkReader::new().read_message(&mut buf).unwrap().unwrap();
-        let p = m.payload.as_ptr() as usize;
-        assert!(range.contains(&p) && range.contains(&(p + m.payload.len() - 1)));
+        assert!(inside(&read_block, &m.payload));
+    }
+
+    /// Where `buf`'s bytes lie in memory.
+    fn block(buf: &[u8]) -> std::ops::Range<usize> {
+        buf.as_ptr() as usize..buf.as_ptr() as usize + buf.len()
+    }
+
+    fn inside(block: &std::ops::Range<usize>, bytes: &[u8]) -> bool {
+        block.contains(&(bytes.as_ptr() as usize)) && block.contains(&(bytes.as_ptr() as usize + bytes.len() - 1))
+    }
+
+    #[test]
+    fn a_message_whose_chunks_all_arrived_is_joined_in_the_block_it_was_read_into() {
+        // Every chunk stream id width, with and without extended timestamps, a last chunk
+        // shorter than the others and one exactly full; each followed by a one-chunk message.
+        for (csid, ts, len) in [(6u32, 40u32, 10_000usize), (100, 0x0123_4567, 3 * 4096), (400, 7, 4097)] {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
+            let mut w = ChunkWriter::new();
+            let mut b = BytesMut::new();
+            w.write(&mut b, 2, 0, MSG_SET_CHUNK_SIZE, 0, &4096u32.to_be_bytes());
+            w.set_chunk_size(4096);
+            w.write(&mut b, csid, ts, MSG_VIDEO, 1, &payload);
+            w.write(&mut b, 4, ts, MSG_AUDIO, 1, &[0xaf, 1, 2]);
+            let mut buf = b;
+            let read_block = block(&buf);
+            let mut r = ChunkReader::new();
+            assert_eq!(r.read_message(&mut buf).unwrap().unwrap().type_id, MSG_SET_CHUNK_SIZE);
+            let m = r.read_message(&mut buf).unwrap().unwrap();
+            assert_eq!((m.csid, m.timestamp, m.type_id, m.payload.len()), (csid, ts, MSG_VIDEO, len));
+            assert!(m.payload[..] == payload[..], "csid {csid}: payload joined intact");
+            assert!(inside(&read_block, &m.payload), "csid {csid}: joined in place, not copied out");
+            let a = r.read_message(&mut buf).unwrap().unwrap();
+            assert_eq!((a.type_id, &a.payload[..]), (MSG_AUDIO, &[0xaf, 1, 2][..]));
+            assert!(buf.is_empty() && r.partial_bytes == 0);
+        }
+    }
+
+    #[test]
+    fn a_message_still_arriving_or_interleaved_is_reassembled_and_counted() {
+        let payload: Vec<u8> = (0..10_000).map(|i| (i % 253) as u8).collect();
+        let mut w = ChunkWriter::new();
+        w.set_chunk_size(4096);
+        let mut b = BytesMut::new();
+        w.write(&mut b, 6, 40, MSG_VIDEO, 1, &payload);
+        let budget = ReassemblyBudget::new(1 << 20);
+        let mut r = ChunkReader::with_budget(Some(budget.clone()));
+        r.chunk_size = 4096;
+        // The last byte has not come: the first two chunks go to a reassembly buffer, which
+        // counts against the limits.
+        let mut buf = b.split_to(b.len() - 1);
+        assert_eq!(r.read_message(&mut buf), Ok(None));
+        assert_eq!((r.partial_bytes, budget.used()), (10_000, 10_000));
+        buf.unsplit(b);
+        let m = r.read_message(&mut buf).unwrap().unwrap();
+        assert_eq!(&m.payload[..], &payload[..]);
+        assert_eq!((r.partial_bytes, budget.used()), (0, 0));
+
+        // Another chunk stream between two chunks of a message: reassembled too.
+        let mut w = ChunkWriter::new();
+        w.set_chunk_size(4096);
+        let mut whole = BytesMut::new();
+        w.write(&mut whole, 6, 80, MSG_VIDEO, 1, &payload[..5000]);
+        let second = whole.split_off(4096 + 12);
+        w.write(&mut whole, 4, 80, MSG_AUDIO, 1, &[0xaf, 1]);
+        whole.unsplit(second);
+        let read_block = block(&whole);
+        let ms = read_all(&mut r, &mut whole);
+        assert_eq!(ms.iter().map(|m| m.type_id).collect::<Vec<_>>(), vec![MSG_AUDIO, MSG_VIDEO]);
+        assert_eq!(&ms[1].payload[..], &payload[..5000]);
+        assert!(inside(&read_block, &ms[0].payload) && !inside(&read_block, &ms[1].payload));
     }
 
     #[test]
