@@ -199,23 +199,6 @@ fn remux(
     Ok(())
 }
 
-/// glibc's malloc gives every thread that allocates a heap of its own, up to eight per CPU,
-/// and each keeps the pages of what it once held. A recording's blocks are allocated on its
-/// ingest thread and freed on its writer thread, so one heap per few CPUs serves as well
-/// (measured: 10 streams, 143 -> 105 KB per stream; CPU within the noise at 100 × 2.5 Mbit/s).
-/// `MALLOC_ARENA_MAX` in the environment still decides.
-fn fewer_heaps() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let heaps = i32::try_from(cpus.div_ceil(4)).unwrap_or(i32::MAX);
-        // SAFETY: mallopt only changes allocator settings; it is called before any thread starts.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, heaps);
-        }
-    }
-}
-
 fn serve(config_path: Option<PathBuf>, check: bool) -> Result<()> {
     let config = load_config(&config_path)?;
     if check {
@@ -227,7 +210,6 @@ fn serve(config_path: Option<PathBuf>, check: bool) -> Result<()> {
         println!("configuration is valid");
         return Ok(());
     }
-    fewer_heaps();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = rt.block_on(run(config, config_path));
     // Whatever outlived the shutdown deadline is not waited for.

@@ -73,37 +73,4 @@ fn bench_publish_frames_all_recorded() {
         assert_eq!(av_tags(&found[0]), sent, "stream {i}: frames recorded = frames sent");
         assert_eq!(decode_errors(&found[0]), "", "stream {i}");
     }
-    // Every thread that recorded (ingest, writers, the runtime's) allocated; glibc's default
-    // would have given most of them a heap of their own.
-    let pid = reel.child.as_ref().expect("running").id();
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let heaps = thread_heaps(pid);
-    assert!(heaps < cpus.div_ceil(4), "{heaps} heaps besides the main one with {cpus} CPUs");
-}
-
-/// Heaps glibc's malloc made for threads: anonymous mappings at a 64 MiB boundary that span
-/// 64 MiB, the part in use read-write and the rest reserved (`---p`).
-fn thread_heaps(pid: u32) -> usize {
-    const HEAP: u64 = 64 << 20;
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-    let regions: Vec<(u64, u64, &str)> = maps
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (range, perms) = (f.next()?, f.next()?);
-            if f.nth(3).is_some() {
-                return None; // a file or a named region
-            }
-            let (a, b) = range.split_once('-')?;
-            Some((u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?, perms))
-        })
-        .collect();
-    regions
-        .iter()
-        .enumerate()
-        .filter(|(i, (start, end, perms))| {
-            let reserved = regions.get(i + 1).filter(|n| n.0 == *end && n.2 == "---p").map_or(0, |n| n.1 - n.0);
-            start % HEAP == 0 && perms.starts_with("rw") && end - start + reserved == HEAP
-        })
-        .count()
 }
