@@ -331,8 +331,7 @@ impl ChunkReader {
             let payload = buf.split_to(chunk_len).freeze();
             return Ok(ChunkResult::Message(Self::message(s, payload)));
         }
-        if let Some(span) = span {
-            let header_len = continuation_header(h.csid).1 + if h.extended { 4 } else { 0 };
+        if let Some((span, header_len)) = span {
             let payload = join_in_place(buf, span, header_len, length, self.chunk_size);
             return Ok(ChunkResult::Message(Self::message(s, payload)));
         }
@@ -470,23 +469,12 @@ impl ChunkWriter {
     }
 }
 
-/// The basic header of a format 3 chunk on `csid`, as bytes and their count.
-fn continuation_header(csid: u32) -> ([u8; 3], usize) {
-    match csid {
-        0..=63 => ([0xC0 | csid as u8, 0, 0], 1),
-        64..=319 => ([0xC0, (csid - 64) as u8, 0], 2),
-        _ => {
-            let c = csid - 64;
-            ([0xC1, c as u8, (c >> 8) as u8], 3)
-        }
-    }
-}
-
 /// Bytes a message spans in `buf` (which starts at its first chunk's payload) when all its
-/// chunks are there, each continuation a format 3 header on the same chunk stream; `None`
-/// when some have not arrived yet or another chunk stream comes in between.
-fn contiguous_span(buf: &[u8], csid: u32, extended: bool, length: usize, chunk_size: usize) -> Option<usize> {
-    let (basic, basic_len) = continuation_header(csid);
+/// chunks are there, each continuation a format 3 header on the same chunk stream, and the
+/// length of those headers; `None` when some have not arrived yet or another chunk stream
+/// comes in between.
+fn contiguous_span(buf: &[u8], csid: u32, extended: bool, length: usize, chunk_size: usize) -> Option<(usize, usize)> {
+    let (basic, basic_len) = basic_header(3, csid);
     let header_len = basic_len + if extended { 4 } else { 0 };
     let (mut pos, mut joined) = (chunk_size, chunk_size);
     while joined < length {
@@ -497,14 +485,13 @@ fn contiguous_span(buf: &[u8], csid: u32, extended: bool, length: usize, chunk_s
         pos += header_len + n;
         joined += n;
     }
-    Some(pos)
+    Some((pos, header_len))
 }
 
 /// Splits off a message found by [`contiguous_span`]: each continuation's payload moves back
 /// over the headers before it, in the block the socket read into. A move within memory the
 /// read has just touched, where reassembly would allocate a buffer the size of the message
 /// and copy all of it (and free it on the writer thread).
-/// `header_len` is a continuation's header with its extended timestamp, if any.
 fn join_in_place(buf: &mut BytesMut, span: usize, header_len: usize, length: usize, chunk_size: usize) -> Bytes {
     let (mut src, mut dst) = (chunk_size, chunk_size);
     while dst < length {
@@ -520,20 +507,21 @@ fn join_in_place(buf: &mut BytesMut, span: usize, header_len: usize, length: usi
     payload
 }
 
-fn put_basic_header(out: &mut BytesMut, fmt: u8, csid: u32) {
+/// A chunk's basic header (format and chunk stream id) as bytes, and how many of them.
+fn basic_header(fmt: u8, csid: u32) -> ([u8; 3], usize) {
     match csid {
-        2..=63 => out.put_u8((fmt << 6) | csid as u8),
-        64..=319 => {
-            out.put_u8(fmt << 6);
-            out.put_u8((csid - 64) as u8);
-        }
+        2..=63 => ([(fmt << 6) | csid as u8, 0, 0], 1),
+        64..=319 => ([fmt << 6, (csid - 64) as u8, 0], 2),
         _ => {
             let c = csid.clamp(64, 65599) - 64;
-            out.put_u8((fmt << 6) | 1);
-            out.put_u8(c as u8);
-            out.put_u8((c >> 8) as u8);
+            ([(fmt << 6) | 1, c as u8, (c >> 8) as u8], 3)
         }
     }
+}
+
+fn put_basic_header(out: &mut BytesMut, fmt: u8, csid: u32) {
+    let (b, n) = basic_header(fmt, csid);
+    out.extend_from_slice(&b[..n]);
 }
 
 #[cfg(test)]
