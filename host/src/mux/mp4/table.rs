@@ -25,6 +25,100 @@ pub(crate) struct TrackInfo {
     pub sample_entry: Bytes,
 }
 
+/// Bytes of each full block of a [`Blocks`] list: a page with the allocator's header.
+const BLOCK_BYTES: usize = 4096 - 16;
+
+/// A list that only grows, kept in blocks of [`BLOCK_BYTES`]: a push never moves what is
+/// stored (no copy of a long table at each doubling) and every full block is the same size,
+/// so the blocks a finished file frees are what the next file's tables take, where a
+/// doubling `Vec` left a hole of each size behind it. A short list stays one small block,
+/// grown as a `Vec` until it is full.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Blocks<T> {
+    blocks: Vec<Vec<T>>,
+    len: usize,
+}
+
+impl<T> Default for Blocks<T> {
+    fn default() -> Self {
+        Self { blocks: Vec::new(), len: 0 }
+    }
+}
+
+impl<T: Copy> Blocks<T> {
+    /// Items in a full block.
+    const PER_BLOCK: usize = {
+        assert!(size_of::<T>() > 0 && size_of::<T>() <= BLOCK_BYTES);
+        BLOCK_BYTES / size_of::<T>()
+    };
+
+    pub fn push(&mut self, v: T) {
+        match self.blocks.last_mut() {
+            Some(b) if b.len() < Self::PER_BLOCK => {
+                if b.len() == b.capacity() {
+                    // Only the first block grows: double, up to a full block.
+                    let cap = b.capacity();
+                    b.reserve_exact(cap.max(4).min(Self::PER_BLOCK - cap));
+                }
+                b.push(v);
+            }
+            _ => {
+                let mut b = Vec::with_capacity(if self.blocks.is_empty() { 4 } else { Self::PER_BLOCK });
+                b.push(v);
+                self.blocks.push(b);
+            }
+        }
+        self.len += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn last(&self) -> Option<&T> {
+        self.blocks.last().and_then(|b| b.last())
+    }
+
+    pub fn last_mut(&mut self) -> Option<&mut T> {
+        self.blocks.last_mut().and_then(|b| b.last_mut())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &T> + Clone {
+        self.blocks.iter().flatten()
+    }
+
+    /// Bytes held (capacity), for tests of the layout.
+    #[cfg(test)]
+    pub fn held_bytes(&self) -> usize {
+        self.blocks.iter().map(|b| b.capacity() * size_of::<T>()).sum()
+    }
+}
+
+impl<T: Copy> Extend<T> for Blocks<T> {
+    fn extend<I: IntoIterator<Item = T>>(&mut self, items: I) {
+        items.into_iter().for_each(|v| self.push(v));
+    }
+}
+
+impl<'a, T: Copy> IntoIterator for &'a Blocks<T> {
+    type Item = &'a T;
+    type IntoIter = std::iter::Flatten<std::slice::Iter<'a, Vec<T>>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.blocks.iter().flatten()
+    }
+}
+
+impl<T: Copy + PartialEq, const N: usize> PartialEq<[T; N]> for Blocks<T> {
+    fn eq(&self, other: &[T; N]) -> bool {
+        self.len == N && self.iter().eq(other.iter())
+    }
+}
+
 /// The samples of one track, in the run-length form of `stts`/`ctts`/`stss`/`stsc`.
 /// About 4 bytes per sample plus one entry per change of duration or composition offset.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -33,18 +127,18 @@ pub(crate) struct TrackTable {
     pub start: u64,
     /// Sum of the sample durations, track timescale.
     pub duration: u64,
-    pub sizes: Vec<u32>,
+    pub sizes: Blocks<u32>,
     /// (sample count, duration).
-    pub stts: Vec<(u32, u32)>,
+    pub stts: Blocks<(u32, u32)>,
     /// (sample count, composition offset).
-    pub ctts: Vec<(u32, i32)>,
+    pub ctts: Blocks<(u32, i32)>,
     /// 1-based numbers of the sync samples, once a sample is not one ([`Self::all_sync`]):
     /// an audio track (every sample sync, no `stss`) keeps nothing here.
-    pub sync: Vec<u32>,
+    pub sync: Blocks<u32>,
     /// A sample that is not a sync sample was pushed.
     pub some_not_sync: bool,
     /// (offset in the file being written, sample count): one chunk per fragment run.
-    pub chunks: Vec<(u64, u32)>,
+    pub chunks: Blocks<(u64, u32)>,
 }
 
 impl TrackTable {
@@ -93,5 +187,41 @@ impl TrackTable {
     /// The duration of the last sample, if any.
     pub fn last_duration(&self) -> Option<u32> {
         self.stts.last().map(|&(_, d)| d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_table_is_kept_in_equal_blocks_that_never_move() {
+        let mut b = Blocks::<u32>::default();
+        assert!(b.is_empty() && b.last().is_none() && b.held_bytes() == 0);
+        let per = Blocks::<u32>::PER_BLOCK;
+        (0..3).for_each(|v| b.push(v));
+        // A short list: one small block.
+        assert!(b.held_bytes() < 64, "{}", b.held_bytes());
+        (3..per as u32).for_each(|v| b.push(v));
+        assert_eq!(b.held_bytes(), BLOCK_BYTES - BLOCK_BYTES % 4, "the first block grew to a full one");
+        let first = b.iter().next().unwrap() as *const u32;
+        b.extend(per as u32..(3 * per + 5) as u32);
+        assert_eq!(b.iter().next().unwrap() as *const u32, first, "stored items never move");
+        assert_eq!(b.len(), 3 * per + 5);
+        assert_eq!(b.blocks.len(), 4);
+        assert!(b.blocks[..3].iter().all(|x| x.len() == per && x.capacity() == per));
+        assert_eq!(b.blocks[3].capacity(), per, "later blocks start full size");
+        assert!(b.iter().copied().eq(0..(3 * per + 5) as u32));
+        assert_eq!((&b).into_iter().count(), b.len());
+        assert_eq!(b.last(), Some(&((3 * per + 4) as u32)));
+        *b.last_mut().unwrap() = 7;
+        assert_eq!(b.last(), Some(&7));
+        let pairs: Blocks<(u64, u32)> = {
+            let mut p = Blocks::default();
+            p.extend([(1, 2), (3, 4)]);
+            p
+        };
+        assert_eq!(pairs, [(1, 2), (3, 4)]);
+        assert_eq!(Blocks::<(u64, u32)>::PER_BLOCK, BLOCK_BYTES / 16);
     }
 }

@@ -212,7 +212,7 @@ fn an_all_sync_track_keeps_no_sync_sample_numbers() {
     let mut audio = TrackTable::default();
     audio.begin_chunk(0, 0);
     (0..1000).for_each(|_| audio.push(300, 1024, 0, true));
-    assert!(audio.all_sync() && audio.sync.is_empty() && audio.sync.capacity() == 0);
+    assert!(audio.all_sync() && audio.sync.is_empty() && audio.sync.held_bytes() == 0);
     // Video: the numbers start with the first sample that is not a sync sample.
     let mut video = TrackTable::default();
     video.begin_chunk(0, 0);
