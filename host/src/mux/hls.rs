@@ -7,6 +7,7 @@
 //! §6.2.1). Every segment carries its `#EXT-X-PROGRAM-DATE-TIME` when known.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use crate::media::time::rfc3339_ms;
 
@@ -49,6 +50,101 @@ pub enum PlaylistError {
     Invalid { line: usize, why: String },
 }
 
+const ENDLIST: &str = "#EXT-X-ENDLIST\n";
+
+/// The tags before the first segment.
+fn render_header(s: &mut String, target_duration: u64, media_sequence: u64) {
+    // Writing to a String cannot fail.
+    let _ = write!(
+        s,
+        "#EXTM3U\n#EXT-X-VERSION:{VERSION}\n#EXT-X-TARGETDURATION:{target_duration}\n#EXT-X-MEDIA-SEQUENCE:{media_sequence}\n#EXT-X-PLAYLIST-TYPE:EVENT\n",
+    );
+}
+
+/// One segment's lines.
+fn render_segment(s: &mut String, seg: &Segment) {
+    if seg.discontinuity {
+        s.push_str("#EXT-X-DISCONTINUITY\n");
+    }
+    if let Some(t) = seg.program_date_time_ms {
+        let _ = writeln!(s, "#EXT-X-PROGRAM-DATE-TIME:{}", rfc3339_ms(t));
+    }
+    let d = if seg.duration_secs.is_finite() { seg.duration_secs.max(0.0) } else { 0.0 };
+    let _ = writeln!(s, "#EXTINF:{d:.3},");
+    for c in seg.uri.chars() {
+        match c {
+            '\r' => s.push_str("%0D"),
+            '\n' => s.push_str("%0A"),
+            c => s.push(c),
+        }
+    }
+    s.push('\n');
+}
+
+/// An `EVENT` playlist being recorded, kept as its text: each segment appends its lines once
+/// (about 100 bytes) instead of living as a [`Segment`] and the whole playlist being rendered
+/// anew at every segment, and the text is shared, not copied, with the write that stores it
+/// ([`LivePlaylist::text`]). Memory per segment is its lines; nothing else grows.
+#[derive(Clone, Debug)]
+pub struct LivePlaylist {
+    text: Arc<String>,
+    /// Bytes of the tags before the first segment.
+    header_len: usize,
+    /// The configured target (a floor) and the one rendered.
+    target_duration: u64,
+    rendered_target: u64,
+    segments: usize,
+}
+
+impl LivePlaylist {
+    pub fn new(target_duration: u64) -> Self {
+        let mut text = String::with_capacity(256);
+        render_header(&mut text, target_duration, 0);
+        let header_len = text.len();
+        Self { text: Arc::new(text), header_len, target_duration, rendered_target: target_duration, segments: 0 }
+    }
+
+    /// Appends a segment. One longer than the rendered `#EXT-X-TARGETDURATION` raises it (the
+    /// header is rewritten in place; RFC 8216 §4.3.3.1).
+    pub fn push(&mut self, seg: &Segment) {
+        let text = Arc::make_mut(&mut self.text);
+        let need = rendered(seg.duration_secs).ceil() as u64;
+        if need > self.rendered_target {
+            self.rendered_target = need;
+            let mut header = String::with_capacity(self.header_len + 4);
+            render_header(&mut header, need, 0);
+            text.replace_range(..self.header_len, &header);
+            self.header_len = header.len();
+        }
+        render_segment(text, seg);
+        self.segments += 1;
+    }
+
+    /// The text so far (no `#EXT-X-ENDLIST`). While a clone is held (a write in flight),
+    /// the next [`push`](Self::push) copies the text; drop it first.
+    pub fn text(&self) -> Arc<String> {
+        self.text.clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.segments
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.segments == 0
+    }
+
+    /// The configured target duration (what a new playlist of this output starts with).
+    pub fn target_duration(&self) -> u64 {
+        self.target_duration
+    }
+
+    /// The playlist as a model (to rename it, or end it).
+    pub fn playlist(&self) -> Result<Playlist, PlaylistError> {
+        Playlist::parse(&self.text)
+    }
+}
+
 /// The duration as rendered (`%.3f`), so that rendering and re-parsing agree on rounding.
 fn rendered(d: f64) -> f64 {
     let d = if d.is_finite() { d.max(0.0) } else { 0.0 };
@@ -74,33 +170,12 @@ impl Playlist {
     /// The playlist text.
     pub fn render(&self) -> String {
         let mut s = String::with_capacity(160 + self.segments.len() * 96);
-        // Writing to a String cannot fail.
-        let _ = write!(
-            s,
-            "#EXTM3U\n#EXT-X-VERSION:{VERSION}\n#EXT-X-TARGETDURATION:{}\n#EXT-X-MEDIA-SEQUENCE:{}\n#EXT-X-PLAYLIST-TYPE:EVENT\n",
-            self.target_duration_secs(),
-            self.media_sequence
-        );
+        render_header(&mut s, self.target_duration_secs(), self.media_sequence);
         for seg in &self.segments {
-            if seg.discontinuity {
-                s.push_str("#EXT-X-DISCONTINUITY\n");
-            }
-            if let Some(t) = seg.program_date_time_ms {
-                let _ = writeln!(s, "#EXT-X-PROGRAM-DATE-TIME:{}", rfc3339_ms(t));
-            }
-            let d = if seg.duration_secs.is_finite() { seg.duration_secs.max(0.0) } else { 0.0 };
-            let _ = writeln!(s, "#EXTINF:{d:.3},");
-            for c in seg.uri.chars() {
-                match c {
-                    '\r' => s.push_str("%0D"),
-                    '\n' => s.push_str("%0A"),
-                    c => s.push(c),
-                }
-            }
-            s.push('\n');
+            render_segment(&mut s, seg);
         }
         if self.ended {
-            s.push_str("#EXT-X-ENDLIST\n");
+            s.push_str(ENDLIST);
         }
         s
     }
@@ -354,6 +429,62 @@ mod tests {
         assert_eq!(err("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:-1,\na.ts"), 3);
         assert_eq!(err("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-PROGRAM-DATE-TIME:2026-02-30T00:00:00Z\n"), 3);
         assert_eq!(err("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-PLAYLIST-TYPE:LIVE\n"), 3);
+    }
+
+    #[test]
+    fn a_live_playlist_is_the_rendered_playlist_with_each_segment_appended_once() {
+        let model = sample();
+        let mut live = LivePlaylist::new(model.target_duration);
+        assert!(live.is_empty());
+        assert_eq!(*live.text(), Playlist::new(2).render());
+        let mut so_far = Playlist::new(model.target_duration);
+        for seg in &model.segments {
+            live.push(seg);
+            so_far.segments.push(seg.clone());
+            // The 2.04 s segment raises the target to 3 in the header, as `render` does.
+            assert_eq!(*live.text(), so_far.render());
+        }
+        assert!(live.text().contains("#EXT-X-TARGETDURATION:3\n"));
+        assert_eq!((live.len(), live.target_duration()), (3, 2));
+        let parsed = live.playlist().unwrap();
+        assert_eq!((parsed.segments, parsed.ended), (model.segments.clone(), false));
+        // A target of two digits: the header grows in place, the segments stay intact.
+        let mut long = LivePlaylist::new(6);
+        long.push(&Segment { uri: "a.ts".into(), duration_secs: 6.0, ..Segment::default() });
+        long.push(&Segment { uri: "b.ts".into(), duration_secs: 12.5, ..Segment::default() });
+        let mut want = Playlist::new(6);
+        want.segments = long.playlist().unwrap().segments;
+        assert_eq!(*long.text(), want.render());
+        assert!(long.text().contains("#EXT-X-TARGETDURATION:13\n"));
+    }
+
+    #[test]
+    fn a_live_playlist_grows_its_one_text_and_shares_it_with_the_write() {
+        let mut live = LivePlaylist::new(6);
+        let seg = Segment {
+            uri: "rec/s_00001.ts".into(),
+            duration_secs: 6.0,
+            program_date_time_ms: Some(T0),
+            ..Segment::default()
+        };
+        let first = Arc::as_ptr(&live.text);
+        for _ in 0..1000 {
+            live.push(&seg);
+            // What a write gets is the playlist's own text, not a copy...
+            let shared = live.text();
+            assert!(Arc::ptr_eq(&shared, &live.text));
+            // ...and once it is dropped, the next append extends that same text.
+            drop(shared);
+        }
+        assert_eq!(Arc::as_ptr(&live.text), first, "never copied");
+        // A segment appended while a write still holds the text: that write's text is unchanged.
+        let held = live.text();
+        live.push(&seg);
+        assert!(!Arc::ptr_eq(&held, &live.text));
+        assert!(live.text().starts_with(held.as_str()) && live.text().len() > held.len());
+        assert_eq!(live.len(), 1001);
+        // A segment's lines per segment, nothing else (and the growth of one text).
+        assert!(live.text.len() < 1001 * 100 && live.text.capacity() <= 2 * live.text.len());
     }
 
     #[test]

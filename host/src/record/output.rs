@@ -5,7 +5,7 @@
 
 use crate::config::Format;
 use crate::media::{Frame, FrameKind};
-use crate::mux::hls::Playlist;
+use crate::mux::hls::{LivePlaylist, Playlist};
 use crate::mux::ts::TsMuxer;
 use crate::mux::{aac::AdtsMuxer, flv::FlvMuxer, mp4::Mp4Muxer, Chunks, MuxError, Muxer, Rewrite};
 use crate::storage::FileWriter;
@@ -127,7 +127,7 @@ pub enum Event {
 
 /// HLS state of an output: the playlist being built.
 pub struct Hls {
-    pub playlist: Playlist,
+    pub playlist: LivePlaylist,
     /// Where the playlist lives while recording (named when it opens).
     pub live_key: Option<String>,
     /// Bytes of the stored segments.
@@ -154,7 +154,7 @@ pub struct Output {
 impl Output {
     pub fn new(format: Format, interval_ms: u64, hls_segment_ms: u64) -> Self {
         let hls = (format == Format::Hls).then(|| Hls {
-            playlist: Playlist::new(hls_segment_ms.div_ceil(1000).max(1)),
+            playlist: LivePlaylist::new(hls_segment_ms.div_ceil(1000).max(1)),
             live_key: None,
             bytes: 0,
         });

@@ -23,7 +23,7 @@ use crate::catalog::{new_id, Catalog, NewEvent, Recording};
 use crate::config::{Format, Template};
 use crate::media::time::now_ms;
 use crate::media::{Frame, FrameKind};
-use crate::mux::hls::{Playlist, Segment};
+use crate::mux::hls::{LivePlaylist, Segment};
 use crate::mux::Rewrite;
 use crate::policy::{random_id, FileInfo, Plan, Policy, StreamInfo};
 use crate::storage::{FileWriter, Finalize, Storage, StorageError, Stored};
@@ -425,9 +425,9 @@ impl StreamTask {
                 key,
                 seq: slot.file_seq,
                 start_ms: slot.file_start_ms,
-                target_secs: hls.playlist.target_duration,
+                target_secs: hls.playlist.target_duration(),
             };
-            let meta = self.ctx.describe(Format::Hls, hls.playlist.segments.len() as u32, now, Some(playlist));
+            let meta = self.ctx.describe(Format::Hls, hls.playlist.len() as u32, now, Some(playlist));
             let (storage, hint) = (slot.storage.clone(), self.hint(Format::Hls));
             match tokio::task::spawn_blocking(move || storage.create_described(&hint, &meta)).await {
                 Ok(Ok(w)) => markers.push(w),
@@ -639,7 +639,7 @@ impl StreamTask {
                         key,
                         seq: slot.file_seq,
                         start_ms: slot.file_start_ms,
-                        target_secs: slot.out.hls.as_ref().map_or(0, |h| h.playlist.target_duration),
+                        target_secs: slot.out.hls.as_ref().map_or(0, |h| h.playlist.target_duration()),
                     });
                 Some((slot.storage.clone(), hint, self.ctx.describe(format, body.seq, body.opened_ms, playlist)))
             } else {
@@ -687,7 +687,7 @@ impl StreamTask {
                         // While recording, the playlist sits at the name its start gives.
                         let fi = self.ctx.file_info(Format::Hls, seq, now, now);
                         hls.live_key = Some(self.ctx.key(&fi));
-                        hls.playlist = Playlist::new(hls.playlist.target_duration);
+                        hls.playlist = LivePlaylist::new(hls.playlist.target_duration());
                         hls.bytes = 0;
                     }
                 }
@@ -759,14 +759,13 @@ impl StreamTask {
         let Some(hls) = &mut slot.out.hls else { return };
         let Some(live) = hls.live_key.clone() else { return };
         let storage = slot.storage.clone();
-        let first = hls.playlist.segments.is_empty();
-        let reserve = first.then(|| hls.playlist.render());
+        let reserve = hls.playlist.is_empty().then(|| hls.playlist.text());
         let res = tokio::task::spawn_blocking(move || {
             // The first segment reserves the playlist's name (another recording may hold it).
             let live = match reserve {
                 Some(text) => {
                     let mut w = storage.create(&format!("{hint}.m3u8"))?;
-                    w.write(&[text.into()])?;
+                    w.write(&[bytes::Bytes::copy_from_slice(text.as_bytes())])?;
                     w.finish(&live, Finalize::default())?.key
                 }
                 None => live,
@@ -807,13 +806,15 @@ impl StreamTask {
         fields.insert("duration_ms".into(), piece.duration_ms.into());
         fields.insert("start_time".into(), events::rfc3339(body.opened_ms).into());
         self.ctx.emit(crate::config::EVENT_SEGMENT_CREATED, fields);
-        hls.playlist.segments.push(Segment {
+        hls.playlist.push(&Segment {
             uri: relative_uri(&live, &stored.key),
             duration_secs: piece.duration_ms as f64 / 1000.0,
             program_date_time_ms: Some(body.opened_ms),
             discontinuity,
         });
-        let text = hls.playlist.render();
+        // The playlist's own text: the write holds it until done, then the next segment
+        // extends it in place.
+        let text = hls.playlist.text();
         let storage = slot.storage.clone();
         match tokio::task::spawn_blocking(move || storage.put(&live, text.as_bytes())).await {
             Ok(Ok(_)) => {}
@@ -828,14 +829,21 @@ impl StreamTask {
         let slot = &mut self.slots[i];
         let Some(hls) = &mut slot.out.hls else { return };
         let Some(live) = hls.live_key.take() else { return };
-        if hls.playlist.segments.is_empty() {
+        if hls.playlist.is_empty() {
             return;
         }
         let mut fi = self.ctx.file_info(Format::Hls, piece.seq, slot.file_start_ms, now_ms());
         fi.duration_ms = piece.duration_ms;
         fi.size = hls.bytes;
         let key = self.ctx.key(&fi);
-        let mut playlist = rebase_playlist(&hls.playlist, &live, &key);
+        let mut playlist = match hls.playlist.playlist() {
+            Ok(p) => rebase_playlist(&p, &live, &key),
+            Err(e) => {
+                // Reel's own text: not expected; the live playlist stays for recovery.
+                tracing::error!(stream = %self.ctx.info.name, error = &e as &dyn std::error::Error, "HLS playlist unreadable");
+                return;
+            }
+        };
         playlist.ended = true;
         let storage = slot.storage.clone();
         let storage_name = slot.storage_name.clone();
@@ -861,7 +869,7 @@ impl StreamTask {
         .await;
         match res {
             Ok(Ok(stored)) => {
-                tracing::debug!(segments = hls.playlist.segments.len(), "playlist closed");
+                tracing::debug!(segments = hls.playlist.len(), "playlist closed");
                 ctx.announce(fi, &Stored { size: hls.bytes, ..stored }, false, &piece, &storage_name);
             }
             Ok(Err(e)) => {
