@@ -35,13 +35,13 @@ const BLOCK_BYTES: usize = 4096 - 16;
 /// grown as a `Vec` until it is full.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Blocks<T> {
+    /// Every block but the last is full.
     blocks: Vec<Vec<T>>,
-    len: usize,
 }
 
 impl<T> Default for Blocks<T> {
     fn default() -> Self {
-        Self { blocks: Vec::new(), len: 0 }
+        Self { blocks: Vec::new() }
     }
 }
 
@@ -68,15 +68,14 @@ impl<T: Copy> Blocks<T> {
                 self.blocks.push(b);
             }
         }
-        self.len += 1;
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.blocks.last().map_or(0, |last| (self.blocks.len() - 1) * Self::PER_BLOCK + last.len())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.blocks.is_empty()
     }
 
     pub fn last(&self) -> Option<&T> {
@@ -113,9 +112,10 @@ impl<'a, T: Copy> IntoIterator for &'a Blocks<T> {
     }
 }
 
+#[cfg(test)]
 impl<T: Copy + PartialEq, const N: usize> PartialEq<[T; N]> for Blocks<T> {
     fn eq(&self, other: &[T; N]) -> bool {
-        self.len == N && self.iter().eq(other.iter())
+        self.len() == N && self.iter().eq(other.iter())
     }
 }
 
