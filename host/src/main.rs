@@ -153,6 +153,10 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if matches!(cli.command, Command::Serve { check: false, .. }) {
+        without_thread_cache();
+    }
     let res = match cli.command {
         Command::Serve { config, check } => serve(config, check),
         Command::Remux { input, format, output, segment, overwrite } => {
@@ -170,6 +174,45 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The glibc tunable that sizes each thread's cache of freed small blocks.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const THREAD_CACHE_TUNABLE: &str = "glibc.malloc.tcache_count";
+
+/// `reel serve` runs with glibc's per-thread cache of freed small blocks (tcache) off.
+///
+/// Frames and the lists that carry them are allocated on an ingest thread and freed on a
+/// writer thread once written. With the cache on, the freeing thread keeps such a block and
+/// hands it to its own next allocation of that size, so blocks of one thread's heap end up
+/// held by other threads for as long as their allocations live, scattered through that heap:
+/// over ten minutes of recording the heaps grew by a third while the bytes in use did not
+/// (BENCHMARKS.md, "A thread's freed blocks back to their heap"). Without the cache a freed
+/// block goes back to the heap it came from. glibc reads its tunables only when a process
+/// starts, so the process starts itself again, once, with `GLIBC_TUNABLES` set: same PID,
+/// arguments and descriptors, before any thread or socket exists. An operator's own
+/// `glibc.malloc.tcache_count` is kept as given.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn without_thread_cache() {
+    use std::os::unix::process::CommandExt;
+    let current = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    if current.split(':').any(|t| t.starts_with(THREAD_CACHE_TUNABLE)) {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else { return };
+    let tunables = if current.is_empty() {
+        format!("{THREAD_CACHE_TUNABLE}=0")
+    } else {
+        format!("{current}:{THREAD_CACHE_TUNABLE}=0")
+    };
+    let mut args = std::env::args_os();
+    let mut cmd = std::process::Command::new(exe);
+    if let Some(argv0) = args.next() {
+        cmd.arg0(argv0);
+    }
+    // `exec` returns only if it failed: then Reel runs with the cache.
+    let err = cmd.args(args).env("GLIBC_TUNABLES", tunables).exec();
+    tracing::warn!("running with the allocator's thread cache: restarting without it failed: {err}");
 }
 
 fn load_config(path: &Option<PathBuf>) -> Result<Config> {

@@ -48,6 +48,11 @@ impl Reel {
 
     /// Like [`Reel::start`] in an existing directory (a restart keeps `reel-data/`).
     pub fn start_in(dir: PathBuf, rest: &str) -> Self {
+        Self::start_with_env(dir, rest, &[])
+    }
+
+    /// Like [`Reel::start_in`], with these variables added to Reel's environment.
+    pub fn start_with_env(dir: PathBuf, rest: &str, env: &[(&str, &str)]) -> Self {
         // A port found free can be taken by another test before Reel binds it: then new ports.
         let mut attempt = 0;
         loop {
@@ -63,6 +68,7 @@ impl Reel {
                 .args(["serve", "--config", "reel.toml"])
                 .current_dir(&dir)
                 .env("REEL_LOG", "info")
+                .envs(env.iter().copied())
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&log).unwrap())
                 .spawn()

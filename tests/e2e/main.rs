@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `reel` binary, real publishers, verified with ffprobe/ffmpeg.
 
+mod allocator;
 mod auth;
 mod bench;
 mod browser;
