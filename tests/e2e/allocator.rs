@@ -4,25 +4,24 @@
 
 use crate::common::*;
 
-/// The environment a running process was (last) started with, as glibc left it: glibc cuts
-/// `GLIBC_TUNABLES` at each `:` in place while it reads it, so the tunables show up as entries
-/// of their own after the variable.
-fn start_env(reel: &Reel) -> Vec<String> {
+/// The `GLIBC_TUNABLES` a running process was (last) started with. Some glibc versions cut the
+/// variable at each `:` in place while reading it, so the tunables after the first show up in
+/// `/proc/PID/environ` as entries of their own after it: they are joined back.
+fn start_tunables(reel: &Reel) -> Option<String> {
     let pid = reel.child.as_ref().expect("running").id();
     let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-    env.split(|&b| b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect()
-}
-
-fn has(env: &[String], entry: &str) -> bool {
-    env.iter().any(|e| e == entry)
+    let entries: Vec<String> = env.split(|&b| b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect();
+    let at = entries.iter().position(|e| e.starts_with("GLIBC_TUNABLES="))?;
+    let mut parts = vec![entries[at]["GLIBC_TUNABLES=".len()..].to_owned()];
+    parts.extend(entries[at + 1..].iter().take_while(|e| e.starts_with("glibc.")).cloned());
+    Some(parts.join(":"))
 }
 
 #[test]
 fn serve_runs_without_the_thread_cache_in_the_same_process_and_keeps_an_operators_setting() {
     // The process the test started (same PID) was started again with the tunable.
     let plain = Reel::start("allocator-default", BASE_CONFIG);
-    let env = start_env(&plain);
-    assert!(has(&env, "GLIBC_TUNABLES=glibc.malloc.tcache_count=0"), "{env:?}");
+    assert_eq!(start_tunables(&plain).as_deref(), Some("glibc.malloc.tcache_count=0"));
     assert!(!plain.log_text().contains("restarting without it failed"), "{}", plain.log_text());
 
     // Other tunables are kept and the cache's is added after them.
@@ -31,9 +30,10 @@ fn serve_runs_without_the_thread_cache_in_the_same_process_and_keeps_an_operator
         BASE_CONFIG,
         &[("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=262144")],
     );
-    let env = start_env(&other);
-    let at = env.iter().position(|e| e == "GLIBC_TUNABLES=glibc.malloc.trim_threshold=262144");
-    assert!(at.is_some_and(|i| env.get(i + 1).is_some_and(|e| e == "glibc.malloc.tcache_count=0")), "{env:?}");
+    assert_eq!(
+        start_tunables(&other).as_deref(),
+        Some("glibc.malloc.trim_threshold=262144:glibc.malloc.tcache_count=0")
+    );
 
     // An operator's own cache setting is not overridden (and the process is not restarted).
     let own = Reel::start_with_env(
@@ -41,7 +41,5 @@ fn serve_runs_without_the_thread_cache_in_the_same_process_and_keeps_an_operator
         BASE_CONFIG,
         &[("GLIBC_TUNABLES", "glibc.malloc.tcache_count=7")],
     );
-    let env = start_env(&own);
-    assert!(has(&env, "GLIBC_TUNABLES=glibc.malloc.tcache_count=7"), "{env:?}");
-    assert!(!env.iter().any(|e| e.contains("tcache_count=0")), "{env:?}");
+    assert_eq!(start_tunables(&own).as_deref(), Some("glibc.malloc.tcache_count=7"));
 }
