@@ -215,6 +215,45 @@ fn hls_playlist_gets_its_final_name_with_the_real_end_time_at_close() {
     assert_eq!(decode_errors(&pl), "");
 }
 
+/// While a playlist records, its segments' lines are kept in a file of their own under
+/// `data_dir/playlists/`, not in memory: the stored live playlist is its header followed by that
+/// file. The file goes when the playlist closes; one a crash left goes at the next start.
+#[test]
+fn hls_playlist_lines_are_kept_in_a_file_while_it_records() {
+    let dir = test_dir("hls-lines");
+    let lines_dir = dir.join("reel-data/playlists");
+    std::fs::create_dir_all(&lines_dir).unwrap();
+    let stale = lines_dir.join("left-by-a-crash.m3u8");
+    std::fs::write(&stale, "#EXTINF:2.000,\nx.ts\n").unwrap();
+    let src = fixture("av", 10, true, true);
+    let reel = Reel::start_in(dir.clone(), &config("[\"hls\"]", "30m", "2s"));
+    assert!(!stale.exists(), "cleared at start");
+    let url = reel.url("live", "lines");
+    let publisher = std::thread::spawn(move || ffmpeg_publish(&src, &url, true));
+    let rec = reel.recordings().join("live/lines");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let (lines, live) = loop {
+        // Read the file, then the playlist (stored after the file took its lines): the same
+        // segments unless one came in between.
+        let lines = files(&lines_dir, "m3u8").first().and_then(|f| std::fs::read_to_string(f).ok()).unwrap_or_default();
+        let live = files(&rec, "m3u8").first().and_then(|f| std::fs::read_to_string(f).ok()).unwrap_or_default();
+        if lines.matches("#EXTINF").count() >= 2 && live.ends_with(&lines) {
+            break (lines, live);
+        }
+        assert!(std::time::Instant::now() < deadline, "lines {lines:?}\nlive {live:?}\n{}", reel.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let header = &live[..live.len() - lines.len()];
+    assert!(header.starts_with("#EXTM3U\n") && !header.contains("#EXTINF"), "{live}");
+    assert!(lines.starts_with("#EXT-X-PROGRAM-DATE-TIME:") && lines.ends_with(".ts\n"), "{lines}");
+    publisher.join().unwrap();
+    let (pl, text) = final_playlist(&rec);
+    assert_eq!(text.matches("#EXTINF").count(), 5, "10 s in 2 s segments:\n{text}");
+    assert!(text.contains(&lines.lines().next().unwrap().to_string()), "the same lines, final: {text}");
+    assert_eq!(files(&lines_dir, "m3u8"), Vec::<PathBuf>::new(), "the lines' file goes at close");
+    assert_eq!(decode_errors(&pl), "");
+}
+
 /// An MP4 is finished where it was written: the file published under its name is the one the
 /// recording wrote into (same inode), its moov first, every packet the source's.
 #[test]

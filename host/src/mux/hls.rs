@@ -7,7 +7,6 @@
 //! §6.2.1). Every segment carries its `#EXT-X-PROGRAM-DATE-TIME` when known.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 
 use crate::media::time::rfc3339_ms;
 
@@ -81,49 +80,52 @@ fn render_segment(s: &mut String, seg: &Segment) {
     s.push('\n');
 }
 
-/// An `EVENT` playlist being recorded, kept as its text: each segment appends its lines once
-/// (about 100 bytes) instead of living as a [`Segment`] and the whole playlist being rendered
-/// anew at every segment, and the text is shared, not copied, with the write that stores it
-/// ([`LivePlaylist::text`]). Memory per segment is its lines; nothing else grows.
+/// An `EVENT` playlist being recorded, without its text: what its header needs, and the lines
+/// of the segments pushed since the caller last [took](LivePlaylist::take_lines) them. The
+/// caller keeps the text where it does not grow memory (the recorder: in a file), so what a
+/// publish holds stays the same however long it runs; the text is [`header`](Self::header)
+/// followed by every segment's lines in order.
 #[derive(Clone, Debug)]
 pub struct LivePlaylist {
-    text: Arc<String>,
-    /// Bytes of the tags before the first segment.
-    header_len: usize,
     /// The configured target (a floor) and the one rendered.
     target_duration: u64,
     rendered_target: u64,
     segments: usize,
+    /// Lines of segments not yet taken.
+    lines: String,
 }
 
 impl LivePlaylist {
     pub fn new(target_duration: u64) -> Self {
-        let mut text = String::with_capacity(256);
-        render_header(&mut text, target_duration, 0);
-        let header_len = text.len();
-        Self { text: Arc::new(text), header_len, target_duration, rendered_target: target_duration, segments: 0 }
+        Self { target_duration, rendered_target: target_duration, segments: 0, lines: String::new() }
     }
 
-    /// Appends a segment. One longer than the rendered `#EXT-X-TARGETDURATION` raises it (the
-    /// header is rewritten in place; RFC 8216 §4.3.3.1).
+    /// Appends a segment. One longer than the rendered `#EXT-X-TARGETDURATION` raises it
+    /// (RFC 8216 §4.3.3.1).
     pub fn push(&mut self, seg: &Segment) {
-        let text = Arc::make_mut(&mut self.text);
-        let need = rendered(seg.duration_secs).ceil() as u64;
-        if need > self.rendered_target {
-            self.rendered_target = need;
-            let mut header = String::with_capacity(self.header_len + 4);
-            render_header(&mut header, need, 0);
-            text.replace_range(..self.header_len, &header);
-            self.header_len = header.len();
-        }
-        render_segment(text, seg);
+        self.rendered_target = self.rendered_target.max(rendered(seg.duration_secs).ceil() as u64);
+        render_segment(&mut self.lines, seg);
         self.segments += 1;
     }
 
-    /// The text so far (no `#EXT-X-ENDLIST`). While a clone is held (a write in flight),
-    /// the next [`push`](Self::push) copies the text; drop it first.
-    pub fn text(&self) -> Arc<String> {
-        self.text.clone()
+    /// The tags before the first segment, as they stand now.
+    pub fn header(&self) -> String {
+        let mut s = String::with_capacity(128);
+        render_header(&mut s, self.rendered_target, 0);
+        s
+    }
+
+    /// The lines of the segments pushed since the last take (the buffer is the caller's until
+    /// it [gives it back](Self::give_back)).
+    pub fn take_lines(&mut self) -> String {
+        std::mem::take(&mut self.lines)
+    }
+
+    /// Returns a taken buffer: what is left in it (lines the caller could not keep) goes before
+    /// any pushed since, and its capacity is reused.
+    pub fn give_back(&mut self, mut lines: String) {
+        lines.push_str(&self.lines);
+        self.lines = lines;
     }
 
     pub fn len(&self) -> usize {
@@ -137,11 +139,6 @@ impl LivePlaylist {
     /// The configured target duration (what a new playlist of this output starts with).
     pub fn target_duration(&self) -> u64 {
         self.target_duration
-    }
-
-    /// The playlist as a model (to rename it, or end it).
-    pub fn playlist(&self) -> Result<Playlist, PlaylistError> {
-        Playlist::parse(&self.text)
     }
 }
 
@@ -431,35 +428,46 @@ mod tests {
         assert_eq!(err("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-PLAYLIST-TYPE:LIVE\n"), 3);
     }
 
+    /// The text a caller keeps: the header now, then every line taken so far.
+    fn kept(live: &mut LivePlaylist, body: &mut String) -> String {
+        let lines = live.take_lines();
+        body.push_str(&lines);
+        live.give_back(String::new());
+        live.header() + body
+    }
+
     #[test]
     fn a_live_playlist_is_the_rendered_playlist_with_each_segment_appended_once() {
         let model = sample();
         let mut live = LivePlaylist::new(model.target_duration);
+        let mut body = String::new();
         assert!(live.is_empty());
-        assert_eq!(*live.text(), Playlist::new(2).render());
+        assert_eq!(kept(&mut live, &mut body), Playlist::new(2).render());
         let mut so_far = Playlist::new(model.target_duration);
         for seg in &model.segments {
             live.push(seg);
             so_far.segments.push(seg.clone());
             // The 2.04 s segment raises the target to 3 in the header, as `render` does.
-            assert_eq!(*live.text(), so_far.render());
+            assert_eq!(kept(&mut live, &mut body), so_far.render());
         }
-        assert!(live.text().contains("#EXT-X-TARGETDURATION:3\n"));
+        assert!(live.header().contains("#EXT-X-TARGETDURATION:3\n"));
         assert_eq!((live.len(), live.target_duration()), (3, 2));
-        let parsed = live.playlist().unwrap();
+        let parsed = Playlist::parse(&kept(&mut live, &mut body)).unwrap();
         assert_eq!((parsed.segments, parsed.ended), (model.segments.clone(), false));
-        // A target of two digits: the header grows in place, the segments stay intact.
+        // A target of two digits.
         let mut long = LivePlaylist::new(6);
+        let mut body = String::new();
         long.push(&Segment { uri: "a.ts".into(), duration_secs: 6.0, ..Segment::default() });
         long.push(&Segment { uri: "b.ts".into(), duration_secs: 12.5, ..Segment::default() });
+        let text = kept(&mut long, &mut body);
         let mut want = Playlist::new(6);
-        want.segments = long.playlist().unwrap().segments;
-        assert_eq!(*long.text(), want.render());
-        assert!(long.text().contains("#EXT-X-TARGETDURATION:13\n"));
+        want.segments = Playlist::parse(&text).unwrap().segments;
+        assert_eq!(text, want.render());
+        assert!(text.contains("#EXT-X-TARGETDURATION:13\n"));
     }
 
     #[test]
-    fn a_live_playlist_grows_its_one_text_and_shares_it_with_the_write() {
+    fn a_live_playlist_holds_only_the_lines_not_yet_taken() {
         let mut live = LivePlaylist::new(6);
         let seg = Segment {
             uri: "rec/s_00001.ts".into(),
@@ -467,24 +475,28 @@ mod tests {
             program_date_time_ms: Some(T0),
             ..Segment::default()
         };
-        let first = Arc::as_ptr(&live.text);
+        let mut body = String::new();
+        let mut held = 0;
         for _ in 0..1000 {
             live.push(&seg);
-            // What a write gets is the playlist's own text, not a copy...
-            let shared = live.text();
-            assert!(Arc::ptr_eq(&shared, &live.text));
-            // ...and once it is dropped, the next append extends that same text.
-            drop(shared);
+            let lines = live.take_lines();
+            body.push_str(&lines);
+            // The taken buffer comes back emptied: its capacity serves the next segment.
+            let mut lines = lines;
+            lines.clear();
+            live.give_back(lines);
+            held = held.max(live.lines.capacity());
         }
-        assert_eq!(Arc::as_ptr(&live.text), first, "never copied");
-        // A segment appended while a write still holds the text: that write's text is unchanged.
-        let held = live.text();
-        live.push(&seg);
-        assert!(!Arc::ptr_eq(&held, &live.text));
-        assert!(live.text().starts_with(held.as_str()) && live.text().len() > held.len());
-        assert_eq!(live.len(), 1001);
-        // A segment's lines per segment, nothing else (and the growth of one text).
-        assert!(live.text.len() < 1001 * 100 && live.text.capacity() <= 2 * live.text.len());
+        assert_eq!(live.len(), 1000);
+        // One segment's lines, however long the publish: not the text (about 100 KB here).
+        assert!(held < 256 && body.len() > 1000 * 60, "{held} bytes held, {} written", body.len());
+        // Lines the caller could not keep go first when given back, before those pushed since.
+        let kept_back = live.take_lines();
+        assert!(kept_back.is_empty());
+        live.push(&Segment { uri: "late.ts".into(), duration_secs: 6.0, ..Segment::default() });
+        live.give_back("#EXTINF:6.000,\nfirst.ts\n".into());
+        let lines = live.take_lines();
+        assert!(lines.starts_with("#EXTINF:6.000,\nfirst.ts\n") && lines.ends_with("late.ts\n"), "{lines}");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 mod events;
 mod index;
 mod output;
+mod playlist;
 mod recover;
 pub mod remux;
 pub mod segmenter;

@@ -130,6 +130,8 @@ pub struct Hls {
     pub playlist: LivePlaylist,
     /// Where the playlist lives while recording (named when it opens).
     pub live_key: Option<String>,
+    /// Where its text is kept (the caller's: a file), from when it opens.
+    pub text: Option<super::playlist::LiveText>,
     /// Bytes of the stored segments.
     pub bytes: u64,
 }
@@ -156,6 +158,7 @@ impl Output {
         let hls = (format == Format::Hls).then(|| Hls {
             playlist: LivePlaylist::new(hls_segment_ms.div_ceil(1000).max(1)),
             live_key: None,
+            text: None,
             bytes: 0,
         });
         Output {

@@ -216,6 +216,9 @@ impl Recorder {
     pub async fn recover_partials(&self) -> usize {
         let rt = self.runtime();
         let mut recovered = 0;
+        // Live playlists' lines a crash left: their stored playlists are what is recovered.
+        let data_dir = rt.config.server.data_dir.clone();
+        let _ = tokio::task::spawn_blocking(move || super::playlist::clear(&data_dir)).await;
         for (name, storage) in &rt.storages {
             let (rt2, name2, st) = (rt.clone(), name.clone(), storage.clone());
             let done = tokio::task::spawn_blocking(move || {

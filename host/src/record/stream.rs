@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 use super::events::{self, file_fields};
 use super::output::{rebase_playlist, relative_uri, segment_key, Body, Event, Output};
+use super::playlist::LiveText;
 use super::segmenter::Piece;
 use super::timeline::Timeline;
 use super::writer::WriteQueue;
@@ -23,7 +24,7 @@ use crate::catalog::{new_id, Catalog, NewEvent, Recording};
 use crate::config::{Format, Template};
 use crate::media::time::now_ms;
 use crate::media::{Frame, FrameKind};
-use crate::mux::hls::{LivePlaylist, Segment};
+use crate::mux::hls::{LivePlaylist, Playlist, Segment};
 use crate::mux::Rewrite;
 use crate::policy::{random_id, FileInfo, Plan, Policy, StreamInfo};
 use crate::storage::{FileWriter, Finalize, Storage, StorageError, Stored};
@@ -683,12 +684,20 @@ impl StreamTask {
                     let now = now_ms();
                     self.slots[i].file_start_ms = now;
                     self.slots[i].file_seq = seq;
-                    if let Some(hls) = &mut self.slots[i].out.hls {
-                        // While recording, the playlist sits at the name its start gives.
+                    if self.slots[i].out.hls.is_some() {
+                        // While recording, the playlist sits at the name its start gives, and
+                        // its lines in a file of their own.
                         let fi = self.ctx.file_info(Format::Hls, seq, now, now);
-                        hls.live_key = Some(self.ctx.key(&fi));
-                        hls.playlist = LivePlaylist::new(hls.playlist.target_duration());
-                        hls.bytes = 0;
+                        let key = self.ctx.key(&fi);
+                        self.created += 1;
+                        let lines = self.ctx.rt.config.server.data_dir.join(super::playlist::PLAYLIST_DIR);
+                        let lines = lines.join(format!("{}-{}.m3u8", self.ctx.stem(), self.created));
+                        if let Some(hls) = &mut self.slots[i].out.hls {
+                            hls.live_key = Some(key);
+                            hls.playlist = LivePlaylist::new(hls.playlist.target_duration());
+                            hls.text = Some(LiveText::new(lines));
+                            hls.bytes = 0;
+                        }
                     }
                 }
                 Event::Segment { piece, body, discontinuity } => {
@@ -759,13 +768,13 @@ impl StreamTask {
         let Some(hls) = &mut slot.out.hls else { return };
         let Some(live) = hls.live_key.clone() else { return };
         let storage = slot.storage.clone();
-        let reserve = hls.playlist.is_empty().then(|| hls.playlist.text());
+        let reserve = hls.playlist.is_empty().then(|| hls.playlist.header());
         let res = tokio::task::spawn_blocking(move || {
             // The first segment reserves the playlist's name (another recording may hold it).
             let live = match reserve {
                 Some(text) => {
                     let mut w = storage.create(&format!("{hint}.m3u8"))?;
-                    w.write(&[bytes::Bytes::copy_from_slice(text.as_bytes())])?;
+                    w.write(&[text.into()])?;
                     w.finish(&live, Finalize::default())?.key
                 }
                 None => live,
@@ -812,13 +821,32 @@ impl StreamTask {
             program_date_time_ms: Some(body.opened_ms),
             discontinuity,
         });
-        // The playlist's own text: the write holds it until done, then the next segment
-        // extends it in place.
-        let text = hls.playlist.text();
+        // The segment's lines join the others in the playlist's file, and the playlist is
+        // stored anew from it; lines the file could not take stay in memory until it can.
+        let Some(text) = hls.text.clone() else { return };
+        let (header, lines) = (hls.playlist.header(), hls.playlist.take_lines());
         let storage = slot.storage.clone();
-        match tokio::task::spawn_blocking(move || storage.put(&live, text.as_bytes())).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(%stream, error = &e as &dyn std::error::Error, "writing HLS playlist"),
+        let res = tokio::task::spawn_blocking(move || {
+            let (mut text, mut lines) = (text, lines);
+            let appended = text.append(&mut lines);
+            let stored = text
+                .text(&header, &lines)
+                .map_err(|source| StorageError::Io { op: "read", path: text.path().display().to_string(), source })
+                .and_then(|body| storage.put(&live, &body));
+            (text, lines, appended, stored)
+        })
+        .await;
+        match res {
+            Ok((text, lines, appended, stored)) => {
+                hls.text = Some(text);
+                hls.playlist.give_back(lines);
+                if let Err(e) = appended {
+                    tracing::error!(%stream, error = &e as &dyn std::error::Error, "keeping the HLS playlist's lines (held in memory meanwhile)");
+                }
+                if let Err(e) = stored {
+                    tracing::error!(%stream, error = &e as &dyn std::error::Error, "writing HLS playlist");
+                }
+            }
             Err(e) => tracing::error!(%stream, error = &e as &dyn std::error::Error, "playlist task failed"),
         }
     }
@@ -829,42 +857,47 @@ impl StreamTask {
         let slot = &mut self.slots[i];
         let Some(hls) = &mut slot.out.hls else { return };
         let Some(live) = hls.live_key.take() else { return };
+        let Some(text) = hls.text.take() else { return };
         if hls.playlist.is_empty() {
+            tokio::task::spawn_blocking(move || text.remove());
             return;
         }
         let mut fi = self.ctx.file_info(Format::Hls, piece.seq, slot.file_start_ms, now_ms());
         fi.duration_ms = piece.duration_ms;
         fi.size = hls.bytes;
         let key = self.ctx.key(&fi);
-        let mut playlist = match hls.playlist.playlist() {
-            Ok(p) => rebase_playlist(&p, &live, &key),
-            Err(e) => {
-                // Reel's own text: not expected; the live playlist stays for recovery.
-                tracing::error!(stream = %self.ctx.info.name, error = &e as &dyn std::error::Error, "HLS playlist unreadable");
-                return;
-            }
-        };
-        playlist.ended = true;
+        let (header, lines) = (hls.playlist.header(), hls.playlist.take_lines());
         let storage = slot.storage.clone();
         let storage_name = slot.storage_name.clone();
         let hint = format!("{}.m3u8", self.ctx.stem());
         let ctx = self.ctx.clone();
         let res = tokio::task::spawn_blocking(move || {
+            let body = text.text(&header, &lines);
+            // The text is read: its file goes whatever happens next (the live playlist stored so
+            // far stays where it is if the final one cannot be stored).
+            text.remove();
+            let body = body.map_err(|e| format!("reading its lines: {e}"))?;
+            let playlist = Playlist::parse(&String::from_utf8_lossy(&body))
+                .map_err(|e| format!("its text is not a playlist (the live one stays): {e}"))?;
+            let mut playlist = rebase_playlist(&playlist, &live, &key);
+            playlist.ended = true;
             let stored = if key == live {
-                storage.put(&key, playlist.render().as_bytes())?
+                storage.put(&key, playlist.render().as_bytes())
             } else {
                 // A taken key gets a suffix in the same folder: the URIs stay right.
-                let mut w = storage.create(&hint)?;
-                w.write(&[playlist.render().into()])?;
-                w.finish(&key, Finalize::default())?
-            };
+                storage.create(&hint).and_then(|mut w| {
+                    w.write(&[playlist.render().into()])?;
+                    w.finish(&key, Finalize::default())
+                })
+            }
+            .map_err(|e| chain(&e))?;
             if stored.key != live {
                 // The final playlist is stored: a live one left behind is not worth failing it.
                 if let Err(e) = storage.delete(&live) {
                     tracing::warn!(key = %live, error = &e as &dyn std::error::Error, "live playlist not removed");
                 }
             }
-            Ok::<_, StorageError>(stored)
+            Ok::<_, String>(stored)
         })
         .await;
         match res {
@@ -872,9 +905,7 @@ impl StreamTask {
                 tracing::debug!(segments = hls.playlist.len(), "playlist closed");
                 ctx.announce(fi, &Stored { size: hls.bytes, ..stored }, false, &piece, &storage_name);
             }
-            Ok(Err(e)) => {
-                tracing::error!(stream = %ctx.info.name, error = &e as &dyn std::error::Error, "closing HLS playlist")
-            }
+            Ok(Err(e)) => tracing::error!(stream = %ctx.info.name, "closing HLS playlist: {e}"),
             Err(e) => {
                 tracing::error!(stream = %ctx.info.name, error = &e as &dyn std::error::Error, "playlist task failed")
             }
