@@ -24,6 +24,11 @@ pub struct Rewrite {
     /// Byte ranges of the file written so far, copied in order after `head`.
     pub ranges: Vec<std::ops::Range<u64>>,
     pub tail: Bytes,
+    /// The muxer kept no index of what it wrote (so that its memory does not grow with the
+    /// file): the caller makes the rewrite from the file itself once every byte is in it
+    /// (MP4: [`mp4::recover_from`], which reads only the fragments' headers). `head`, `ranges`
+    /// and `tail` are then empty.
+    pub from_file: bool,
 }
 
 /// Errors a muxer reports. A muxer error ends that file; the recording goes on.

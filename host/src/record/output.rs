@@ -47,7 +47,8 @@ fn new_muxer(format: Format, interval_ms: u64, drains: Option<(u64, u64)>) -> Bo
         Format::Flv => Box::new(FlvMuxer::reserving(interval_ms)),
         Format::Aac => Box::new(AdtsMuxer::new()),
         Format::Mp4 => {
-            let m = Mp4Muxer::reserving(interval_ms);
+            // The sample tables are read back from the file at close, not held meanwhile.
+            let m = Mp4Muxer::reserving(interval_ms).index_from_file();
             Box::new(match drains {
                 Some((every_ms, bytes)) => m.drained(every_ms, bytes),
                 None => m,

@@ -344,7 +344,7 @@ pub fn recover(input: &Path, output: &Path) -> Result<RemuxReport, RemuxError> {
     let bytes_in = file.metadata().map_err(err)?.len();
     let rw = crate::mux::mp4::recover_from(std::io::BufReader::new(file))
         .map_err(|e| RemuxError::Unsupported(format!("{}: {e}", input.display())))?;
-    let Some(Rewrite { head, ranges, tail }) = rw else {
+    let Some(Rewrite { head, ranges, tail, .. }) = rw else {
         return Err(RemuxError::Unsupported(format!("{}: no complete fragment to recover", input.display())));
     };
     let (dir, name) = split_output(output)?;

@@ -963,20 +963,27 @@ fn finish_file(c: Closing, ctx: Ctx) {
             body.write_failed = true;
         }
     }
-    if body.write_failed && format == Format::Mp4 {
-        let recovered = w.local_path().map(|p| {
-            std::fs::File::open(p)
-                .map_err(crate::mux::mp4::RecoverError::Io)
-                .and_then(|f| crate::mux::mp4::recover_from(std::io::BufReader::new(f)))
+    // An MP4 whose index was not kept in memory (or whose writing failed) gets it from the
+    // fragments in its file: only their headers are read, straight from the file (no read-ahead
+    // past them into the media).
+    let from_file = rewrite.as_ref().is_some_and(|r| r.from_file);
+    if format == Format::Mp4 && (body.write_failed || from_file) {
+        let read = w.local_path().map(|p| {
+            std::fs::File::open(p).map_err(crate::mux::mp4::RecoverError::Io).and_then(crate::mux::mp4::recover_from)
         });
-        match recovered {
+        match read {
             Some(Ok(Some(rw))) => rewrite = Some(rw),
             other => {
                 let why = match other {
                     Some(Err(e)) => chain(&e),
+                    None => "the file is not local".into(),
                     _ => "no complete fragment".into(),
                 };
-                tracing::error!(%stream, format = format.name(), "the MP4 whose writing failed holds nothing playable ({why}): removed");
+                let what = if body.write_failed { "whose writing failed" } else { "just written" };
+                tracing::error!(%stream, format = format.name(), "the MP4 {what} holds nothing playable ({why}): removed");
+                if !body.write_failed {
+                    ctx.failed(format, format!("the MP4 file could not be finished: {why}"));
+                }
                 w.abort();
                 return;
             }
@@ -986,7 +993,7 @@ fn finish_file(c: Closing, ctx: Ctx) {
     fi.duration_ms = piece.duration_ms;
     fi.size = w.written();
     let key = ctx.key(&fi);
-    let Rewrite { head, ranges, tail } = rewrite.unwrap_or_default();
+    let Rewrite { head, ranges, tail, .. } = rewrite.unwrap_or_default();
     match w.finish(&key, Finalize { head: &head, ranges: &ranges, tail: &tail }) {
         Ok(stored) => ctx.announce(fi, &stored, failed, &piece, &storage_name),
         Err(e) => {

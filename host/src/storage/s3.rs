@@ -730,4 +730,9 @@ impl FileWriter for S3File {
     fn as_any(&mut self) -> &mut dyn std::any::Any {
         self
     }
+
+    /// The spool file: what was written is there whole (parts stream from it).
+    fn local_path(&self) -> Option<&std::path::Path> {
+        self.local.local_path()
+    }
 }

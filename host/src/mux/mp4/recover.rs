@@ -460,6 +460,7 @@ pub fn recover_from<R: Read + Seek>(file: R) -> Result<Option<Rewrite>, RecoverE
             head: Bytes::new(),
             ranges: std::iter::once(0..reader.len).collect(),
             tail: Bytes::new(),
+            from_file: false,
         }));
     }
     let mut tables: Vec<TrackTable> = vec![TrackTable::default(); reader.tracks.len()];

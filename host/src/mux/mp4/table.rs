@@ -183,11 +183,6 @@ impl TrackTable {
     pub fn all_sync(&self) -> bool {
         !self.some_not_sync
     }
-
-    /// The duration of the last sample, if any.
-    pub fn last_duration(&self) -> Option<u32> {
-        self.stts.last().map(|&(_, d)| d)
-    }
 }
 
 #[cfg(test)]

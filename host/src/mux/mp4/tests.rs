@@ -901,3 +901,32 @@ fn drains_at_every_flush_hold_nothing_back_and_the_room_counts_their_fragments()
     let m = mux_with(Mp4Muxer::reserving(30_000).drained(250, 64 * 1024), &frames);
     assert!(m.stats.fragments <= 20, "{} fragments", m.stats.fragments);
 }
+
+/// A live muxer that keeps no sample tables writes the same bytes, and the index read back
+/// from them at close is the `moov` a muxer holding its tables makes.
+#[test]
+fn a_muxer_without_its_index_in_memory_makes_the_same_file_from_what_it_wrote() {
+    let frames = av_stream(20, 50, true, true);
+    let kept = mux_with(Mp4Muxer::reserving(30_000).drained(250, 16 * 1024), &frames);
+    let mut lean = Mp4Muxer::reserving(30_000).drained(250, 16 * 1024).index_from_file();
+    let (mut temp, mut out) = (Vec::new(), Vec::new());
+    for f in &frames {
+        lean.push(f, &mut out).unwrap();
+        for b in out.drain(..) {
+            temp.extend_from_slice(&b);
+        }
+    }
+    // Twenty seconds in: the tables hold nothing (the muxer keeping them: every sample).
+    let held: usize = lean.tracks.iter().map(|t| t.table.sample_count() + t.table.chunks.len()).sum();
+    assert_eq!(held, 0);
+    assert!(lean.tracks.iter().all(|t| t.written > 0));
+    let rw = lean.finish(&mut out).unwrap().unwrap();
+    for b in out.drain(..) {
+        temp.extend_from_slice(&b);
+    }
+    assert_eq!(temp, kept.temp, "the same bytes written");
+    assert!(rw.from_file && rw.head.is_empty() && rw.ranges.is_empty() && rw.tail.is_empty());
+    let from_file = recover(&temp).unwrap().unwrap();
+    assert_eq!(Some(&from_file), kept.rewrite.as_ref(), "the same moov, in the same place");
+    check_tree(&apply(&temp, &from_file));
+}
