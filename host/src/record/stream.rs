@@ -964,12 +964,13 @@ fn finish_file(c: Closing, ctx: Ctx) {
         }
     }
     // An MP4 whose index was not kept in memory (or whose writing failed) gets it from the
-    // fragments in its file: only their headers are read, straight from the file (no read-ahead
-    // past them into the media).
+    // fragments in its file: only their boxes are read, through a small window (`Window`).
     let from_file = rewrite.as_ref().is_some_and(|r| r.from_file);
     if format == Format::Mp4 && (body.write_failed || from_file) {
         let read = w.local_path().map(|p| {
-            std::fs::File::open(p).map_err(crate::mux::mp4::RecoverError::Io).and_then(crate::mux::mp4::recover_from)
+            std::fs::File::open(p)
+                .map_err(crate::mux::mp4::RecoverError::Io)
+                .and_then(|f| crate::mux::mp4::recover_from(Window::new(f)))
         });
         match read {
             Some(Ok(Some(rw))) => rewrite = Some(rw),
@@ -1004,6 +1005,65 @@ fn finish_file(c: Closing, ctx: Ctx) {
     }
 }
 
+/// A file read through a window of [`Window::LEN`] bytes: a read inside the window costs no
+/// system call, one outside it reads the window at that offset (`pread`), and a seek only
+/// moves the position. Reading the boxes of an MP4's fragments (a few hundred bytes each, a
+/// fragment's media between them) is then one read per window or per fragment, whichever is
+/// fewer, instead of a seek and a read per box.
+struct Window {
+    file: std::fs::File,
+    buf: Vec<u8>,
+    /// File offset of `buf[0]`, and the position.
+    at: u64,
+    pos: u64,
+}
+
+impl Window {
+    const LEN: usize = 16 * 1024;
+
+    fn new(file: std::fs::File) -> Self {
+        Self { file, buf: Vec::new(), at: 0, pos: 0 }
+    }
+}
+
+impl std::io::Read for Window {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let inside = self.pos >= self.at && self.pos < self.at + self.buf.len() as u64;
+        if !inside {
+            if out.len() >= Self::LEN {
+                // Larger than a window: straight into the caller's buffer.
+                let n = self.file.read_at(out, self.pos)?;
+                self.pos += n as u64;
+                return Ok(n);
+            }
+            self.buf.resize(Self::LEN, 0);
+            let n = self.file.read_at(&mut self.buf, self.pos)?;
+            self.buf.truncate(n);
+            self.at = self.pos;
+            if n == 0 {
+                return Ok(0);
+            }
+        }
+        let from = (self.pos - self.at) as usize;
+        let n = out.len().min(self.buf.len() - from);
+        out[..n].copy_from_slice(&self.buf[from..from + n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl std::io::Seek for Window {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.pos = match to {
+            std::io::SeekFrom::Start(p) => p,
+            std::io::SeekFrom::End(d) => self.file.metadata()?.len().saturating_add_signed(d),
+            std::io::SeekFrom::Current(d) => self.pos.saturating_add_signed(d),
+        };
+        Ok(self.pos)
+    }
+}
+
 /// An error and its sources, `: `-separated (for event reasons).
 fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -1014,4 +1074,34 @@ fn chain(e: &dyn std::error::Error) -> String {
         src = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Seek, SeekFrom};
+
+    use super::Window;
+
+    #[test]
+    fn a_window_reads_what_the_file_holds_wherever_it_seeks() {
+        let dir = reel_test_support::ffmpeg::scratch_dir("window");
+        let path = dir.join("f");
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let mut w = Window::new(std::fs::File::open(&path).unwrap());
+        let at = |w: &mut Window, pos: u64, len: usize| {
+            w.seek(SeekFrom::Start(pos)).unwrap();
+            let mut b = vec![0; len];
+            w.read_exact(&mut b).unwrap();
+            assert_eq!(b, data[pos as usize..pos as usize + len], "{len} bytes at {pos}");
+        };
+        // Inside one window, across its end, backwards, larger than a window, at the end.
+        for (pos, len) in [(0, 8), (8, 300), (16_380, 16), (5, 8), (40_000, 40_000), (99_992, 8), (16_384, 16_384)] {
+            at(&mut w, pos, len);
+        }
+        assert_eq!(w.seek(SeekFrom::End(-8)).unwrap(), 99_992);
+        w.seek(SeekFrom::Start(100_000)).unwrap();
+        assert_eq!(w.read(&mut [0; 8]).unwrap(), 0, "nothing past the end");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -23,6 +23,8 @@
 //!
 //! A recording whose writer died is finalised by [`recover`] / [`recover_from`], which build the
 //! same `moov` from what the fragments on disk say (shared sample table model, `table.rs`).
+//! A recorder's muxer keeps no sample tables at all ([`Mp4Muxer::index_from_file`]): at close
+//! the same reading of its own file gives the `moov`, so its memory does not grow with the file.
 //!
 //! Driving it:
 //! - Push every frame in arrival order, sequence headers included. The tracks are decided
