@@ -859,7 +859,7 @@ impl StreamTask {
         let Some(live) = hls.live_key.take() else { return };
         let Some(text) = hls.text.take() else { return };
         if hls.playlist.is_empty() {
-            tokio::task::spawn_blocking(move || text.remove());
+            self.tracker.spawn_blocking(move || text.remove());
             return;
         }
         let mut fi = self.ctx.file_info(Format::Hls, piece.seq, slot.file_start_ms, now_ms());
