@@ -8,6 +8,9 @@
 //! a file closes, for the writes queued before ([`WriteQueue::barrier`]); closing itself runs on
 //! the blocking pool, not here, so a slow close (an upload, an fsync) holds no other stream.
 //!
+//! Recordings fill the first thread up to [`PACK`] before the next is used (then the one with
+//! the fewest): a few streams wake one thread, not each thread a little.
+//!
 //! A thread that ran the jobs it found pauses for [`PAUSE`] before it looks again: the jobs
 //! queued meanwhile wake nobody, so a thread wakes up to 50 times a second whatever the number
 //! of streams, not once per batch of each (measured: 300 streams, futex calls 48k -> 0.5k and
@@ -17,7 +20,6 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
-use std::thread::Thread;
 use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
@@ -31,12 +33,22 @@ pub const MAX_IN_FLIGHT: usize = 4 << 20;
 /// a recording over its bound wake it at once.
 const PAUSE: Duration = Duration::from_millis(20);
 
+/// Recordings a writer thread takes before the next thread is used.
+const PACK: usize = 128;
+
 type Job = Box<dyn FnOnce() + Send>;
+
+/// One writer thread: its queue, its handle (to wake it early) and its recordings.
+#[derive(Clone)]
+struct Thread {
+    tx: Sender<Job>,
+    handle: std::thread::Thread,
+    recordings: Arc<AtomicUsize>,
+}
 
 /// The writer threads of a recorder.
 pub(crate) struct Writers {
-    threads: Vec<(Sender<Job>, Thread)>,
-    next: AtomicUsize,
+    threads: Vec<Thread>,
     /// Times a thread woke to jobs, all threads.
     #[cfg(test)]
     rounds: Arc<AtomicU64>,
@@ -69,21 +81,23 @@ impl Writers {
                     std::thread::park_timeout(pause);
                 }
             })?;
-            threads.push((tx, thread.thread().clone()));
+            threads.push(Thread { tx, handle: thread.thread().clone(), recordings: Arc::default() });
         }
         Ok(Writers {
             threads,
-            next: AtomicUsize::new(0),
             #[cfg(test)]
             rounds,
         })
     }
 
-    /// The queue of a new recording (recordings go to the threads in turn).
+    /// The queue of a new recording: on the first thread with room under [`PACK`], or else
+    /// the one with the fewest recordings.
     pub fn queue(&self) -> WriteQueue {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.threads.len();
-        let (tx, thread) = self.threads[i].clone();
-        WriteQueue { tx, thread, in_flight: Arc::default() }
+        let count = |t: &&Thread| t.recordings.load(Ordering::Relaxed);
+        let thread = self.threads.iter().find(|t| count(t) < PACK).or_else(|| self.threads.iter().min_by_key(count));
+        let thread = thread.expect("at least one writer thread").clone();
+        thread.recordings.fetch_add(1, Ordering::Relaxed);
+        WriteQueue { thread, in_flight: Arc::default() }
     }
 }
 
@@ -95,10 +109,15 @@ struct InFlight {
 
 /// One recording's way to its writer thread.
 pub(crate) struct WriteQueue {
-    tx: Sender<Job>,
-    /// Woken early from its pause when a caller waits for it.
+    /// Its thread, woken early from its pause when a caller waits for it.
     thread: Thread,
     in_flight: Arc<InFlight>,
+}
+
+impl Drop for WriteQueue {
+    fn drop(&mut self) {
+        self.thread.recordings.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl WriteQueue {
@@ -112,7 +131,7 @@ impl WriteQueue {
             if self.in_flight.bytes.load(Ordering::Acquire) < MAX_IN_FLIGHT {
                 break;
             }
-            self.thread.unpark();
+            self.thread.handle.unpark();
             below.await;
         }
         self.in_flight.bytes.fetch_add(bytes, Ordering::AcqRel);
@@ -127,7 +146,7 @@ impl WriteQueue {
                 in_flight.below.notify_waiters();
             }
         });
-        if let Err(back) = self.tx.send(job) {
+        if let Err(back) = self.thread.tx.send(job) {
             // The thread is gone (the recorder is being dropped): write here, in order still.
             (back.0)();
         }
@@ -136,11 +155,11 @@ impl WriteQueue {
     /// Resolves once every job queued before it has run.
     pub fn barrier(&self) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
-        let _ = self.tx.send(Box::new(move || {
+        let _ = self.thread.tx.send(Box::new(move || {
             let _ = tx.send(());
         }));
         // A file is closing: its writes are not left to wait out the thread's pause.
-        self.thread.unpark();
+        self.thread.handle.unpark();
         rx
     }
 }
@@ -210,6 +229,23 @@ mod tests {
             .await
             .expect("the wait ends when the stalled write does");
         q.barrier().await.unwrap();
+    }
+
+    #[test]
+    fn recordings_fill_one_thread_then_go_to_the_least_busy() {
+        let writers = Writers::start(2).unwrap();
+        let on = |q: &WriteQueue, i: usize| Arc::ptr_eq(&q.thread.recordings, &writers.threads[i].recordings);
+        let first: Vec<WriteQueue> = (0..PACK).map(|_| writers.queue()).collect();
+        assert!(first.iter().all(|q| on(q, 0)));
+        assert_eq!(writers.threads[0].recordings.load(Ordering::Relaxed), PACK);
+        // The first thread is full: the next ones go to the second.
+        let (a, b, c) = (writers.queue(), writers.queue(), writers.queue());
+        assert!(on(&a, 1) && on(&b, 1));
+        drop(first);
+        // The first thread's recordings ended: it has room again, and takes the next.
+        assert_eq!(writers.threads[0].recordings.load(Ordering::Relaxed), 0);
+        assert!(on(&c, 1) && on(&writers.queue(), 0));
+        assert_eq!(writers.threads[1].recordings.load(Ordering::Relaxed), 3);
     }
 
     #[tokio::test]
