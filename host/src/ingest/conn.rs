@@ -2,6 +2,7 @@
 //! [`ServerSession`] per connection. What a publish becomes is the [`PublishHandler`]'s
 //! business; this module never waits on it beyond a function call.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,24 +18,37 @@ use crate::media::Frame;
 /// Read block of a connection before it publishes (handshake, commands). Frames are split off
 /// the read buffer as refcounted slices, so a block is shared until its frames are written or
 /// copied (at the end of each read, [`FrameSink::read_done`]); it is reused in place once they
-/// are, or a new one started when it runs low.
+/// are, or a new one started when it runs low. A publishing connection lets go of its block
+/// after each read instead ([`release`]).
 const FIRST_BLOCK: usize = 8 * 1024;
-/// Largest read block: a faster stream's wake-up is read in two (measured: a larger block per
-/// stream costs more memory than the second read costs time).
+/// Largest read block: a faster stream's beat is read in two or more (measured: a larger
+/// block per stream costs more memory than the second read costs time).
 const MAX_BLOCK: usize = 32 * 1024;
-/// Once a publish is accepted, the kernel wakes us only when this much media is waiting (or
-/// at the fallback tick): a 500 kbit/s stream then costs a few reads a second, not one per
-/// packet. Recording tolerates the added latency (at most one tick).
-const PUBLISH_LOW_WATER: i32 = 16 * 1024;
-/// A faster stream gets a higher mark, up to this: about [`LOW_WATER_SPAN`] of its media per
-/// wake-up (2.5 Mbit/s: 31 KB), so an HD stream wakes its thread as seldom as an SD one.
-const MAX_LOW_WATER: i32 = 64 * 1024;
-/// Media a wake-up should bring, at most, as time.
-const LOW_WATER_SPAN: Duration = Duration::from_millis(100);
-/// Fallback tick: picks up data below the low-water mark and checks the idle timeout. It
-/// fires this long after the last read, not on a fixed beat: a stream whose reads come more
-/// often never wakes for it.
-const TICK: Duration = Duration::from_millis(250);
+/// Once a publish is accepted its socket is read on the beat of its thread (see [`BEAT`]),
+/// and the kernel wakes us between beats only when this much media is waiting: a burst larger
+/// than the beat's room. Before the stream's rate is known, this.
+const PUBLISH_LOW_WATER: i32 = 32 * 1024;
+/// Highest mark (the kernel also caps it at half its largest receive buffer).
+const MAX_LOW_WATER: i32 = 512 * 1024;
+/// Media the low-water mark stands for, as time: two beats, so that a stream read on every
+/// beat does not reach it (a mark also clamps the TCP window: it is never below a beat's
+/// media, so the publisher is never held back).
+const LOW_WATER_SPAN: Duration = Duration::from_millis(400);
+/// How often the connections of a thread are read, all on the same instants (aligned to a
+/// process-wide grid): the thread wakes once a beat for all its streams instead of once per
+/// stream and read, and its recordings' writes of that beat go to their writer thread
+/// together. Also when the idle and handshake deadlines are checked. What recording costs for
+/// it: at most one beat of latency (the crash-loss bound is 2 s), and an unpublish is seen
+/// within a beat.
+const BEAT: Duration = Duration::from_millis(200);
+/// Connections of a thread read on one instant, at most: a thread with more reads them in
+/// groups (phases), each on its own instants, spread over the beat. What a beat brings is then
+/// not all in memory at once (the writes of one group are done before the next is read): the
+/// media in memory for reads not yet written is about this many streams' beat, whatever the
+/// number of streams, for at most [`MAX_PHASES`] wake-ups of the thread a beat.
+const GROUP: usize = 50;
+/// Most groups a beat.
+const MAX_PHASES: usize = 8;
 /// Connections a thread takes before the next thread is used (see [`Workers`]).
 const PACK: usize = 128;
 /// Warnings (e.g. unparsable frames) logged per connection; the rest are only counted.
@@ -85,7 +99,9 @@ pub struct Workers {
 
 struct Worker {
     handle: tokio::runtime::Handle,
-    connections: Arc<std::sync::atomic::AtomicUsize>,
+    connections: Arc<AtomicUsize>,
+    /// Places handed to its connections, in turn (see [`Beat`]).
+    places: AtomicUsize,
 }
 
 impl Workers {
@@ -103,7 +119,7 @@ impl Workers {
                 // Tasks still running were given up by the shutdown deadline.
                 rt.shutdown_timeout(Duration::from_secs(1));
             })?;
-            threads.push(Worker { handle, connections: Default::default() });
+            threads.push(Worker { handle, connections: Default::default(), places: AtomicUsize::new(0) });
         }
         Ok(Workers { threads, stop })
     }
@@ -116,7 +132,6 @@ impl Workers {
     /// The thread a new connection runs on: the first with room under [`PACK`], or else the
     /// one with the fewest connections.
     fn pick(&self) -> &Worker {
-        use std::sync::atomic::Ordering;
         let count = |w: &&Worker| w.connections.load(Ordering::Relaxed);
         self.threads
             .iter()
@@ -173,20 +188,21 @@ pub async fn serve<H: PublishHandler>(
         };
         let worker = workers.pick();
         let count = worker.connections.clone();
-        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        count.fetch_add(1, Ordering::Relaxed);
+        let beat = Beat { place: worker.places.fetch_add(1, Ordering::Relaxed), connections: count.clone() };
         let handler = handler.clone();
         let shutdown = shutdown.clone();
         let limits = limits.clone();
         worker.handle.spawn(tracker.track_future(async move {
             match TcpStream::from_std(sock) {
                 Ok(sock) => {
-                    if let Err(e) = connection(sock, handler, limits, shutdown).await {
+                    if let Err(e) = connection(sock, handler, limits, shutdown, beat).await {
                         tracing::info!(%peer, error = &e as &dyn std::error::Error, "rtmp connection ended");
                     }
                 }
                 Err(e) => tracing::warn!(%peer, error = &e as &dyn std::error::Error, "cannot register the connection"),
             }
-            count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            count.fetch_sub(1, Ordering::Relaxed);
             drop(slot);
         }));
     }
@@ -213,6 +229,7 @@ async fn connection<H: PublishHandler>(
     handler: Arc<H>,
     limits: Limits,
     shutdown: CancellationToken,
+    beat: Beat,
 ) -> Result<(), ConnError> {
     let Limits { idle_timeout, handshake_timeout, write_timeout, reassembly, .. } = limits;
     let opened = tokio::time::Instant::now();
@@ -226,7 +243,7 @@ async fn connection<H: PublishHandler>(
     tokio::pin!(cancelled);
     // A fresh timer per wait (not one reset): the timer wheel then holds the real deadline, and
     // a parked thread is not woken at a deadline that has since moved.
-    let mut next_tick = tokio::time::Instant::now() + TICK;
+    let mut next_tick = beat.next(tokio::time::Instant::now());
     let mut last_data = tokio::time::Instant::now();
     let mut batching = false;
     // The low-water mark follows the stream's rate, measured over a second or more.
@@ -239,9 +256,9 @@ async fn connection<H: PublishHandler>(
             room(&mut buf, block);
             recv_now(&sock, &mut buf).unwrap_or(0)
         } else {
-            // Room is made once data is there, not before the wait: by then the frames of the
-            // last read were written and dropped, and the block they were slices of is reused
-            // in place instead of a new one being allocated beside it.
+            // Room is made once data is there, not before the wait: a connection that has not
+            // published yet then reuses its block in place (the frames of the last read were
+            // dropped), and a publishing one holds none while it waits.
             tokio::select! {
                 biased;
                 _ = &mut cancelled => {
@@ -260,7 +277,7 @@ async fn connection<H: PublishHandler>(
                     Err(e) => break Err(e.into()),
                 },
                 _ = tokio::time::sleep_until(next_tick) => {
-                    next_tick = tokio::time::Instant::now() + TICK;
+                    next_tick = beat.next(tokio::time::Instant::now());
                     room(&mut buf, block);
                     let spare = buf.capacity() - buf.len();
                     // Not `read_ready`: below the mark the readiness is unset, and `try_io`
@@ -268,7 +285,7 @@ async fn connection<H: PublishHandler>(
                     match recv_now(&sock, &mut buf) {
                         Ok(n) => {
                             // The room was full and less than the mark may still wait in the
-                            // kernel (the unpublish, say): read on now, not a tick later.
+                            // kernel (the unpublish, say): read on now, not a beat later.
                             tick_again = n == spare;
                             n
                         }
@@ -290,7 +307,7 @@ async fn connection<H: PublishHandler>(
             break Ok(());
         }
         last_data = tokio::time::Instant::now();
-        next_tick = if std::mem::take(&mut tick_again) { last_data } else { last_data + TICK };
+        next_tick = if std::mem::take(&mut tick_again) { last_data } else { beat.next(last_data) };
         if batching {
             rate_bytes += n;
             let span = rate_since.elapsed();
@@ -347,11 +364,14 @@ async fn connection<H: PublishHandler>(
                 }
             }
         }
-        // A read of a batching socket brings a wake-up's worth of frames: the recording lets go
+        // A read of a batching socket brings a beat's worth of frames: the recording lets go
         // of its block now. (Without a low-water mark a read may be one packet: not worth a
         // copy of what waits for the batch.)
         if let (true, true, Some(s)) = (pushed, batching, &mut sink) {
             s.read_done();
+        }
+        if batching {
+            release(&mut buf, block);
         }
         while let Some(out) = session.take_output() {
             match tokio::time::timeout(write_timeout, sock.write_all(&out)).await {
@@ -375,6 +395,20 @@ async fn connection<H: PublishHandler>(
     result
 }
 
+/// Lets go of a publishing connection's read block once the frames of the read are pushed:
+/// they keep it until they are written, and the connection keeps only the bytes of a partial
+/// chunk, copied. Between beats a publish then holds no block: the blocks in memory are those
+/// of reads not yet written, not one per stream. (A partial message longer than a quarter
+/// block — a publisher with a large chunk size — keeps its block, to be grown, not copied at
+/// every read.)
+fn release(buf: &mut BytesMut, block: usize) {
+    if buf.is_empty() {
+        *buf = BytesMut::new();
+    } else if buf.len() <= block / 4 {
+        *buf = BytesMut::from(&buf[..]);
+    }
+}
+
 /// Makes room for a read when little is left: up to `block` in all, the bytes of a partial
 /// message included. (Asking for a whole block more than those bytes would never fit the block
 /// being reused, and would grow it at every turn.)
@@ -384,11 +418,36 @@ fn room(buf: &mut BytesMut, block: usize) {
     }
 }
 
-/// The read block of a socket woken at `low_water` bytes: what one wake-up brings (the mark,
-/// or less at the fallback tick) and the partial chunk left from the read before. Memory per
-/// stream is about one block, so it follows the stream's rate instead of fitting the fastest.
+/// The read block of a socket whose mark is `low_water` bytes: what one beat brings (half the
+/// mark) and the partial chunk left from the read before. Memory per stream is about one
+/// block, so it follows the stream's rate instead of fitting the fastest.
 fn block_for(low_water: i32) -> usize {
-    (low_water.max(0) as usize + 4096).next_multiple_of(4096).clamp(FIRST_BLOCK, MAX_BLOCK)
+    (low_water.max(0) as usize / 2 + 4096).next_multiple_of(4096).clamp(FIRST_BLOCK, MAX_BLOCK)
+}
+
+/// When a connection reads: its place on its thread, and how many connections the thread has.
+struct Beat {
+    place: usize,
+    connections: Arc<AtomicUsize>,
+}
+
+impl Beat {
+    /// The connection's next beat after `now` (see [`BEAT`], [`GROUP`]).
+    fn next(&self, now: tokio::time::Instant) -> tokio::time::Instant {
+        next_beat(now, self.place, self.connections.load(Ordering::Relaxed))
+    }
+}
+
+/// The next beat after `now` of the connection in `place` of a thread that has `connections`,
+/// on a grid shared by every connection: the timers of one instant end in one turn of the
+/// thread's timer wheel. The thread's connections are read in one group per [`GROUP`], each
+/// group a share of the beat after the one before.
+fn next_beat(now: tokio::time::Instant, place: usize, connections: usize) -> tokio::time::Instant {
+    static ORIGIN: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let phases = connections.div_ceil(GROUP).clamp(1, MAX_PHASES);
+    let origin = *ORIGIN.get_or_init(|| now) + BEAT / phases as u32 * (place % phases) as u32;
+    let beats = now.saturating_duration_since(origin).as_nanos() / BEAT.as_nanos() + 1;
+    origin + BEAT * beats as u32
 }
 
 /// The low-water mark for a stream that sent `bytes` in `span`: [`LOW_WATER_SPAN`] of it,
@@ -469,12 +528,75 @@ mod tests {
 
     #[test]
     fn the_low_water_mark_follows_the_rate_within_bounds() {
-        // 500 kbit/s brings 6 KB per 100 ms: the floor holds.
-        assert_eq!(low_water_for(62_500, Duration::from_secs(1)), PUBLISH_LOW_WATER);
-        // 2.5 Mbit/s over 2 s: 31 KB.
-        assert_eq!(low_water_for(625_000, Duration::from_secs(2)), 31_250);
+        // 64 kbit/s brings 3 KB per 400 ms: the floor holds.
+        assert_eq!(low_water_for(8_000, Duration::from_secs(1)), PUBLISH_LOW_WATER);
+        // 2.5 Mbit/s over 2 s: 125 KB.
+        assert_eq!(low_water_for(625_000, Duration::from_secs(2)), 125_000);
         // 20 Mbit/s: capped.
         assert_eq!(low_water_for(2_500_000, Duration::from_secs(1)), MAX_LOW_WATER);
+    }
+
+    #[test]
+    fn beats_are_shared_and_follow_each_other() {
+        let now = tokio::time::Instant::now();
+        let beat = next_beat(now, 0, 1);
+        assert!(beat > now && beat <= now + BEAT);
+        // Any instant up to the beat gets the same one: connections read together.
+        assert_eq!(next_beat(now + (beat - now) / 2, 0, 1), beat);
+        assert_eq!(next_beat(beat - Duration::from_nanos(1), 0, 1), beat);
+        // The beat itself gets the next.
+        assert_eq!(next_beat(beat, 0, 1), beat + BEAT);
+        assert_eq!(next_beat(beat + BEAT * 3 + Duration::from_millis(1), 0, 1), beat + BEAT * 4);
+        // Up to a group, every connection of a thread reads on the same instants.
+        for place in 0..GROUP {
+            assert_eq!(next_beat(now, place, GROUP), beat);
+        }
+        // More, and they read in groups, each a share of the beat after the one before.
+        let step = BEAT / 3;
+        for place in 0..3 * GROUP {
+            assert_eq!(
+                next_beat(beat, place, 3 * GROUP),
+                beat + step * (place % 3) as u32 + if place % 3 == 0 { BEAT } else { Duration::ZERO }
+            );
+        }
+        assert_eq!(
+            next_beat(beat, 4, 2 * GROUP + 1),
+            beat + BEAT / 3,
+            "a group more for the connection past a multiple"
+        );
+        // At most so many groups: a thousand connections wake the thread as often as 400.
+        let most = BEAT / MAX_PHASES as u32;
+        assert_eq!(next_beat(beat, MAX_PHASES - 1, 1000), beat + most * (MAX_PHASES - 1) as u32);
+        assert_eq!(next_beat(beat, MAX_PHASES + 1, 1000), beat + most);
+    }
+
+    #[test]
+    fn a_released_block_is_left_to_its_frames_with_a_partial_chunk_copied_out() {
+        const BLOCK: usize = 20 * 1024;
+        let mut buf = BytesMut::with_capacity(BLOCK);
+        buf.resize(BLOCK - 100, 7);
+        let frames = buf.split_to(BLOCK - 300).freeze();
+        // 200 bytes of a chunk wait for the rest: they move to a buffer of their own.
+        release(&mut buf, BLOCK);
+        assert_eq!(&buf[..], &[7; 200][..]);
+        assert!(buf.capacity() < BLOCK / 4, "the partial chunk alone is kept: {}", buf.capacity());
+        let inside = frames.as_ptr_range();
+        assert!(!inside.contains(&buf.as_ptr()) && buf.as_ptr() != inside.end, "copied out of the block");
+        // Nothing left: nothing held.
+        let mut empty = BytesMut::with_capacity(BLOCK);
+        empty.resize(10, 0);
+        let _f = empty.split_to(10);
+        release(&mut empty, BLOCK);
+        assert_eq!(empty.capacity(), 0);
+        // A long partial message keeps its block, to grow instead of being copied each read.
+        let mut long = BytesMut::with_capacity(BLOCK);
+        long.resize(BLOCK / 2, 1);
+        let at = long.as_ptr();
+        release(&mut long, BLOCK);
+        assert_eq!(long.as_ptr(), at);
+        // The next read gets a block of its own.
+        room(&mut buf, BLOCK);
+        assert!(buf.capacity() >= BLOCK / 4 && &buf[..] == &[7; 200][..]);
     }
 
     #[test]
@@ -541,10 +663,12 @@ mod tests {
 
     #[test]
     fn the_read_block_follows_the_low_water_mark() {
-        // 500 kbit/s: the 16 KiB floor of the mark and a 4 KiB chunk.
+        // The first mark: half of it a beat, and a 4 KiB chunk.
         assert_eq!(block_for(PUBLISH_LOW_WATER), 20 * 1024);
-        // 2.5 Mbit/s (31 KB a wake-up) and faster: a larger block costs more memory than the
-        // second read of a wake-up costs time.
+        // 500 kbit/s: 12.5 KB a beat.
+        assert_eq!(block_for(low_water_for(62_500, Duration::from_secs(1))), 20 * 1024);
+        // 2.5 Mbit/s (62.5 KB a beat) and faster: a larger block costs more memory than the
+        // second read of a beat costs time.
         assert_eq!(block_for(low_water_for(625_000, Duration::from_secs(2))), MAX_BLOCK);
         assert_eq!(block_for(MAX_LOW_WATER), MAX_BLOCK);
         assert_eq!(block_for(0), FIRST_BLOCK);

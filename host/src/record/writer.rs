@@ -11,9 +11,10 @@
 //! Recordings fill the first thread up to [`PACK`] before the next is used (then the one with
 //! the fewest): a few streams wake one thread, not each thread a little.
 //!
-//! A thread that ran the jobs it found pauses for [`PAUSE`] before it looks again: the jobs
-//! queued meanwhile wake nobody, so a thread wakes up to 50 times a second whatever the number
-//! of streams, not once per batch of each (measured: 300 streams, futex calls 48k -> 0.5k and
+//! A thread that ran the jobs it found pauses for [`PAUSE`] before it looks again, and then
+//! waits for a job: the jobs queued meanwhile wake nobody, and those of one beat of the ingest
+//! threads (which read their connections together) wake it twice, whatever the number of
+//! streams, not once per batch of each (measured: 300 streams, futex calls 48k -> 0.5k and
 //! context switches halved). A barrier and a recording over its bound wake it at once.
 
 use std::panic::AssertUnwindSafe;
@@ -71,14 +72,18 @@ impl Writers {
                 while let Ok(job) = rx.recv() {
                     counted.fetch_add(1, Ordering::Relaxed);
                     job();
-                    // What was queued meanwhile, then a pause: a recording queues its writes
-                    // without waking this thread while it sleeps (a send wakes only a thread
-                    // blocked in `recv`), so the thread wakes at most once per pause however
-                    // many streams write, instead of once per batch.
+                    // What was queued meanwhile, then a pause, then what was queued during
+                    // it: a recording queues its writes without waking this thread while it
+                    // sleeps (a send wakes only a thread blocked in `recv`), so the writes
+                    // that a beat of the ingest threads brings wake it twice, however many
+                    // streams write, instead of once per batch. Then it waits for the next.
                     while let Ok(job) = rx.try_recv() {
                         job();
                     }
                     std::thread::park_timeout(pause);
+                    while let Ok(job) = rx.try_recv() {
+                        job();
+                    }
                 }
             })?;
             threads.push(Thread { tx, handle: thread.thread().clone(), recordings: Arc::default() });
