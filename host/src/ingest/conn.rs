@@ -596,7 +596,7 @@ mod tests {
         assert_eq!(long.as_ptr(), at);
         // The next read gets a block of its own.
         room(&mut buf, BLOCK);
-        assert!(buf.capacity() >= BLOCK / 4 && &buf[..] == &[7; 200][..]);
+        assert!(buf.capacity() >= BLOCK / 4 && buf[..] == [7; 200][..]);
     }
 
     #[test]
