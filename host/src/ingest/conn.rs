@@ -46,7 +46,7 @@ const BEAT: Duration = Duration::from_millis(200);
 /// not all in memory at once (the writes of one group are done before the next is read): the
 /// media in memory for reads not yet written is about this many streams' beat, whatever the
 /// number of streams, for at most [`MAX_PHASES`] wake-ups of the thread a beat.
-const GROUP: usize = 50;
+const GROUP: usize = 25;
 /// Most groups a beat.
 const MAX_PHASES: usize = 8;
 /// Connections a thread takes before the next thread is used (see [`Workers`]).
@@ -564,7 +564,7 @@ mod tests {
             beat + BEAT / 3,
             "a group more for the connection past a multiple"
         );
-        // At most so many groups: a thousand connections wake the thread as often as 400.
+        // At most so many groups: a thousand connections wake the thread as often as 200.
         let most = BEAT / MAX_PHASES as u32;
         assert_eq!(next_beat(beat, MAX_PHASES - 1, 1000), beat + most * (MAX_PHASES - 1) as u32);
         assert_eq!(next_beat(beat, MAX_PHASES + 1, 1000), beat + most);

@@ -39,12 +39,19 @@ const PACK: usize = 128;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// One writer thread: its queue, its handle (to wake it early) and its recordings.
+/// Bytes queued on a writer thread, over all its recordings, that end its pause early: what
+/// a beat of many streams brings is written while it comes (and its blocks freed), not after
+/// the pause. Below it, a wake-up is not worth its cost.
+const WAKE_BYTES: usize = 256 << 10;
+
+/// One writer thread: its queue, its handle (to wake it early), its recordings, and the bytes
+/// queued on it.
 #[derive(Clone)]
 struct Thread {
     tx: Sender<Job>,
     handle: std::thread::Thread,
     recordings: Arc<AtomicUsize>,
+    queued: Arc<AtomicUsize>,
 }
 
 /// The writer threads of a recorder.
@@ -76,17 +83,31 @@ impl Writers {
                     // it: a recording queues its writes without waking this thread while it
                     // sleeps (a send wakes only a thread blocked in `recv`), so the writes
                     // that a beat of the ingest threads brings wake it twice, however many
-                    // streams write, instead of once per batch. Then it waits for the next.
-                    while let Ok(job) = rx.try_recv() {
-                        job();
-                    }
-                    std::thread::park_timeout(pause);
-                    while let Ok(job) = rx.try_recv() {
-                        job();
+                    // streams write, instead of once per batch. A pause cut short by
+                    // [`WAKE_BYTES`] queued is followed by another. Then it waits for the next.
+                    loop {
+                        while let Ok(job) = rx.try_recv() {
+                            job();
+                        }
+                        let paused = std::time::Instant::now();
+                        std::thread::park_timeout(pause);
+                        let early = paused.elapsed() < pause;
+                        while let Ok(job) = rx.try_recv() {
+                            job();
+                        }
+                        if !early {
+                            break;
+                        }
+                        counted.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             })?;
-            threads.push(Thread { tx, handle: thread.thread().clone(), recordings: Arc::default() });
+            threads.push(Thread {
+                tx,
+                handle: thread.thread().clone(),
+                recordings: Arc::default(),
+                queued: Arc::default(),
+            });
         }
         Ok(Writers {
             threads,
@@ -141,19 +162,24 @@ impl WriteQueue {
         }
         self.in_flight.bytes.fetch_add(bytes, Ordering::AcqRel);
         let in_flight = self.in_flight.clone();
+        let queued = self.thread.queued.clone();
         let job: Job = Box::new(move || {
             // A job that panics (a storage bug) loses its own write, not the count or the thread.
             if std::panic::catch_unwind(AssertUnwindSafe(job)).is_err() {
                 tracing::error!("a write job panicked");
             }
+            queued.fetch_sub(bytes, Ordering::AcqRel);
             let before = in_flight.bytes.fetch_sub(bytes, Ordering::AcqRel);
             if before >= MAX_IN_FLIGHT && before - bytes < MAX_IN_FLIGHT {
                 in_flight.below.notify_waiters();
             }
         });
+        let before = self.thread.queued.fetch_add(bytes, Ordering::AcqRel);
         if let Err(back) = self.thread.tx.send(job) {
             // The thread is gone (the recorder is being dropped): write here, in order still.
             (back.0)();
+        } else if before < WAKE_BYTES && before + bytes >= WAKE_BYTES {
+            self.thread.handle.unpark();
         }
     }
 
@@ -218,6 +244,41 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         q.submit(1, || {}).await;
         tokio::time::timeout(Duration::from_secs(10), q.barrier()).await.expect("the barrier woke the thread").unwrap();
+    }
+
+    #[tokio::test]
+    async fn enough_bytes_queued_end_a_pause() {
+        let writers = Writers::pausing(1, Duration::from_secs(3600)).unwrap();
+        let q = writers.queue();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let job = |ran: &Arc<AtomicUsize>| {
+            let ran = ran.clone();
+            move || {
+                ran.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        // The first job wakes the thread, which then pauses (an hour here).
+        q.submit(10, job(&ran)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(ran.load(Ordering::Relaxed), 1);
+        // Small writes wait for the pause to end.
+        q.submit(WAKE_BYTES / 4, job(&ran)).await;
+        q.submit(WAKE_BYTES / 4, job(&ran)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(ran.load(Ordering::Relaxed), 1);
+        // Enough of them end it, and are written while the pause would still go on.
+        q.submit(WAKE_BYTES / 2, job(&ran)).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while ran.load(Ordering::Relaxed) < 4 {
+            assert!(std::time::Instant::now() < deadline, "the bytes queued did not wake the thread");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(writers.threads[0].queued.load(Ordering::Relaxed), 0);
+        // And the thread pauses again: the next small write waits.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        q.submit(10, job(&ran)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(ran.load(Ordering::Relaxed), 4);
     }
 
     #[tokio::test]
