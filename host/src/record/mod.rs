@@ -475,7 +475,7 @@ impl StreamHandle {
 
     /// Says the frames pushed since the last call are all one read of the connection brought:
     /// what of them waits for a batch is copied, and the read buffer they are slices of is
-    /// reused by the next read instead of a new one being allocated beside it.
+    /// freed once the read's writes are done instead of being held until the batch is.
     pub fn read_done(&mut self) {
         lock(&self.hub).read_done();
     }

@@ -86,9 +86,9 @@ impl Body {
     }
 
     /// Copies the pending chunks not copied yet into one buffer of their own: none of them
-    /// then holds the read block its frame is a slice of, and the next read reuses that block.
-    /// (A copy of a read's worth of frames costs less than writing them: no syscall, no
-    /// wake-up of the writer thread.)
+    /// then holds the read block its frame is a slice of, which is freed once the read's
+    /// writes are done. (A copy of a read's worth of frames costs less than writing them: no
+    /// syscall, no wake-up of the writer thread.)
     pub fn own_pending(&mut self) {
         if self.pending.len() <= self.owned {
             return;
