@@ -172,6 +172,46 @@ fn sigkill_loses_at_most_two_seconds_of_mp4() {
     }
 }
 
+/// Video tags of the complete tags at the start of an FLV file being written.
+fn flv_video_tags(bytes: &[u8]) -> usize {
+    let (mut at, mut video) = (13, 0);
+    while at + 11 <= bytes.len() {
+        let size = u32::from_be_bytes([0, bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
+        if at + 11 + size + 4 > bytes.len() {
+            break;
+        }
+        video += usize::from(bytes[at] & 0x1f == 9);
+        at += 11 + size + 4;
+    }
+    video
+}
+
+/// Each read of the publisher's connection (a beat, 200 ms of media) is written at its end,
+/// however large the batch and long the flush interval are set: its frames are not copied out
+/// of their read buffer to wait for the batch.
+#[test]
+fn each_read_is_written_at_its_end_whatever_the_batch_settings() {
+    let src = fixture("av", 20, true, true);
+    let batch = "flush_bytes = 67108864\nflush_interval = \"60s\"\n";
+    let mut reel = Reel::start("read-written", &format!("{batch}{}", config("[\"flv\"]", "30m", "6s")));
+    let mut publisher = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-re", "-i"])
+        .arg(&src)
+        .args(["-c", "copy", "-f", "flv", &reel.url("live", "beat")])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    let parts = files(&reel.recordings().join(".partial"), "part");
+    let written = parts.first().map(|p| std::fs::read(p).unwrap()).unwrap_or_default();
+    let _ = publisher.kill();
+    let _ = publisher.wait();
+    assert_eq!(parts.len(), 1, "one FLV being written: {parts:?}\n{}", reel.log_text());
+    // ~6 s were sent at real time (25 frames a second); all but the last second are written.
+    let frames = flv_video_tags(&written);
+    assert!(frames >= 4 * 25, "{frames} video frames written after 6 s of publishing");
+    assert!(reel.stop().success());
+}
+
 /// `{EscapedStartTime}_{EscapedEndTime}` of a built-in name, as Unix seconds.
 fn name_times(p: &Path) -> (i64, i64) {
     let stem = p.file_stem().unwrap().to_str().unwrap();

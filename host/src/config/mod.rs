@@ -438,6 +438,11 @@ pub struct Template {
 /// Longest `resume_window`.
 pub const MAX_RESUME_WINDOW_MS: u64 = 30 * 60 * 1000;
 
+/// How often a publishing connection is read (ingest reads all the connections of a thread on
+/// a shared beat): each read brings about this much of a stream's media, and its recordings
+/// write it at the read's end.
+pub const READ_BEAT_MS: u64 = 200;
+
 fn keep_forever() -> Duration {
     Duration::from_millis(0)
 }

@@ -16,9 +16,9 @@ use super::session::{PublishRequest, ServerSession, SessionEvent};
 use crate::media::Frame;
 
 /// Read block of a connection before it publishes (handshake, commands). Frames are split off
-/// the read buffer as refcounted slices, so a block is shared until its frames are written or
-/// copied (at the end of each read, [`FrameSink::read_done`]); it is reused in place once they
-/// are, or a new one started when it runs low. A publishing connection lets go of its block
+/// the read buffer as refcounted slices, so a block is shared until its frames are written (at
+/// the end of each read, [`FrameSink::read_done`]); it is reused in place once they are, or a
+/// new one started when it runs low. A publishing connection lets go of its block
 /// after each read instead ([`release`]).
 const FIRST_BLOCK: usize = 8 * 1024;
 /// Largest read block: a faster stream's beat is read in two or more (measured: a larger
@@ -40,7 +40,7 @@ const LOW_WATER_SPAN: Duration = Duration::from_millis(400);
 /// together. Also when the idle and handshake deadlines are checked. What recording costs for
 /// it: at most one beat of latency (the crash-loss bound is 2 s), and an unpublish is seen
 /// within a beat.
-const BEAT: Duration = Duration::from_millis(200);
+const BEAT: Duration = Duration::from_millis(crate::config::READ_BEAT_MS);
 /// Connections of a thread read on one instant, at most: a thread with more reads them in
 /// groups (phases), each on its own instants, spread over the beat. What a beat brings is then
 /// not all in memory at once (the writes of one group are done before the next is read): the
@@ -364,9 +364,8 @@ async fn connection<H: PublishHandler>(
                 }
             }
         }
-        // A read of a batching socket brings a beat's worth of frames: the recording lets go
-        // of its block now. (Without a low-water mark a read may be one packet: not worth a
-        // copy of what waits for the batch.)
+        // A read of a batching socket brings a beat's worth of frames: the recording writes
+        // them now. (Without a low-water mark a read may be one packet: not worth a write.)
         if let (true, true, Some(s)) = (pushed, batching, &mut sink) {
             s.read_done();
         }

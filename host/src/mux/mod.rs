@@ -56,11 +56,6 @@ pub trait Muxer: Send + Sync {
     fn drain(&mut self, _out: &mut Chunks) -> Result<(), MuxError> {
         Ok(())
     }
-    /// Every byte it appends is its own (MPEG-TS copies payloads into its packets), none a
-    /// slice of a frame: a recorder then has nothing to copy out of the read blocks.
-    fn owns_output(&self) -> bool {
-        false
-    }
     /// After `finish`, readies the muxer for the next segment of the same stream (MPEG-TS:
     /// continuity counters and codec configuration carry over). Others start anew instead.
     fn next_segment(&mut self) {}

@@ -268,9 +268,9 @@ impl Hub {
         });
     }
 
-    /// The frames of one read of the connection were pushed: each recording copies what of
-    /// them waits for its batch, so the read block those frames are slices of is free for the
-    /// next read. (A full queue drops the mark: nothing is lost, the block is held longer.)
+    /// The frames of one read of the connection were pushed: each recording writes what waits
+    /// for its batch, so the read block those frames are slices of goes once they are written.
+    /// (A full queue drops the mark: nothing is lost, the block is held until the next write.)
     fn read_done(&mut self) {
         for s in &self.sinks {
             let _ = s.tx.try_send(Msg::ReadDone);

@@ -71,8 +71,6 @@ pub struct Body {
     pub opened_ms: u64,
     /// The file's sequence number (a segment's: its index).
     pub seq: u32,
-    /// Leading chunks of `pending` that are copies ([`Body::own_pending`]).
-    owned: usize,
 }
 
 impl Body {
@@ -85,26 +83,8 @@ impl Body {
         self.pending_bytes += self.pending[from..].iter().map(|b| b.len()).sum::<usize>();
     }
 
-    /// Copies the pending chunks not copied yet into one buffer of their own: none of them
-    /// then holds the read block its frame is a slice of, which is freed once the read's
-    /// writes are done. (A copy of a read's worth of frames costs less than writing them: no
-    /// syscall, no wake-up of the writer thread.)
-    pub fn own_pending(&mut self) {
-        if self.pending.len() <= self.owned {
-            return;
-        }
-        let fresh = self.pending.split_off(self.owned);
-        let mut all = bytes::BytesMut::with_capacity(fresh.iter().map(bytes::Bytes::len).sum());
-        for c in &fresh {
-            all.extend_from_slice(c);
-        }
-        self.pending.push(all.freeze());
-        self.owned = self.pending.len();
-    }
-
     /// The chunks to write now.
     pub fn take_pending(&mut self) -> Chunks {
-        self.owned = 0;
         self.pending_bytes = 0;
         std::mem::take(&mut self.pending)
     }
@@ -205,16 +185,6 @@ impl Output {
 
     pub fn pending_bytes(&self) -> usize {
         self.body.as_ref().map_or(0, |b| b.pending_bytes)
-    }
-
-    /// See [`Body::own_pending`]; nothing to do when the muxer's bytes are all its own.
-    pub fn own_pending(&mut self) {
-        if self.muxer.as_ref().is_some_and(|m| m.owns_output()) {
-            return;
-        }
-        if let Some(b) = &mut self.body {
-            b.own_pending();
-        }
     }
 
     /// Feeds one frame; `now_ms` stamps what opens.
@@ -365,32 +335,6 @@ pub(crate) fn resolve(playlist_key: &str, uri: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn owning_the_pending_chunks_copies_each_once_and_keeps_every_byte() {
-        let block = bytes::Bytes::from(vec![7u8; 4096]);
-        let inside = |c: &bytes::Bytes| block.as_ptr_range().contains(&c.as_ptr());
-        let mut body = Body::new(0, 0);
-        body.pending.extend([bytes::Bytes::from_static(b"head"), block.slice(0..100), block.slice(100..300)]);
-        body.count_from(0);
-        body.own_pending();
-        assert_eq!(body.pending.len(), 1);
-        assert!(!inside(&body.pending[0]), "no chunk is a slice of the read block");
-        let first = body.pending[0].as_ptr();
-        // The next read's frames: only they are copied, and nothing pending is lost.
-        body.pending.push(block.slice(300..400));
-        body.count_from(1);
-        body.own_pending();
-        body.own_pending();
-        assert_eq!(body.pending.len(), 2);
-        assert_eq!(body.pending[0].as_ptr(), first, "a copy is not copied again");
-        assert!(body.pending.iter().all(|c| !inside(c)));
-        let bytes: Vec<u8> = body.take_pending().concat();
-        assert_eq!(bytes.len(), 4 + 400);
-        assert_eq!(&bytes[..4], b"head");
-        assert!(bytes[4..].iter().all(|&b| b == 7));
-        assert_eq!(body.pending_bytes, 0);
-    }
 
     #[test]
     fn segment_keys_follow_the_playlist() {

@@ -347,8 +347,10 @@ impl StreamTask {
                 resume_window_ms =
                     resume_window_ms.max(u64::from(plan.resume_window_ms).min(crate::config::MAX_RESUME_WINDOW_MS));
                 let server = &rt.config.server;
+                // A recording writes at the end of each read of its publisher too.
+                let every_ms = server.flush_interval.as_millis().min(crate::config::READ_BEAT_MS);
                 let out = Output::new(format, plan.interval_ms, u64::from(plan.hls_segment_ms))
-                    .drained(server.flush_interval.as_millis(), server.flush_bytes as u64);
+                    .drained(every_ms, server.flush_bytes as u64);
                 slots.push(Slot {
                     out,
                     file: None,
@@ -511,19 +513,16 @@ impl StreamTask {
                     // So does a file or segment just opened: its partial, which tells recovery
                     // what it is (an HLS segment names its live playlist), exists at once, not
                     // up to a batch later, and a crash at any moment leaves it recoverable.
-                    // At the end of a read, what waits for the batch is copied instead, so no
-                    // slice of its frames keeps their read block from the next read.
+                    // So does the end of a read (a beat of the stream's media, see
+                    // `ingest::conn::BEAT`): its frames are written from their read block, not
+                    // copied out of it to wait for a batch, and the block goes once written.
                     let due = |s: &Slot| {
                         let n = s.out.pending_bytes();
                         n > 0 && (n >= flush_bytes || s.file.is_none())
                     };
-                    if self.slots.iter().any(due) {
+                    if read_done || self.slots.iter().any(due) {
                         self.flush().await;
                         next_flush = Instant::now() + flush_every;
-                    } else if read_done {
-                        for s in &mut self.slots {
-                            s.out.own_pending();
-                        }
                     }
                 }
                 _ = sleep_until(next_flush) => {
