@@ -513,9 +513,9 @@ impl StreamTask {
                     // So does a file or segment just opened: its partial, which tells recovery
                     // what it is (an HLS segment names its live playlist), exists at once, not
                     // up to a batch later, and a crash at any moment leaves it recoverable.
-                    // So does the end of a read (a beat of the stream's media, see
-                    // `ingest::conn::BEAT`): its frames are written from their read block, not
-                    // copied out of it to wait for a batch, and the block goes once written.
+                    // So does the end of a read (a beat of the stream's media,
+                    // `config::READ_BEAT_MS`): its frames are written from their read block,
+                    // not copied out of it to wait for a batch, and the block goes once written.
                     let due = |s: &Slot| {
                         let n = s.out.pending_bytes();
                         n > 0 && (n >= flush_bytes || s.file.is_none())
