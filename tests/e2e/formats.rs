@@ -206,9 +206,10 @@ fn each_read_is_written_at_its_end_whatever_the_batch_settings() {
     let _ = publisher.kill();
     let _ = publisher.wait();
     assert_eq!(parts.len(), 1, "one FLV being written: {parts:?}\n{}", reel.log_text());
-    // ~6 s were sent at real time (25 frames a second); all but the last second are written.
+    // ~6 s were sent at real time (25 frames a second): all but the last beats are written
+    // (3 s: room for ffmpeg's start on a loaded machine; a batch would hold all but the first).
     let frames = flv_video_tags(&written);
-    assert!(frames >= 4 * 25, "{frames} video frames written after 6 s of publishing");
+    assert!(frames >= 3 * 25, "{frames} video frames written after 6 s of publishing");
     assert!(reel.stop().success());
 }
 
