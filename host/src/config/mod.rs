@@ -134,7 +134,8 @@ pub struct Server {
     /// Frames a recording may queue before it is declared too slow (per stream).
     #[serde(default = "default_queue_frames")]
     pub queue_frames: usize,
-    /// Largest buffered bytes per open file before they go to the recording's writer thread.
+    /// Largest buffered bytes per open file before they go to the recording's writer thread
+    /// (a publisher's reads on the beat, [`READ_BEAT_MS`], go at each read's end anyway).
     #[serde(default = "default_flush_bytes")]
     pub flush_bytes: usize,
     /// Longest time written data may wait in memory before a flush.
