@@ -157,6 +157,16 @@ pub fn ffmpeg_publish(src: &Path, url: &str, realtime: bool) {
     run(&mut c);
 }
 
+/// Starts publishing `src` with ffmpeg at real time (`-re -c copy`), in the background.
+pub fn ffmpeg_publisher(src: &Path, url: &str) -> std::process::Child {
+    Command::new("ffmpeg")
+        .args(["-v", "error", "-re", "-i"])
+        .arg(src)
+        .args(["-c", "copy", "-f", "flv", url])
+        .spawn()
+        .expect("start ffmpeg")
+}
+
 /// Files with extension `ext` under `dir`, recursively, sorted by name.
 pub fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();

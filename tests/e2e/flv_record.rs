@@ -102,12 +102,7 @@ fn audio_only_stream_is_recorded() {
 fn sigterm_finishes_open_files() {
     let src = fixture("av", 20, true, true);
     let mut reel = Reel::start("sigterm", BASE_CONFIG);
-    let mut publisher = Command::new("ffmpeg")
-        .args(["-v", "error", "-re", "-i"])
-        .arg(&src)
-        .args(["-c", "copy", "-f", "flv", &reel.url("live", "term")])
-        .spawn()
-        .unwrap();
+    let mut publisher = ffmpeg_publisher(&src, &reel.url("live", "term"));
     std::thread::sleep(Duration::from_secs(4));
     let status = reel.stop();
     let _ = publisher.kill();

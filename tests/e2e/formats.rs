@@ -134,12 +134,7 @@ fn moov_before_mdat(path: &Path) -> bool {
 fn sigkill_loses_at_most_two_seconds_of_mp4() {
     let src = fixture("av", 20, true, true);
     let mut reel = Reel::start("sigkill-mp4", &config("[\"mp4\", \"flv\"]", "30m", "6s"));
-    let mut publisher = std::process::Command::new("ffmpeg")
-        .args(["-v", "error", "-re", "-i"])
-        .arg(&src)
-        .args(["-c", "copy", "-f", "flv", &reel.url("live", "crash")])
-        .spawn()
-        .unwrap();
+    let mut publisher = ffmpeg_publisher(&src, &reel.url("live", "crash"));
     std::thread::sleep(Duration::from_secs(6));
     let mut child = reel.child.take().unwrap();
     child.kill().unwrap(); // SIGKILL
@@ -194,12 +189,7 @@ fn each_read_is_written_at_its_end_whatever_the_batch_settings() {
     let src = fixture("av", 20, true, true);
     let batch = "flush_bytes = 67108864\nflush_interval = \"60s\"\n";
     let mut reel = Reel::start("read-written", &format!("{batch}{}", config("[\"flv\"]", "30m", "6s")));
-    let mut publisher = std::process::Command::new("ffmpeg")
-        .args(["-v", "error", "-re", "-i"])
-        .arg(&src)
-        .args(["-c", "copy", "-f", "flv", &reel.url("live", "beat")])
-        .spawn()
-        .unwrap();
+    let mut publisher = ffmpeg_publisher(&src, &reel.url("live", "beat"));
     std::thread::sleep(Duration::from_secs(6));
     let parts = files(&reel.recordings().join(".partial"), "part");
     let written = parts.first().map(|p| std::fs::read(p).unwrap()).unwrap_or_default();

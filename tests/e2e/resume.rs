@@ -118,13 +118,7 @@ fn a_dropped_connection_and_a_publish_again_continue_the_recording() {
         "[storage.local]\nkind = \"fs\"\nroot = \"recordings\"\n[template.default]\nformats = [\"hls\", \"flv\"]\nhls_segment = \"2s\"\nresume_window = \"3s\"\nstorage = \"local\"\n[[rule]]\ntemplate = \"default\"\n",
     );
     // The publisher's connection dies mid-stream (killed, no unpublish).
-    let mut ffmpeg = std::process::Command::new("ffmpeg")
-        .args(["-v", "error", "-re", "-i"])
-        .arg(&src)
-        .args(["-c", "copy", "-f", "flv"])
-        .arg(reel.url("live", "drop"))
-        .spawn()
-        .unwrap();
+    let mut ffmpeg = ffmpeg_publisher(&src, &reel.url("live", "drop"));
     std::thread::sleep(Duration::from_millis(3500));
     ffmpeg.kill().unwrap();
     ffmpeg.wait().unwrap();
