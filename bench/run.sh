@@ -28,6 +28,7 @@
 #                        for Reel (`;` separates lines)
 #   BENCH_REEL_BEFORE_SERVER=...  the same for reel-before (default: BENCH_REEL_SERVER); with
 #                        BENCH_REEL_BEFORE set to this build, compares two settings in one run
+#   BENCH_DIR=dir        scratch space and recordings (default /dev/shm: tmpfs)
 #   BENCH_PERF_DIR=dir   a `perf` profile of each Reel case, kept there (NAME.data, NAME.txt)
 set -euo pipefail
 
@@ -59,8 +60,9 @@ cap() {
     if [ "$left" -lt "$want" ]; then echo "$left"; else echo "$want"; fi
 }
 
-# Scratch space in tmpfs: inputs, outputs and recordings never wait on a disk.
-SHM=/dev/shm
+# Scratch space in tmpfs: inputs, outputs and recordings never wait on a disk
+# (BENCH_DIR=dir: there instead, e.g. on a disk, to count what its write-back costs).
+SHM=${BENCH_DIR:-/dev/shm}
 [ -w "$SHM" ] || SHM=${TMPDIR:-/tmp}
 WORK=$(mktemp -d "$SHM/reel-bench.XXXXXX")
 RES="$WORK/results"
