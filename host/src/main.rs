@@ -155,7 +155,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if matches!(cli.command, Command::Serve { check: false, .. }) {
-        allocator_tunables();
+        without_thread_cache();
     }
     let res = match cli.command {
         Command::Serve { config, check } => serve(config, check),
@@ -179,12 +179,8 @@ fn main() -> std::process::ExitCode {
 /// The glibc tunable that sizes each thread's cache of freed small blocks.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const THREAD_CACHE_TUNABLE: &str = "glibc.malloc.tcache_count";
-/// The glibc tunable that caps how many heaps (arenas) the allocator keeps.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-const ARENA_MAX_TUNABLE: &str = "glibc.malloc.arena_max";
 
-/// `reel serve` runs with glibc's per-thread cache of freed small blocks (tcache) off, and
-/// with one heap (arena) per CPU instead of glibc's eight.
+/// `reel serve` runs with glibc's per-thread cache of freed small blocks (tcache) off.
 ///
 /// Frames and the lists that carry them are allocated on an ingest thread and freed on a
 /// writer thread once written. With the cache on, the freeing thread keeps such a block and
@@ -192,43 +188,31 @@ const ARENA_MAX_TUNABLE: &str = "glibc.malloc.arena_max";
 /// held by other threads for as long as their allocations live; without it a freed block goes
 /// back to the heap it came from. Measured (BENCHMARKS.md, "A thread's freed blocks back to
 /// their heap"): RSS lower in every bench case, and over ten minutes 12–30% lower with less
-/// than half the growth, at the same CPU.
-///
-/// Files close on the blocking pool, a thread per close running at once: each new thread
-/// got a heap of its own (up to eight per CPU), which kept the high-water mark of the closes
-/// it ran (an MP4's sample tables and `moov`) for as long as the process lives. With a heap per
-/// CPU the closes' memory is reused by the next (BENCHMARKS.md, "One heap per CPU").
-///
-/// glibc reads its tunables only when a process starts, so the process starts itself again,
-/// once, with `GLIBC_TUNABLES` set: same PID, arguments and descriptors, before any thread or
-/// socket exists. An operator's own setting of either tunable is kept as given.
+/// than half the growth, at the same CPU. glibc reads its tunables only when a process
+/// starts, so the process starts itself again, once, with `GLIBC_TUNABLES` set: same PID,
+/// arguments and descriptors, before any thread or socket exists. An operator's own
+/// `glibc.malloc.tcache_count` is kept as given.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn allocator_tunables() {
+fn without_thread_cache() {
     use std::os::unix::process::CommandExt;
     let current = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
-    let given = |name: &str| current.split(':').any(|t| t.starts_with(name));
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut add = Vec::new();
-    if !given(THREAD_CACHE_TUNABLE) {
-        add.push(format!("{THREAD_CACHE_TUNABLE}=0"));
-    }
-    if !given(ARENA_MAX_TUNABLE) {
-        add.push(format!("{ARENA_MAX_TUNABLE}={cpus}"));
-    }
-    if add.is_empty() {
+    if current.split(':').any(|t| t.starts_with(THREAD_CACHE_TUNABLE)) {
         return;
     }
     let Ok(exe) = std::env::current_exe() else { return };
-    let tunables = std::iter::once(current.as_str()).filter(|c| !c.is_empty()).chain(add.iter().map(String::as_str));
-    let tunables = tunables.collect::<Vec<_>>().join(":");
+    let tunables = if current.is_empty() {
+        format!("{THREAD_CACHE_TUNABLE}=0")
+    } else {
+        format!("{current}:{THREAD_CACHE_TUNABLE}=0")
+    };
     let mut args = std::env::args_os();
     let mut cmd = std::process::Command::new(exe);
     if let Some(argv0) = args.next() {
         cmd.arg0(argv0);
     }
-    // `exec` returns only if it failed: then Reel runs with glibc's defaults.
+    // `exec` returns only if it failed: then Reel runs with the cache.
     let err = cmd.args(args).env("GLIBC_TUNABLES", tunables).exec();
-    tracing::warn!("running with the allocator's defaults: restarting without them failed: {err}");
+    tracing::warn!("running with the allocator's thread cache: restarting without it failed: {err}");
 }
 
 fn load_config(path: &Option<PathBuf>) -> Result<Config> {

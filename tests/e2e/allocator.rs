@@ -1,6 +1,6 @@
-//! `reel serve` runs with glibc's per-thread cache of freed small blocks off and one heap per
-//! CPU (see `main.rs`): the process starts itself again with the tunables set, keeping its PID,
-//! and an operator's own settings are left as given.
+//! `reel serve` runs with glibc's per-thread cache of freed small blocks off (see `main.rs`):
+//! the process starts itself again with the tunable set, keeping its PID, and an operator's
+//! own setting is left as given.
 
 use crate::common::*;
 
@@ -18,34 +18,28 @@ fn start_tunables(reel: &Reel) -> Option<String> {
 }
 
 #[test]
-fn serve_runs_without_the_thread_cache_and_with_a_heap_per_cpu_in_the_same_process_and_keeps_an_operators_settings() {
-    let cpus = std::thread::available_parallelism().unwrap().get();
-    // The process the test started (same PID) was started again with the tunables.
+fn serve_runs_without_the_thread_cache_in_the_same_process_and_keeps_an_operators_setting() {
+    // The process the test started (same PID) was started again with the tunable.
     let plain = Reel::start("allocator-default", BASE_CONFIG);
-    let ours = format!("glibc.malloc.tcache_count=0:glibc.malloc.arena_max={cpus}");
-    assert_eq!(start_tunables(&plain), Some(ours.clone()));
-    assert!(!plain.log_text().contains("restarting without them failed"), "{}", plain.log_text());
+    assert_eq!(start_tunables(&plain).as_deref(), Some("glibc.malloc.tcache_count=0"));
+    assert!(!plain.log_text().contains("restarting without it failed"), "{}", plain.log_text());
 
-    // Other tunables are kept and ours are added after them.
+    // Other tunables are kept and the cache's is added after them.
     let other = Reel::start_with_env(
         test_dir("allocator-other"),
         BASE_CONFIG,
         &[("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=262144")],
     );
-    assert_eq!(start_tunables(&other), Some(format!("glibc.malloc.trim_threshold=262144:{ours}")));
-
-    // An operator's own setting is not overridden; the other is added.
-    let own_cache = Reel::start_with_env(
-        test_dir("allocator-own-cache"),
-        BASE_CONFIG,
-        &[("GLIBC_TUNABLES", "glibc.malloc.tcache_count=7")],
+    assert_eq!(
+        start_tunables(&other).as_deref(),
+        Some("glibc.malloc.trim_threshold=262144:glibc.malloc.tcache_count=0")
     );
-    assert_eq!(start_tunables(&own_cache), Some(format!("glibc.malloc.tcache_count=7:glibc.malloc.arena_max={cpus}")));
-    // Both set: the process is not restarted.
+
+    // An operator's own cache setting is not overridden (and the process is not restarted).
     let own = Reel::start_with_env(
         test_dir("allocator-own"),
         BASE_CONFIG,
-        &[("GLIBC_TUNABLES", "glibc.malloc.arena_max=8:glibc.malloc.tcache_count=7")],
+        &[("GLIBC_TUNABLES", "glibc.malloc.tcache_count=7")],
     );
-    assert_eq!(start_tunables(&own).as_deref(), Some("glibc.malloc.arena_max=8:glibc.malloc.tcache_count=7"));
+    assert_eq!(start_tunables(&own).as_deref(), Some("glibc.malloc.tcache_count=7"));
 }
