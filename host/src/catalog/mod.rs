@@ -51,6 +51,8 @@ pub enum CatalogError {
     Cursor(String),
     #[error("the catalog did not answer within {} s", QUERY_TIMEOUT.as_secs())]
     Timeout(#[from] tokio::time::error::Elapsed),
+    #[error("the insert of this row with others failed: {0}")]
+    Group(String),
 }
 
 /// Longest a query may take: a hung database fails the request instead of holding it (and
@@ -81,7 +83,29 @@ pub struct Catalog {
     node_id: String,
     /// Woken when this node queues events, so delivery starts at once.
     outbox_wake: std::sync::Arc<tokio::sync::Notify>,
+    /// Recordings waiting to be inserted together ([`Catalog::insert_recording`]).
+    group: std::sync::Arc<Group>,
 }
+
+/// Group commit of recordings: the rows of files closed while an insert runs wait here and go
+/// in the next one, all in one statement. A burst of closes (streams that started together
+/// and are cut together, every publisher of a node leaving at once) then costs the database a
+/// few statements and commits, not one each, and the burst does not queue row by row.
+#[derive(Default)]
+struct Group {
+    waiting: std::sync::Mutex<Vec<Waiting>>,
+    /// Held by the caller inserting a group; the others queue behind it.
+    turn: tokio::sync::Mutex<()>,
+    /// Insert statements run (tests: fewer than the rows when files close together).
+    statements: std::sync::atomic::AtomicU64,
+}
+
+/// A row waiting for its group, and where its outcome goes.
+type Waiting = (Recording, tokio::sync::oneshot::Sender<Result<(), CatalogError>>);
+
+/// Most rows in one insert statement (22 parameters each: under SQLite's 32,766 and
+/// PostgreSQL's 65,535).
+const GROUP_ROWS: usize = 256;
 
 /// One stored file (an HLS recording is its playlist; its segments are not rows).
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -366,36 +390,58 @@ const RECORDING_COLUMNS: &str = "id, domain, app, stream, format, storage, objec
 const TASK_COLUMNS: &str = "id, domain, app, stream, start_ms, end_ms, template, note, status, reason, node_id, \
      created_ms, updated_ms, source_url";
 
-/// The statement that adds `r`.
-fn insert(r: &Recording) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
-    sqlx::query(
-        "INSERT INTO recordings (id, domain, app, stream, format, storage, object_key, size, duration_ms, \
-         first_ts_ms, last_ts_ms, start_ms, end_ms, session_id, task_id, template, node_id, video_codec, \
-         audio_codec, failed, etag, upload_state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-         $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
-    )
-    .bind(&r.id)
-    .bind(&r.domain)
-    .bind(&r.app)
-    .bind(&r.stream)
-    .bind(&r.format)
-    .bind(&r.storage)
-    .bind(&r.key)
-    .bind(r.size.min(i64::MAX as u64) as i64)
-    .bind(r.duration_ms.min(i64::MAX as u64) as i64)
-    .bind(r.first_ts_ms)
-    .bind(r.last_ts_ms)
-    .bind(r.start_ms)
-    .bind(r.end_ms)
-    .bind(&r.session_id)
-    .bind(r.task_id.as_deref())
-    .bind(&r.template)
-    .bind(&r.node_id)
-    .bind(r.video_codec.as_deref())
-    .bind(r.audio_codec.as_deref())
-    .bind(i64::from(r.failed))
-    .bind(r.etag.as_deref())
-    .bind(&r.upload_state)
+/// The statement that adds recordings, up to its `VALUES` ([`insert_sql`] adds the rows).
+const INSERT_RECORDING: &str = "INSERT INTO recordings (id, domain, app, stream, format, storage, object_key, \
+     size, duration_ms, first_ts_ms, last_ts_ms, start_ms, end_ms, session_id, task_id, template, node_id, \
+     video_codec, audio_codec, failed, etag, upload_state) VALUES ";
+/// Columns of a recording row ([`INSERT_RECORDING`], [`bind_recording`]).
+const RECORDING_PARAMS: usize = 22;
+
+/// `INSERT_RECORDING` with `rows` tuples of placeholders (`$1` … `$22`, `$23` …).
+fn insert_sql(rows: usize) -> String {
+    let mut sql = String::from(INSERT_RECORDING);
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for col in 0..RECORDING_PARAMS {
+            let sep = if col == 0 { "" } else { ", " };
+            sql.push_str(&format!("{sep}${}", row * RECORDING_PARAMS + col + 1));
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// `sql` (from [`insert_sql`] for `rows.len()` rows) with the rows bound.
+fn insert<'q>(sql: &'q str, rows: &'q [Recording]) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    rows.iter().fold(sqlx::query(sql), bind_recording)
+}
+
+fn bind_recording<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    r: &'q Recording,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    q.bind(&r.id)
+        .bind(&r.domain)
+        .bind(&r.app)
+        .bind(&r.stream)
+        .bind(&r.format)
+        .bind(&r.storage)
+        .bind(&r.key)
+        .bind(r.size.min(i64::MAX as u64) as i64)
+        .bind(r.duration_ms.min(i64::MAX as u64) as i64)
+        .bind(r.first_ts_ms)
+        .bind(r.last_ts_ms)
+        .bind(r.start_ms)
+        .bind(r.end_ms)
+        .bind(&r.session_id)
+        .bind(r.task_id.as_deref())
+        .bind(&r.template)
+        .bind(&r.node_id)
+        .bind(r.video_codec.as_deref())
+        .bind(r.audio_codec.as_deref())
+        .bind(i64::from(r.failed))
+        .bind(r.etag.as_deref())
+        .bind(&r.upload_state)
 }
 
 impl Catalog {
@@ -438,7 +484,7 @@ impl Catalog {
         let migrator = Migrator::new(Embedded).await.map_err(CatalogError::Migrate)?;
         migrator.run(&pool).await.map_err(CatalogError::Migrate)?;
         tracing::info!(catalog = %redact(&url), node = %node_id, "catalog open");
-        Ok(Self { pool, backend, node_id, outbox_wake: Default::default() })
+        Ok(Self { pool, backend, node_id, outbox_wake: Default::default(), group: Default::default() })
     }
 
     pub fn backend(&self) -> Backend {
@@ -487,16 +533,66 @@ impl Catalog {
 
     // ---- recordings ----
 
+    /// Inserts a recording, with those of the files closed while the insert before it ran
+    /// (group commit: one statement for all of them). Returns once its row is in; a group
+    /// that fails is inserted row by row, so that one bad row does not lose the others.
     pub async fn insert_recording(&self, r: &Recording) -> Result<(), CatalogError> {
-        insert(r).execute(&self.pool).within().await??;
-        Ok(())
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.group.waiting.lock().unwrap_or_else(|e| e.into_inner()).push((r.clone(), done));
+        {
+            let _turn = self.group.turn.lock().await;
+            // Everything queued meanwhile, this row included unless the group before took it.
+            let mut rows = std::mem::take(&mut *self.group.waiting.lock().unwrap_or_else(|e| e.into_inner()));
+            while !rows.is_empty() {
+                let rest = rows.split_off(rows.len().min(GROUP_ROWS));
+                self.insert_group(rows).await;
+                rows = rest;
+            }
+        }
+        // The group that took this row answered it (a dropped answer: that insert was cancelled).
+        result.await.unwrap_or_else(|_| Err(CatalogError::Group("its insert was cancelled".into())))
+    }
+
+    async fn insert_group(&self, group: Vec<Waiting>) {
+        let (rows, answers): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+        let sql = insert_sql(rows.len());
+        self.group.statements.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let res = match insert(&sql, &rows).execute(&self.pool).within().await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(CatalogError::Query(e)),
+            Err(t) => Err(CatalogError::Timeout(t)),
+        };
+        match res {
+            Ok(()) => answers.into_iter().for_each(|a| drop(a.send(Ok(())))),
+            // Refused (not timed out: then the rows may be in): each row on its own.
+            Err(CatalogError::Query(_)) if rows.len() > 1 => {
+                let one = insert_sql(1);
+                for (r, a) in rows.iter().zip(answers) {
+                    let res = match insert(&one, std::slice::from_ref(r)).execute(&self.pool).within().await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(e)) => Err(CatalogError::Query(e)),
+                        Err(t) => Err(CatalogError::Timeout(t)),
+                    };
+                    let _ = a.send(res);
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                let mut answers = answers.into_iter();
+                if let Some(first) = answers.next() {
+                    let _ = first.send(Err(e));
+                }
+                answers.for_each(|a| drop(a.send(Err(CatalogError::Group(why.clone())))));
+            }
+        }
     }
 
     /// Inserts many rows in one transaction (benchmarks, imports).
     pub async fn insert_recordings(&self, rows: &[Recording]) -> Result<(), CatalogError> {
         let mut tx = self.pool.begin().within().await??;
+        let sql = insert_sql(1);
         for r in rows {
-            insert(r).execute(&mut *tx).within().await??;
+            insert(&sql, std::slice::from_ref(r)).execute(&mut *tx).within().await??;
         }
         tx.commit().within().await??;
         Ok(())

@@ -280,6 +280,7 @@ async fn postgres_speaks_the_same_sql() {
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a.backend(), Backend::Postgres);
+    grouped_inserts(&b).await;
     listing(&a).await;
     task_states(&a).await;
     assert_eq!(b.recording("0001").await.unwrap().unwrap().stream, "cam");
@@ -287,4 +288,56 @@ async fn postgres_speaks_the_same_sql() {
     leases(&a, &b).await;
     a.close().await;
     b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_closed_together_are_inserted_together_and_a_bad_row_loses_no_other() {
+    grouped_inserts(&sqlite("group").await).await;
+}
+
+/// 300 files closed at once go in a few statements (more than one statement holds); then, in
+/// 50 more, a row the database refuses (an id already there) fails alone.
+async fn grouped_inserts(c: &Catalog) {
+    let statements = || c.group.statements.load(std::sync::atomic::Ordering::Relaxed);
+    let at_once = |ids: Vec<(String, i64)>| {
+        let c = c.clone();
+        async move {
+            let inserts: Vec<_> = ids
+                .into_iter()
+                .map(|(id, start)| {
+                    let c = c.clone();
+                    tokio::spawn(async move { (id.clone(), c.insert_recording(&rec("group", start, &id)).await) })
+                })
+                .collect();
+            let mut failed = Vec::new();
+            for t in inserts {
+                let (id, res) = t.await.unwrap();
+                if let Err(e) = res {
+                    failed.push((id, e.to_string()));
+                }
+            }
+            failed
+        }
+    };
+    let before = statements();
+    let failed = at_once((0..300).map(|i| (format!("g-{i:03}"), i + 1)).collect()).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    let used = statements() - before;
+    // One insert each would be 300 statements.
+    assert!(used <= 100, "{used} statements for 300 rows");
+    for i in 0..300 {
+        let id = format!("g-{i:03}");
+        assert_eq!(c.recording(&id).await.unwrap().map(|r| r.start_ms), Some(i + 1), "{id}");
+    }
+
+    let failed =
+        at_once((300..350).map(|i| (if i == 320 { "g-000".into() } else { format!("g-{i:03}") }, i + 1)).collect())
+            .await;
+    assert_eq!(failed.len(), 1, "only the duplicate fails: {failed:?}");
+    assert_eq!(failed[0].0, "g-000");
+    for i in (300..350).filter(|&i| i != 320) {
+        let id = format!("g-{i:03}");
+        assert_eq!(c.recording(&id).await.unwrap().map(|r| r.start_ms), Some(i + 1), "{id}");
+    }
+    assert_eq!(c.recording("g-000").await.unwrap().unwrap().start_ms, 1, "the first row stays");
 }

@@ -42,11 +42,24 @@ impl FsStorage {
 
     fn final_path(&self, key: &str) -> Result<PathBuf, StorageError> {
         check_key(key)?;
-        let path = self.root.join(key);
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        Ok(self.root.join(key))
+    }
+
+    /// Runs `op` on `path`; when it fails because `path`'s folder does not exist yet, creates
+    /// the folder and runs it again. The folders of a stream's files exist after its first
+    /// file: a close then costs no `mkdir` (and no `stat` of every folder of its key).
+    fn in_folder<T>(path: &Path, mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if let Some(dir) = path.parent() {
+                    fs::create_dir_all(dir).map_err(|e| {
+                        io::Error::new(e.kind(), format!("cannot create directory {}: {e}", dir.display()))
+                    })?;
+                }
+                op()
+            }
+            r => r,
         }
-        Ok(path)
     }
 
     /// Publishes `staged` under `key`, or `stem_N.ext` when `key` is taken: two files named
@@ -60,7 +73,7 @@ impl FsStorage {
         for n in 0..10_000 {
             let k = if n == 0 { key.to_string() } else { format!("{stem}_{n}{ext}") };
             let path = self.final_path(&k)?;
-            match fs::hard_link(staged, &path) {
+            match Self::in_folder(&path, || fs::hard_link(staged, &path)) {
                 Ok(()) => {
                     fs::remove_file(staged).map_err(io_err("remove", staged))?;
                     return Ok((k, path));
@@ -71,7 +84,7 @@ impl FsStorage {
                     if path.exists() {
                         continue;
                     }
-                    fs::rename(staged, &path).map_err(io_err("rename", staged))?;
+                    Self::in_folder(&path, || fs::rename(staged, &path)).map_err(io_err("rename", staged))?;
                     return Ok((k, path));
                 }
             }
@@ -130,7 +143,7 @@ impl Storage for FsStorage {
     fn put(&self, key: &str, data: &[u8]) -> Result<Stored, StorageError> {
         let path = self.final_path(key)?;
         let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
-        let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
+        let mut f = Self::in_folder(&tmp, || File::create(&tmp)).map_err(io_err("create", &tmp))?;
         f.write_all(data).map_err(io_err("write", &tmp))?;
         f.sync_data().map_err(io_err("sync", &tmp))?;
         fs::rename(&tmp, &path).map_err(io_err("rename", &tmp))?;
