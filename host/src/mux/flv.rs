@@ -278,7 +278,7 @@ impl Muxer for FlvMuxer {
         }
         #[allow(clippy::single_range_in_vec_init)] // one range of the body, not a range of values
         let ranges = vec![body_start..self.written];
-        Ok(Some(Rewrite { head: head.into(), ranges, tail: Bytes::new(), from_file: false }))
+        Ok(Some(Rewrite { head: head.into(), ranges, tail: Bytes::new(), from_file: false, last_moof: None }))
     }
 }
 

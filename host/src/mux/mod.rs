@@ -29,6 +29,9 @@ pub struct Rewrite {
     /// (MP4: [`mp4::recover_from`], which reads only the fragments' headers). `head`, `ranges`
     /// and `tail` are then empty.
     pub from_file: bool,
+    /// With `from_file`: where the last of the file's MP4 `moof`s is, each naming the one
+    /// before it ([`mp4::recover_chain`]: one read per `moof`, from the last to the first).
+    pub last_moof: Option<u64>,
 }
 
 /// Errors a muxer reports. A muxer error ends that file; the recording goes on.

@@ -965,11 +965,15 @@ fn finish_file(c: Closing, ctx: Ctx) {
     // An MP4 whose index was not kept in memory (or whose writing failed) gets it from the
     // fragments in its file: only their boxes are read, through a small window (`Window`).
     let from_file = rewrite.as_ref().is_some_and(|r| r.from_file);
+    // A complete file names its last `moof`, and each `moof` the one before it: one read per
+    // `moof`. One whose writing failed is read from the start, box by box.
+    let last_moof = rewrite.as_ref().and_then(|r| r.last_moof).filter(|_| !body.write_failed);
     if format == Format::Mp4 && (body.write_failed || from_file) {
         let read = w.local_path().map(|p| {
-            std::fs::File::open(p)
-                .map_err(crate::mux::mp4::RecoverError::Io)
-                .and_then(|f| crate::mux::mp4::recover_from(Window::new(f)))
+            std::fs::File::open(p).map_err(crate::mux::mp4::RecoverError::Io).and_then(|f| match last_moof {
+                Some(at) => crate::mux::mp4::recover_chain(Window::new(f), at),
+                None => crate::mux::mp4::recover_from(Window::new(f)),
+            })
         });
         match read {
             Some(Ok(Some(rw))) => rewrite = Some(rw),

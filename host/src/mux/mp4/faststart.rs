@@ -63,12 +63,24 @@ pub(crate) fn finalize(tracks: &[(&TrackInfo, &TrackTable)], at: Layout) -> Resu
             put_free(&mut head, room - len);
         }
         let body: Vec<_> = std::iter::once(head.len() as u64..at.end).collect();
-        return Ok(Some(Rewrite { head: head.freeze(), ranges: body, tail: Bytes::new(), from_file: false }));
+        return Ok(Some(Rewrite {
+            head: head.freeze(),
+            ranges: body,
+            tail: Bytes::new(),
+            from_file: false,
+            last_moof: None,
+        }));
     }
     if at.moov_at_end && room >= 8 {
         put_free(&mut head, room);
         let body: Vec<_> = std::iter::once(head.len() as u64..at.end).collect();
-        return Ok(Some(Rewrite { head: head.freeze(), ranges: body, tail: in_place.freeze(), from_file: false }));
+        return Ok(Some(Rewrite {
+            head: head.freeze(),
+            ranges: body,
+            tail: in_place.freeze(),
+            from_file: false,
+            last_moof: None,
+        }));
     }
     // Laid out anew: the fragments move by the difference between the heads. The moov's size
     // depends on stco/co64, not on the offset values.
@@ -85,5 +97,6 @@ pub(crate) fn finalize(tracks: &[(&TrackInfo, &TrackTable)], at: Layout) -> Resu
         ranges: std::iter::once(at.head_end..at.end).collect(),
         tail: Bytes::new(),
         from_file: false,
+        last_moof: None,
     }))
 }

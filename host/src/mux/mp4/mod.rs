@@ -4,10 +4,16 @@
 //! - `ftyp`, then a reserved region: a `free` box holding the init `moov` (with `mvex`, what
 //!   recovery reads the tracks from), padded to room for the final `moov` — sized from the
 //!   file's planned length (the template's interval) and the stream's frame rates.
-//! - Then a fragment at every video keyframe, at least every [`FRAGMENT_MS`], and at every
-//!   [`Muxer::drain`] (a recorder's flush, so that its frames are not held in memory past the
-//!   write): its `moof` wrapped in a `free` box, then an `mdat` with its payload. A reader of
-//!   the final file skips the `free` boxes; recovery after a crash reads them.
+//! - Then a fragment at every video keyframe and at least every [`FRAGMENT_MS`]: its `moof`
+//!   wrapped in a `free` box, then an `mdat` with its payload. A reader of the final file
+//!   skips the `free` boxes; recovery after a crash reads them.
+//! - A recorder's muxer ([`Mp4Muxer::drained`]) writes at every [`Muxer::drain`] (a flush, so
+//!   that its frames are not held in memory past the write; five a second) an `mdat` of what
+//!   is ready, and the fragment's `moof` after those `mdat`s when the fragment ends (data
+//!   offsets pointing back), followed in its `free` box by where the `free` box of the `moof`
+//!   before it starts: one `moof` a fragment, not one a write, and the close reads them back
+//!   from the last ([`recover_chain`]), one read each. A crash loses the writes after the
+//!   last `moof`: at most a fragment.
 //! - At close the head — `ftyp` + final `moov` + `free` padding, exactly as long as the region
 //!   it replaces — is written over the start of the file ([`Rewrite`] with one range, the
 //!   body in place): the file is a progressive MP4 with the `moov` first and one `mdat` per
@@ -62,7 +68,7 @@ use self::table::{TrackInfo, TrackKind, TrackTable};
 use super::{Chunks, MuxError, Muxer, Rewrite};
 use crate::media::{Codec, Frame, FrameKind};
 
-pub use self::recover::{recover, recover_from, RecoverError};
+pub use self::recover::{recover, recover_chain, recover_from, RecoverError};
 
 /// Longest stretch of media (by decode time, ms) a fragment holds: what a crash can lose, plus
 /// the one sample per track held back until the next one gives its duration.
@@ -102,7 +108,7 @@ const DEFAULT_VIDEO_DURATION: u32 = 3600;
 /// What the writer did with the frames it was given, for logs and metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Mp4Stats {
-    /// Fragments written (`moof` + `mdat` pairs).
+    /// Fragments written (`moof` + `mdat` pairs; a drained muxer: its writes, each an `mdat`).
     pub fragments: u64,
     /// Samples accepted (written or about to be written in the next fragment).
     pub samples: u64,
@@ -214,6 +220,30 @@ pub struct Mp4Muxer {
     finished: bool,
     /// The sample tables are kept for the final `moov` (else read back from the file at close).
     index: bool,
+    /// A drained muxer's runs written since its last `moof`, which describes them once the
+    /// fragment ends ([`Mp4Muxer::write_moof`]), and their samples.
+    deferred: Vec<DeferredRun>,
+    deferred_samples: Vec<DeferredSample>,
+    /// Where the last `moof`'s `free` box starts (0: none yet).
+    last_moof_at: u64,
+}
+
+/// Samples written in an `mdat` whose `moof` is still to come.
+struct DeferredRun {
+    track: usize,
+    /// Decode time of its first sample, and where its data is in the file.
+    time: u64,
+    offset: u64,
+    /// Its samples in [`Mp4Muxer::deferred_samples`], and when the first was (timeline ms).
+    samples: std::ops::Range<usize>,
+    ms: i64,
+}
+
+struct DeferredSample {
+    duration: u32,
+    size: u32,
+    cts: i32,
+    sync: bool,
 }
 
 impl Default for Mp4Muxer {
@@ -249,6 +279,9 @@ impl Mp4Muxer {
             stats: Mp4Stats::default(),
             finished: false,
             index: true,
+            deferred: Vec::new(),
+            deferred_samples: Vec::new(),
+            last_moof_at: 0,
         }
     }
 
@@ -375,6 +408,7 @@ impl Mp4Muxer {
             return Ok(());
         }
         self.write_fragment(out, false)?;
+        self.write_moof(out)?;
         self.fragment_start = self.tracks.iter().flat_map(|t| t.pending.iter().map(|p| p.ms)).min();
         Ok(())
     }
@@ -654,6 +688,9 @@ impl Mp4Muxer {
         if !self.head_written {
             self.write_head(out)?;
         }
+        if self.drains.is_some() {
+            return self.write_runs(out, counts, payload, mdat_header);
+        }
 
         let mut w = BoxWriter::new(&mut self.scratch);
         // The moof is for recovery only: a reader of the final file skips the free box.
@@ -758,6 +795,137 @@ impl Mp4Muxer {
     }
 }
 
+impl Mp4Muxer {
+    /// A drained muxer's write: the samples whose durations are known go out in an `mdat` of
+    /// their own, at once (a recorder's flush holds nothing back), and their `moof` comes once
+    /// the fragment ends ([`Self::write_moof`]): one `moof` a fragment, not one a write, so
+    /// that the index read back at close is a few reads, not one per write.
+    fn write_runs(
+        &mut self,
+        out: &mut Chunks,
+        counts: [usize; 2],
+        payload: u64,
+        mdat_header: u64,
+    ) -> Result<(), MuxError> {
+        let mut w = BoxWriter::new(&mut self.scratch);
+        if mdat_header == 16 {
+            w.u32(1);
+            w.bytes(b"mdat");
+            w.u64(payload + 16);
+        } else {
+            w.u32((payload + 8) as u32);
+            w.bytes(b"mdat");
+        }
+        w.done()?;
+        let header = self.scratch.split().freeze();
+        let mut offset = self.written + header.len() as u64;
+        out.push(header);
+        for (i, t) in self.tracks.iter_mut().enumerate() {
+            let n = counts[i];
+            if n == 0 {
+                continue;
+            }
+            let first = self.deferred_samples.len();
+            let (time, ms) = (t.pending[0].time, t.pending[0].ms);
+            if self.index {
+                t.table.begin_chunk(offset, time);
+            }
+            let start = offset;
+            for p in t.pending.drain(..n) {
+                let size = p.data.len() as u32;
+                if self.index {
+                    t.table.push(size, p.duration, p.cts, p.sync);
+                }
+                self.deferred_samples.push(DeferredSample { duration: p.duration, size, cts: p.cts, sync: p.sync });
+                t.written += 1;
+                t.next_time = p.time + u64::from(p.duration);
+                t.last_duration = Some(p.duration);
+                offset += u64::from(size);
+                out.push(p.data);
+            }
+            self.deferred.push(DeferredRun { track: i, time, offset: start, samples: first..first + n, ms });
+        }
+        self.written = offset;
+        self.stats.fragments += 1;
+        Ok(())
+    }
+
+    /// The `moof` of the runs written since the last one (nothing if none), after them: in a
+    /// `free` box (a reader of the final file skips it), one `traf` per run whose data offset
+    /// points back to its `mdat`, then where the `free` box of the `moof` before it starts
+    /// (8 bytes, 0 for the first): the index read back at close walks from the last `moof` to
+    /// the first ([`recover_chain`]).
+    fn write_moof(&mut self, out: &mut Chunks) -> Result<(), MuxError> {
+        if self.deferred.is_empty() {
+            return Ok(());
+        }
+        let mut w = BoxWriter::new(&mut self.scratch);
+        w.open(b"free");
+        let moof_at = self.written + w.len() as u64;
+        w.open(b"moof");
+        w.open_full(b"mfhd", 0, 0);
+        w.u32(self.sequence.wrapping_add(1));
+        w.close();
+        for run in &self.deferred {
+            let t = &self.tracks[run.track];
+            let video = t.info.kind == TrackKind::Video;
+            w.open(b"traf");
+            // default-base-is-moof; audio: default sample flags (all sync).
+            w.open_full(b"tfhd", 0, if video { 0x02_0000 } else { 0x02_0020 });
+            w.u32(t.info.id);
+            if !video {
+                w.u32(FLAGS_SYNC);
+            }
+            w.close();
+            w.open_full(b"tfdt", 1, 0);
+            w.u64(run.time);
+            w.close();
+            if video {
+                w.open_full(b"trun", 1, 0x0f01);
+            } else {
+                w.open_full(b"trun", 0, 0x0301);
+            }
+            w.u32(run.samples.len() as u32);
+            let back = i32::try_from(run.offset as i64 - moof_at as i64)
+                .map_err(|_| MuxError::Invalid("fragment larger than 2 GiB".into()))?;
+            w.i32(back);
+            for s in &self.deferred_samples[run.samples.clone()] {
+                w.u32(s.duration);
+                w.u32(s.size);
+                if video {
+                    w.u32(if s.sync { FLAGS_SYNC } else { FLAGS_NON_SYNC });
+                    w.i32(s.cts);
+                }
+            }
+            w.close();
+            w.close();
+        }
+        w.close(); // moof
+        w.u64(self.last_moof_at);
+        w.close(); // free
+        w.done()?;
+        let boxes = self.scratch.split().freeze();
+        self.last_moof_at = self.written;
+        self.written += boxes.len() as u64;
+        out.push(boxes);
+        self.sequence = self.sequence.wrapping_add(1);
+        self.deferred.clear();
+        self.deferred_samples.clear();
+        if self.scratch.capacity() < 1024 {
+            self.scratch.reserve(4096);
+        }
+        Ok(())
+    }
+
+    /// Timeline ms since the first run still waiting for its `moof`.
+    fn deferred_span(&self) -> i64 {
+        match (self.deferred.iter().map(|r| r.ms).min(), self.newest_ms) {
+            (Some(first), Some(newest)) => newest - first,
+            _ => 0,
+        }
+    }
+}
+
 impl Muxer for Mp4Muxer {
     fn container(&self) -> &'static str {
         "mp4"
@@ -802,7 +970,13 @@ impl Muxer for Mp4Muxer {
         if !self.head_written {
             return Ok(());
         }
-        self.flush(out)?;
+        // The samples go out now; their `moof` at the fragment's end (a keyframe), or once
+        // the runs waiting for it span a fragment.
+        self.write_fragment(out, false)?;
+        if self.deferred_span() >= FRAGMENT_MS {
+            self.write_moof(out)?;
+        }
+        self.fragment_start = self.tracks.iter().flat_map(|t| t.pending.iter().map(|p| p.ms)).min();
         for p in self.tracks.iter_mut().flat_map(|t| t.pending.iter_mut()).filter(|p| !p.owned) {
             p.data = Bytes::copy_from_slice(&p.data);
             p.owned = true;
@@ -824,8 +998,10 @@ impl Muxer for Mp4Muxer {
             return Ok(None);
         }
         self.write_fragment(out, true)?;
+        self.write_moof(out)?;
         if !self.index {
-            return Ok(Some(Rewrite { from_file: true, ..Rewrite::default() }));
+            let chain = (self.drains.is_some() && self.last_moof_at > 0).then_some(self.last_moof_at);
+            return Ok(Some(Rewrite { from_file: true, last_moof: chain, ..Rewrite::default() }));
         }
         let tracks: Vec<(&TrackInfo, &TrackTable)> = self.tracks.iter().map(|t| (&t.info, &t.table)).collect();
         let layout = Layout {

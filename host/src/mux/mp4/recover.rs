@@ -57,7 +57,8 @@ pub(crate) struct Run {
 /// A complete `moof` + `mdat` pair.
 #[derive(Clone, Debug)]
 pub(crate) struct Fragment {
-    /// File range of the `mdat` payload.
+    /// File range of the `mdat` payload (the `moof` after its `mdat`s: from the first one's
+    /// payload to the end of the `moof`'s box).
     pub payload: Range<u64>,
     pub runs: Vec<Run>,
     /// The `moof` is a top-level box (not ours, wrapped in `free`).
@@ -141,6 +142,9 @@ pub(crate) struct FragmentReader<R> {
     /// The `moov` is a final one (no `mvex`): the file was finished (a crash came after its
     /// head was written, before it was published).
     pub finished: bool,
+    /// Payloads of the `mdat`s read since the last `moof` (a drained recording writes its
+    /// `mdat`s first and their `moof` after them).
+    mdats: Vec<Range<u64>>,
 }
 
 /// A top-level box header.
@@ -157,8 +161,17 @@ impl<R: Read + Seek> FragmentReader<R> {
     /// it is complete.
     pub fn new(mut r: R) -> Result<Option<Self>, RecoverError> {
         let len = r.seek(SeekFrom::End(0))?;
-        let mut me =
-            Self { r, len, pos: 0, tracks: Vec::new(), trex: Vec::new(), ftyp_len: 0, head_end: 0, finished: false };
+        let mut me = Self {
+            r,
+            len,
+            pos: 0,
+            tracks: Vec::new(),
+            trex: Vec::new(),
+            ftyp_len: 0,
+            head_end: 0,
+            finished: false,
+            mdats: Vec::new(),
+        };
         let Some(first) = me.header()? else { return Ok(None) };
         if &first.kind != b"ftyp" {
             return Err(invalid("not an MP4 file: it does not start with ftyp").into());
@@ -282,6 +295,11 @@ impl<R: Read + Seek> FragmentReader<R> {
                         continue;
                     }
                 },
+                b"mdat" => {
+                    self.mdats.push(outer.start + outer.header_len..outer.end);
+                    self.pos = outer.end;
+                    continue;
+                }
                 _ => {
                     self.pos = outer.end;
                     continue;
@@ -291,6 +309,21 @@ impl<R: Read + Seek> FragmentReader<R> {
                 return Ok(None);
             }
             self.pos = outer.end;
+            if !self.mdats.is_empty() {
+                // A moof after its mdats: each run must lie in one of them.
+                let mdats = std::mem::take(&mut self.mdats);
+                let body = self.read_body(&h)?;
+                let Ok(runs) = self.parse_moof(&body, h.start) else { return Ok(None) };
+                let inside = |run: &Run| {
+                    let len: u64 = run.samples.iter().map(|s| u64::from(s.size)).sum();
+                    mdats.iter().any(|m| run.data_start >= m.start && run.data_start + len <= m.end)
+                };
+                if !runs.iter().all(inside) {
+                    return Ok(None);
+                }
+                let payload = mdats[0].start..outer.end;
+                return Ok(Some(Fragment { payload, runs, top_level: &outer.kind == b"moof" }));
+            }
             let Some(mdat) = self.header()? else { return Ok(None) };
             if &mdat.kind != b"mdat" {
                 return Ok(None);
@@ -461,24 +494,14 @@ pub fn recover_from<R: Read + Seek>(file: R) -> Result<Option<Rewrite>, RecoverE
             ranges: std::iter::once(0..reader.len).collect(),
             tail: Bytes::new(),
             from_file: false,
+            last_moof: None,
         }));
     }
     let mut tables: Vec<TrackTable> = vec![TrackTable::default(); reader.tracks.len()];
     let mut end = reader.head_end;
     let mut top_level_moof = false;
     while let Some(f) = reader.next_fragment()? {
-        for run in &f.runs {
-            let Some(i) = reader.tracks.iter().position(|t| t.id == run.track_id) else { continue };
-            if run.samples.is_empty() {
-                continue;
-            }
-            let table = &mut tables[i];
-            let time = run.tfdt.unwrap_or(table.start.saturating_add(table.duration));
-            table.begin_chunk(run.data_start, time);
-            for s in &run.samples {
-                table.push(s.size, s.duration, s.cts, s.sync);
-            }
-        }
+        add_runs(&reader.tracks, &mut tables, &f.runs);
         top_level_moof |= f.top_level;
         end = f.payload.end;
     }
@@ -486,6 +509,105 @@ pub fn recover_from<R: Read + Seek>(file: R) -> Result<Option<Rewrite>, RecoverE
         // Its moofs would stay in the file beside the moov; not a layout this writer makes.
         return Err(invalid("a fragmented MP4 with top-level moofs, not a recording of this writer").into());
     }
+    let tracks: Vec<(&TrackInfo, &TrackTable)> = reader.tracks.iter().zip(&tables).collect();
+    let layout = Layout { ftyp_len: reader.ftyp_len, head_end: reader.head_end, end, moov_at_end: true };
+    Ok(finalize(&tracks, layout)?)
+}
+
+/// The header of the box at `at`.
+fn child_header<R: Read + Seek>(reader: &mut FragmentReader<R>, at: u64) -> Result<Header, RecoverError> {
+    reader.pos = at;
+    reader.header()?.ok_or_else(|| invalid(format!("no box at {at}")).into())
+}
+
+/// Adds a fragment's runs to the tables of their tracks.
+fn add_runs(tracks: &[TrackInfo], tables: &mut [TrackTable], runs: &[Run]) {
+    for run in runs {
+        let Some(i) = tracks.iter().position(|t| t.id == run.track_id) else { continue };
+        if run.samples.is_empty() {
+            continue;
+        }
+        let table = &mut tables[i];
+        let time = run.tfdt.unwrap_or(table.start.saturating_add(table.duration));
+        table.begin_chunk(run.data_start, time);
+        for s in &run.samples {
+            table.push(s.size, s.duration, s.cts, s.sync);
+        }
+    }
+}
+
+/// Most bytes of `moof`s [`recover_chain`] keeps from its walk back to the first one; the
+/// others are read again on the way forward.
+const CHAIN_KEPT_BYTES: usize = 256 << 10;
+
+/// [`recover_from`] for a complete recording of a drained muxer, whose `moof`s come after
+/// their `mdat`s, each followed (in its `free` box) by where the one before it starts:
+/// `last_moof` ([`Rewrite::last_moof`]) is the last one's. Walks the `moof`s from the last to
+/// the first, one read each and nothing of the `mdat`s between them, keeping up to
+/// [`CHAIN_KEPT_BYTES`] of them (those of a file of several minutes) so that only a longer
+/// file's are read a second time on the way forward. The same `moov` as [`recover_from`]
+/// makes from the same file.
+pub fn recover_chain<R: Read + Seek>(file: R, last_moof: u64) -> Result<Option<Rewrite>, RecoverError> {
+    let Some(mut reader) = FragmentReader::new(file)? else { return Ok(None) };
+    if reader.finished {
+        return Err(invalid("a finished MP4 where a recording's last moof was expected").into());
+    }
+    // Each moof's box and its body if kept, last first.
+    let mut moofs: Vec<(Header, Option<Vec<u8>>)> = Vec::new();
+    let (mut at, mut kept) = (last_moof, 0usize);
+    loop {
+        if at < reader.head_end {
+            return Err(invalid(format!("a moof at {at}, inside the file's head")).into());
+        }
+        reader.pos = at;
+        let outer = reader.header()?.filter(|h| &h.kind == b"free");
+        let h = match &outer {
+            Some(outer) => reader.wrapped(outer, b"moof")?,
+            None => None,
+        };
+        let (Some(outer), Some(h)) = (outer, h) else {
+            return Err(invalid(format!("no moof at {at}")).into());
+        };
+        if h.end - h.start > MAX_MOOF_BYTES || h.end + 8 > outer.end {
+            return Err(invalid(format!("the moof at {at} does not say where the one before it is")).into());
+        }
+        let body = reader.read_body(&h)?;
+        let mut prev = [0u8; 8];
+        reader.r.seek(SeekFrom::Start(h.end))?;
+        reader.r.read_exact(&mut prev)?;
+        let prev = u64::from_be_bytes(prev);
+        kept += body.len();
+        let end = outer.end;
+        moofs.push((Header { end, ..h }, (kept <= CHAIN_KEPT_BYTES).then_some(body)));
+        if prev == 0 {
+            break;
+        }
+        if prev >= at {
+            return Err(invalid(format!("the moof at {at} names one after it ({prev})")).into());
+        }
+        at = prev;
+    }
+    let end = moofs.first().map(|(h, _)| h.end);
+    let mut tables: Vec<TrackTable> = vec![TrackTable::default(); reader.tracks.len()];
+    for (h, body) in moofs.into_iter().rev() {
+        // `h` is the moof's header, but for its end: that of its free box.
+        let body = match body {
+            Some(b) => b,
+            None => {
+                let moof = child_header(&mut reader, h.start)?;
+                reader.read_body(&moof)?
+            }
+        };
+        let runs = reader.parse_moof(&body, h.start)?;
+        for run in &runs {
+            let len: u64 = run.samples.iter().map(|s| u64::from(s.size)).sum();
+            if run.data_start < reader.head_end || run.data_start + len > h.start {
+                return Err(invalid(format!("the moof at {} points past its data", h.start)).into());
+            }
+        }
+        add_runs(&reader.tracks, &mut tables, &runs);
+    }
+    let end = end.unwrap_or(reader.head_end);
     let tracks: Vec<(&TrackInfo, &TrackTable)> = reader.tracks.iter().zip(&tables).collect();
     let layout = Layout { ftyp_len: reader.ftyp_len, head_end: reader.head_end, end, moov_at_end: true };
     Ok(finalize(&tracks, layout)?)

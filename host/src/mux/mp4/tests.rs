@@ -930,3 +930,106 @@ fn a_muxer_without_its_index_in_memory_makes_the_same_file_from_what_it_wrote() 
     assert_eq!(Some(&from_file), kept.rewrite.as_ref(), "the same moov, in the same place");
     check_tree(&apply(&temp, &from_file));
 }
+
+/// Top-level boxes of `temp` after its head: ('m' for an mdat, 'f' for a free box holding a
+/// moof), in file order.
+fn layout_of(temp: &[u8]) -> String {
+    let mut at = 0usize;
+    let mut s = String::new();
+    while at + 8 <= temp.len() {
+        let size = be32(&temp[at..]) as usize;
+        let kind = &temp[at + 4..at + 8];
+        let size = if size == 1 { be64(&temp[at + 8..]) as usize } else { size };
+        if size < 8 || at + size > temp.len() {
+            break;
+        }
+        match kind {
+            b"mdat" => s.push('m'),
+            b"free" if &temp[at + 12..at + 16] == b"moof" => s.push('f'),
+            _ => {}
+        }
+        at += size;
+    }
+    s
+}
+
+/// Counts the reads made through it.
+struct Counted<R> {
+    r: R,
+    reads: usize,
+}
+
+impl<R: std::io::Read> std::io::Read for Counted<R> {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        self.reads += 1;
+        self.r.read(b)
+    }
+}
+
+impl<R: std::io::Seek> std::io::Seek for Counted<R> {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.r.seek(to)
+    }
+}
+
+/// A recorder drains its muxer at every write (five times a second): each drain's samples go
+/// out in an `mdat` at once, and one `moof` per fragment (a keyframe, or a second) describes
+/// them after them, so that the index read back at close is one read per `moof`, walking
+/// back from the last one, instead of one per write.
+#[test]
+fn a_drained_muxer_writes_one_moof_per_fragment_after_its_writes_and_the_close_reads_only_those() {
+    let frames = av_stream(20, 50, true, true);
+    let kept = mux_drained(Mp4Muxer::reserving(30_000).drained(200, 64 * 1024), &frames, 200);
+    let lean = mux_drained(Mp4Muxer::reserving(30_000).drained(200, 64 * 1024).index_from_file(), &frames, 200);
+    assert_eq!(lean.temp, kept.temp, "the same bytes written");
+    let layout = layout_of(&lean.temp);
+    let (mdats, moofs) = (layout.matches('m').count(), layout.matches('f').count());
+    // 20 s drained every 200 ms: ~100 writes; keyframes every 2 s and a moof at least every
+    // second: ~20 moofs, each after the mdats it describes.
+    assert!(mdats >= 95, "{mdats} mdats: {layout}");
+    assert!((18..=26).contains(&moofs), "{moofs} moofs: {layout}");
+    assert!(layout.ends_with('f') && !layout.contains("ff"), "{layout}");
+    let rw = lean.rewrite.as_ref().unwrap();
+    let last = rw.last_moof.expect("the last moof's place");
+    assert!(rw.from_file);
+    let mut file = Counted { r: Cursor::new(lean.temp.clone()), reads: 0 };
+    let chained = recover_chain(&mut file, last).unwrap();
+    assert_eq!(chained.as_ref(), kept.rewrite.as_ref(), "the moov the muxer holding its tables makes");
+    assert_eq!(recover(&lean.temp).unwrap(), chained, "and the one read from the start");
+    // ftyp and the init moov, then per moof a header, its body and where the one before is.
+    assert!(file.reads <= 6 + 4 * moofs, "{} reads for {moofs} moofs and {mdats} mdats", file.reads);
+    let final_file = apply(&lean.temp, chained.as_ref().unwrap());
+    check_tree(&final_file);
+    let t = read_progressive(&final_file);
+    let frames_in = frames.iter().filter(|f| !f.config).count();
+    assert_eq!(t.iter().map(|t| t.samples.len()).sum::<usize>(), frames_in, "every frame");
+}
+
+/// A crash between a fragment's writes and its `moof` loses those writes (at most a fragment:
+/// a second), never the file: recovery keeps every fragment whose `moof` is in the file.
+#[test]
+fn recovery_of_a_drained_recording_keeps_every_fragment_whose_moof_is_written() {
+    let frames = av_stream(6, 50, true, true);
+    let m = mux_drained(Mp4Muxer::reserving(30_000).drained(200, 64 * 1024), &frames, 200);
+    let full = read_progressive(&apply(&m.temp, m.rewrite.as_ref().unwrap()));
+    let total: usize = full.iter().map(|t| t.samples.len()).sum();
+    let mut last_kept = 0;
+    for cut in (0..=m.temp.len()).step_by(211).chain([m.temp.len()]) {
+        let Some(rw) = recover(&m.temp[..cut]).unwrap() else { continue };
+        let file = apply(&m.temp[..cut], &rw);
+        check_tree(&file);
+        let t = read_progressive(&file);
+        let kept: usize = t.iter().map(|t| t.samples.len()).sum();
+        for (rt, ft) in t.iter().zip(&full) {
+            assert_eq!(rt.samples[..], ft.samples[..rt.samples.len()], "cut {cut}: the finished file's samples");
+        }
+        assert!(kept >= last_kept, "cut {cut}: {kept} samples, {last_kept} at a shorter cut");
+        // What is lost is what came after the last moof: at most a fragment (a second) and
+        // the write before it. `written`: the newest frame whose push's output is all in.
+        let written = m.lengths.iter().rposition(|&l| l <= cut).map_or(0, |i| frames[i].dts);
+        let video = t.iter().find(|t| &t.handler == b"vide").map(|t| t.samples.last().unwrap().1 / 90).unwrap_or(0);
+        assert!(video as i64 >= written - 1400, "cut {cut}: video up to {video} ms kept, {written} ms written");
+        last_kept = kept;
+    }
+    assert_eq!(last_kept, total, "the whole file");
+}
