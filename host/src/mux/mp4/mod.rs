@@ -708,33 +708,11 @@ impl Mp4Muxer {
                 continue;
             }
             let video = t.info.kind == TrackKind::Video;
-            w.open(b"traf");
-            // default-base-is-moof; audio: default sample flags (all sync).
-            w.open_full(b"tfhd", 0, if video { 0x02_0000 } else { 0x02_0020 });
-            w.u32(t.info.id);
-            if !video {
-                w.u32(FLAGS_SYNC);
-            }
-            w.close();
-            w.open_full(b"tfdt", 1, 0);
-            w.u64(t.pending[0].time);
-            w.close();
-            if video {
-                // data offset, duration, size, flags, composition offset (signed, version 1)
-                w.open_full(b"trun", 1, 0x0f01);
-            } else {
-                w.open_full(b"trun", 0, 0x0301);
-            }
-            w.u32(n as u32);
+            open_traf(&mut w, &t.info, t.pending[0].time, n);
             patches[i] = (w.len(), run_start);
             w.u32(0);
             for p in &t.pending[..n] {
-                w.u32(p.duration);
-                w.u32(p.data.len() as u32);
-                if video {
-                    w.u32(if p.sync { FLAGS_SYNC } else { FLAGS_NON_SYNC });
-                    w.i32(p.cts);
-                }
+                trun_entry(&mut w, video, p.duration, p.data.len() as u32, p.sync, p.cts);
             }
             w.close();
             w.close();
@@ -752,14 +730,7 @@ impl Mp4Muxer {
                 w.patch_u32(at, off);
             }
         }
-        if mdat_header == 16 {
-            w.u32(1);
-            w.bytes(b"mdat");
-            w.u64(payload + 16);
-        } else {
-            w.u32((payload + 8) as u32);
-            w.bytes(b"mdat");
-        }
+        self::mdat_header(&mut w, payload, mdat_header);
         w.done()?;
         let header = self.scratch.split().freeze();
 
@@ -795,6 +766,53 @@ impl Mp4Muxer {
     }
 }
 
+/// An `mdat` header for `payload` bytes (`header_len` 16: a 64-bit size).
+fn mdat_header(w: &mut BoxWriter<'_>, payload: u64, header_len: u64) {
+    if header_len == 16 {
+        w.u32(1);
+        w.bytes(b"mdat");
+        w.u64(payload + 16);
+    } else {
+        w.u32((payload + 8) as u32);
+        w.bytes(b"mdat");
+    }
+}
+
+/// Opens a `traf` of `info`'s track and its `trun` of `count` samples from decode time
+/// `time`, up to the data offset the caller writes next; then one [`trun_entry`] per sample,
+/// and two closes.
+fn open_traf(w: &mut BoxWriter<'_>, info: &TrackInfo, time: u64, count: usize) {
+    let video = info.kind == TrackKind::Video;
+    w.open(b"traf");
+    // default-base-is-moof; audio: default sample flags (all sync).
+    w.open_full(b"tfhd", 0, if video { 0x02_0000 } else { 0x02_0020 });
+    w.u32(info.id);
+    if !video {
+        w.u32(FLAGS_SYNC);
+    }
+    w.close();
+    w.open_full(b"tfdt", 1, 0);
+    w.u64(time);
+    w.close();
+    if video {
+        // data offset, duration, size, flags, composition offset (signed, version 1)
+        w.open_full(b"trun", 1, 0x0f01);
+    } else {
+        w.open_full(b"trun", 0, 0x0301);
+    }
+    w.u32(count as u32);
+}
+
+/// A sample of a `trun` [`open_traf`] opened.
+fn trun_entry(w: &mut BoxWriter<'_>, video: bool, duration: u32, size: u32, sync: bool, cts: i32) {
+    w.u32(duration);
+    w.u32(size);
+    if video {
+        w.u32(if sync { FLAGS_SYNC } else { FLAGS_NON_SYNC });
+        w.i32(cts);
+    }
+}
+
 impl Mp4Muxer {
     /// A drained muxer's write: the samples whose durations are known go out in an `mdat` of
     /// their own, at once (a recorder's flush holds nothing back), and their `moof` comes once
@@ -808,14 +826,7 @@ impl Mp4Muxer {
         mdat_header: u64,
     ) -> Result<(), MuxError> {
         let mut w = BoxWriter::new(&mut self.scratch);
-        if mdat_header == 16 {
-            w.u32(1);
-            w.bytes(b"mdat");
-            w.u64(payload + 16);
-        } else {
-            w.u32((payload + 8) as u32);
-            w.bytes(b"mdat");
-        }
+        self::mdat_header(&mut w, payload, mdat_header);
         w.done()?;
         let header = self.scratch.split().freeze();
         let mut offset = self.written + header.len() as u64;
@@ -869,33 +880,12 @@ impl Mp4Muxer {
         for run in &self.deferred {
             let t = &self.tracks[run.track];
             let video = t.info.kind == TrackKind::Video;
-            w.open(b"traf");
-            // default-base-is-moof; audio: default sample flags (all sync).
-            w.open_full(b"tfhd", 0, if video { 0x02_0000 } else { 0x02_0020 });
-            w.u32(t.info.id);
-            if !video {
-                w.u32(FLAGS_SYNC);
-            }
-            w.close();
-            w.open_full(b"tfdt", 1, 0);
-            w.u64(run.time);
-            w.close();
-            if video {
-                w.open_full(b"trun", 1, 0x0f01);
-            } else {
-                w.open_full(b"trun", 0, 0x0301);
-            }
-            w.u32(run.samples.len() as u32);
+            open_traf(&mut w, &t.info, run.time, run.samples.len());
             let back = i32::try_from(run.offset as i64 - moof_at as i64)
                 .map_err(|_| MuxError::Invalid("fragment larger than 2 GiB".into()))?;
             w.i32(back);
             for s in &self.deferred_samples[run.samples.clone()] {
-                w.u32(s.duration);
-                w.u32(s.size);
-                if video {
-                    w.u32(if s.sync { FLAGS_SYNC } else { FLAGS_NON_SYNC });
-                    w.i32(s.cts);
-                }
+                trun_entry(&mut w, video, s.duration, s.size, s.sync, s.cts);
             }
             w.close();
             w.close();
