@@ -17,7 +17,7 @@
 //! - At close the head — `ftyp` + final `moov` + `free` padding, exactly as long as the region
 //!   it replaces — is written over the start of the file ([`Rewrite`] with one range, the
 //!   body in place): the file is a progressive MP4 with the `moov` first and one `mdat` per
-//!   fragment. Nothing is copied.
+//!   fragment (a recorder's: per write). Nothing is copied.
 //! - When the `moov` outgrows the reservation (a file longer than planned), it goes at the end
 //!   instead (the `tail`), the region becomes one `free` box: still no copy, still a valid
 //!   file; a player reading it over HTTP fetches the end first. An offline muxer
