@@ -17,6 +17,9 @@ use crate::mux::{MuxError, Rewrite};
 const MAX_MOOV_BYTES: u64 = 16 << 20;
 /// Largest `moof` we read. A one-second fragment of ours is a few kilobytes.
 const MAX_MOOF_BYTES: u64 = 16 << 20;
+/// Most `mdat`s one `moof` after them describes (a recording writes a few a second, and a
+/// fragment spans a second or a GOP): what the reader keeps while it looks for their `moof`.
+const MAX_MDATS_PER_MOOF: usize = 4096;
 /// Most samples one `trun` may declare (a `trun` using only defaults has no per-sample bytes
 /// to bound its count).
 const MAX_RUN_SAMPLES: u32 = 1 << 20;
@@ -54,7 +57,7 @@ pub(crate) struct Run {
     pub samples: Vec<SampleRec>,
 }
 
-/// A complete `moof` + `mdat` pair.
+/// A complete `moof` + `mdat` pair, or `mdat`s and the `moof` after them.
 #[derive(Clone, Debug)]
 pub(crate) struct Fragment {
     /// File range of the `mdat` payload (the `moof` after its `mdat`s: from the first one's
@@ -296,6 +299,10 @@ impl<R: Read + Seek> FragmentReader<R> {
                     }
                 },
                 b"mdat" => {
+                    if self.mdats.len() >= MAX_MDATS_PER_MOOF {
+                        // More writes than a fragment holds, and no moof: nothing to trust.
+                        return Ok(None);
+                    }
                     self.mdats.push(outer.start + outer.header_len..outer.end);
                     self.pos = outer.end;
                     continue;
