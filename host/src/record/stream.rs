@@ -1023,12 +1023,12 @@ struct Window {
 }
 
 impl Window {
-    /// A fragment's `moof` (in its `free` box) and the `mdat` header after it: 300–400 bytes
-    /// for the fifth of a second a recording writes at a time (25–30 fps video with AAC), about
-    /// twice that at 60 fps. Most of a read's
-    /// cost is the copy out of the page cache, so the window is no larger than that; a larger
-    /// `moof` is a second read.
-    const LEN: usize = 1024;
+    /// A recording's `moof` in its `free` box, with where the one before it is: 1–1.5 KB for
+    /// a second of 25–30 fps video with AAC (one `moof` a fragment, after its writes), about
+    /// twice that at 60 fps; one read then covers the box, the `moof` and the link. Most of a
+    /// read's cost is the copy out of the page cache, so the window is no larger than that; a
+    /// larger `moof` is more reads.
+    const LEN: usize = 2048;
 
     fn new(file: std::fs::File) -> Self {
         Self { file, buf: vec![0; Self::LEN].into_boxed_slice(), filled: 0, at: 0, pos: 0 }
@@ -1106,11 +1106,11 @@ mod tests {
         for (pos, len) in [
             (0, 8),
             (8, 300),
-            (1_020, 16),
+            (2_044, 16),
             (5, 8),
             (40_000, 40_000),
             (99_992, 8),
-            (1_024, 1_024),
+            (2_048, 2_048),
             (4_090, 16),
             (8_000, 300),
         ] {
