@@ -94,14 +94,25 @@ pub struct Catalog {
 #[derive(Default)]
 struct Group {
     waiting: std::sync::Mutex<Vec<Waiting>>,
-    /// Held by the caller inserting a group; the others queue behind it.
-    turn: tokio::sync::Mutex<()>,
+    /// Held by the caller inserting a group, the others queue behind it; when the last group
+    /// statement started.
+    turn: tokio::sync::Mutex<Option<std::time::Instant>>,
     /// Insert statements run (tests: fewer than the rows when files close together).
     statements: std::sync::atomic::AtomicU64,
+    /// Statements that waited for a burst's rows (tests: a lone row does not).
+    lingered: std::sync::atomic::AtomicU64,
 }
 
 /// A row waiting for its group, and where its outcome goes.
 type Waiting = (Recording, tokio::sync::oneshot::Sender<Result<(), CatalogError>>);
+
+/// Under a burst ([`Catalog::insert_recording_in_burst`]), a group statement starts at most
+/// this long after the one before: the rows of the files closing meanwhile go in it, not each in
+/// a statement of its own (files of streams cut together close over a second or two, one every
+/// ~10 ms at 50 streams, each insert done before the next comes: grouping only what queued
+/// during an insert left one statement, and two thread wake-ups, per row). A row with no
+/// statement in the last [`GROUP_LINGER`] goes in at once.
+const GROUP_LINGER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Most rows in one insert statement (22 parameters each: under SQLite's 32,766 and
 /// PostgreSQL's 65,535).
@@ -537,12 +548,34 @@ impl Catalog {
     /// (group commit: one statement for all of them). Returns once its row is in; a group
     /// that fails is inserted row by row, so that one bad row does not lose the others.
     pub async fn insert_recording(&self, r: &Recording) -> Result<(), CatalogError> {
+        self.insert_grouped(r, std::time::Duration::ZERO).await
+    }
+
+    /// [`Catalog::insert_recording`] for rows that come in bursts spread over a second or two
+    /// (the files of streams cut together): within [`GROUP_LINGER`] of the last statement, the
+    /// row waits for the end of that span, and the rows come meanwhile go in its statement.
+    pub async fn insert_recording_in_burst(&self, r: &Recording) -> Result<(), CatalogError> {
+        self.insert_grouped(r, GROUP_LINGER).await
+    }
+
+    async fn insert_grouped(&self, r: &Recording, linger: std::time::Duration) -> Result<(), CatalogError> {
         let (done, result) = tokio::sync::oneshot::channel();
         self.group.waiting.lock().unwrap_or_else(|e| e.into_inner()).push((r.clone(), done));
         {
-            let _turn = self.group.turn.lock().await;
+            let mut turn = self.group.turn.lock().await;
+            let taken = || std::mem::take(&mut *self.group.waiting.lock().unwrap_or_else(|e| e.into_inner()));
+            let (last, now) = (*turn, std::time::Instant::now());
+            let wait = last.map_or(std::time::Duration::ZERO, |t| (t + linger).saturating_duration_since(now));
+            if !wait.is_zero() && !self.group.waiting.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+                // A burst: the rows of the files closing meanwhile join this one's statement.
+                self.group.lingered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(wait).await;
+            }
             // Everything queued meanwhile, this row included unless the group before took it.
-            let mut rows = std::mem::take(&mut *self.group.waiting.lock().unwrap_or_else(|e| e.into_inner()));
+            let mut rows = taken();
+            if !rows.is_empty() {
+                *turn = Some(std::time::Instant::now());
+            }
             while !rows.is_empty() {
                 let rest = rows.split_off(rows.len().min(GROUP_ROWS));
                 self.insert_group(rows).await;

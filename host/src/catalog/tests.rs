@@ -341,3 +341,45 @@ async fn grouped_inserts(c: &Catalog) {
     }
     assert_eq!(c.recording("g-000").await.unwrap().unwrap().start_ms, 1, "the first row stays");
 }
+
+/// Files of streams cut together close one every few milliseconds, each insert done before the
+/// next comes: inserted in a burst, they still share statements (one each without the wait for
+/// the burst: 40). A lone row, one after a quiet spell and rows inserted one by one outside a
+/// burst go in at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_closed_over_a_second_share_statements_and_a_lone_row_does_not_wait() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = sqlite("burst").await;
+    let statements = || c.group.statements.load(Relaxed);
+    let lingered = || c.group.lingered.load(Relaxed);
+    c.insert_recording_in_burst(&rec("burst", 1, "lone")).await.unwrap();
+    assert_eq!(lingered(), 0, "a lone row waited");
+    tokio::time::sleep(GROUP_LINGER * 2).await;
+
+    let before = statements();
+    let mut inserts = Vec::new();
+    for i in 0..40 {
+        let c = c.clone();
+        let id = format!("b-{i:02}");
+        inserts.push(tokio::spawn(async move { c.insert_recording_in_burst(&rec("burst", i + 2, &id)).await }));
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    for t in inserts {
+        t.await.unwrap().unwrap();
+    }
+    let used = statements() - before;
+    assert!(used <= 12, "{used} statements for 40 rows closed 10 ms apart");
+    for i in 0..40 {
+        assert!(c.recording(&format!("b-{i:02}")).await.unwrap().is_some(), "b-{i:02}");
+    }
+
+    tokio::time::sleep(GROUP_LINGER * 2).await;
+    let waits = lingered();
+    c.insert_recording_in_burst(&rec("burst", 100, "after")).await.unwrap();
+    assert_eq!(lingered(), waits, "a row after a quiet spell waited");
+    for i in 0..5 {
+        c.insert_recording(&rec("burst", 200 + i, &format!("o-{i}"))).await.unwrap();
+    }
+    assert_eq!(lingered(), waits, "rows inserted one by one waited");
+    assert_eq!(statements() - before, used + 6);
+}

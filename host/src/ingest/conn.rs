@@ -92,6 +92,10 @@ pub struct Limits {
 /// thread with the fewest after that: a few streams then wake one thread, not every thread
 /// each a little (measured, 10 streams at 500 kbit/s: a fifth less CPU on one thread than
 /// spread over two, and no second thread's heap), while a thousand still spread evenly.
+/// How long an ingest thread's blocking thread (closing files) waits idle before it ends:
+/// longer than the usual interval between cuts.
+const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(300);
+
 pub struct Workers {
     threads: Vec<Worker>,
     stop: CancellationToken,
@@ -111,7 +115,13 @@ impl Workers {
         let stop = CancellationToken::new();
         let mut threads = Vec::with_capacity(n);
         for i in 0..n {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            // Its blocking threads close files: they stay between cuts (every 30 s or so, all
+            // at once) instead of ending after 10 s idle and starting anew at each cut.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .thread_name(format!("reel-close-{i}"))
+                .thread_keep_alive(BLOCKING_KEEP_ALIVE)
+                .build()?;
             let handle = rt.handle().clone();
             let stopped = stop.clone();
             std::thread::Builder::new().name(format!("reel-ingest-{i}")).spawn(move || {

@@ -183,7 +183,7 @@ impl Ctx {
                 && self.rt.config.template.get(&self.template_name).is_some_and(|t| t.daily_index);
             let daily = daily_index.then(|| self.rt.clone());
             self.tracker.spawn(async move {
-                if let Err(e) = catalog.insert_recording(&row).await {
+                if let Err(e) = catalog.insert_recording_in_burst(&row).await {
                     metrics::counter!("reel_catalog_errors_total").increment(1);
                     tracing::error!(key = %row.key, error = &e as &dyn std::error::Error, "recording not catalogued");
                 }
@@ -747,12 +747,14 @@ impl StreamTask {
         self.after_writes(move || finish_file(closing, ctx));
     }
 
-    /// Runs `f` on the blocking pool, as a tracked task, once the writes queued so far ran.
+    /// Runs `f` on the blocking pool, as a tracked task, once the writes queued so far ran:
+    /// the writer thread hands it over after them (no task waits for a barrier, no wake-up
+    /// back). Tracked from now: shutdown waits for it while it is still in the queue.
     fn after_writes(&self, f: impl FnOnce() + Send + 'static) {
-        let (barrier, tracker) = (self.queue.barrier(), self.tracker.clone());
-        self.tracker.spawn(async move {
-            let _ = barrier.await;
-            tracker.spawn_blocking(f);
+        let (tracker, handle, queued) = (self.tracker.clone(), tokio::runtime::Handle::current(), self.tracker.token());
+        self.queue.then(move || {
+            tracker.spawn_blocking_on(f, &handle);
+            drop(queued);
         });
     }
 

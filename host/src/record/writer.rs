@@ -4,9 +4,9 @@
 //! (what a batch pins is the read and reassembly blocks its frames are slices of).
 //!
 //! A recording's jobs run in order on one thread (several recordings share one). It waits only
-//! when its bytes in flight pass [`MAX_IN_FLIGHT`] (storage slower than the stream), and before
-//! a file closes, for the writes queued before ([`WriteQueue::barrier`]); closing itself runs on
-//! the blocking pool, not here, so a slow close (an upload, an fsync) holds no other stream.
+//! when its bytes in flight pass [`MAX_IN_FLIGHT`] (storage slower than the stream). A file's
+//! close is queued behind its writes ([`WriteQueue::then`]: no task waits for them) and handed
+//! from here to the blocking pool, so a slow close (an upload, an fsync) holds no other stream.
 //!
 //! Recordings fill the first thread up to [`PACK`] before the next is used (then the one with
 //! the fewest): a few streams wake one thread, not each thread a little.
@@ -183,6 +183,21 @@ impl WriteQueue {
         }
     }
 
+    /// Runs `job` on the writer thread after the jobs queued before it, without waking the
+    /// thread from its pause (a close waits at most [`PAUSE`] for the writes before it, and
+    /// the closes of one beat of many streams cost the thread no wake-up of their own). With
+    /// the thread gone (the recorder being dropped), `job` runs here.
+    pub fn then(&self, job: impl FnOnce() + Send + 'static) {
+        let job: Job = Box::new(move || {
+            if std::panic::catch_unwind(AssertUnwindSafe(job)).is_err() {
+                tracing::error!("a job after writes panicked");
+            }
+        });
+        if let Err(back) = self.thread.tx.send(job) {
+            (back.0)();
+        }
+    }
+
     /// Resolves once every job queued before it has run.
     pub fn barrier(&self) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
@@ -244,6 +259,36 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         q.submit(1, || {}).await;
         tokio::time::timeout(Duration::from_secs(10), q.barrier()).await.expect("the barrier woke the thread").unwrap();
+    }
+
+    /// Files closing at a cut: each close runs after its recording's writes, on the writer
+    /// thread, and the closes queued during a pause wake it no more than writes do.
+    #[tokio::test]
+    async fn jobs_after_writes_run_after_them_and_wait_for_the_pause() {
+        let writers = Writers::pausing(1, Duration::from_millis(200)).unwrap();
+        let q = writers.queue();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        for i in 0..20 {
+            let (written, closed) = (seen.clone(), seen.clone());
+            q.submit(10, move || written.lock().unwrap().push(("write", i))).await;
+            q.then(move || closed.lock().unwrap().push(("close", i)));
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        q.barrier().await.unwrap();
+        let expected: Vec<_> = (0..20).flat_map(|i| [("write", i), ("close", i)]).collect();
+        assert_eq!(*seen.lock().unwrap(), expected);
+        // The first write woke the thread; the rest, closes included, came during its pause
+        // (and the barrier's round).
+        assert!(writers.rounds.load(Ordering::Relaxed) <= 4, "{} rounds", writers.rounds.load(Ordering::Relaxed));
+        // A job that panics loses itself, not the thread.
+        q.then(|| panic!("a close that fails"));
+        let after = Arc::new(AtomicUsize::new(0));
+        let ran = after.clone();
+        q.then(move || {
+            ran.fetch_add(1, Ordering::Relaxed);
+        });
+        q.barrier().await.unwrap();
+        assert_eq!(after.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]
