@@ -676,7 +676,9 @@ impl StreamTask {
     }
 
     async fn handle(&mut self, i: usize, events: &mut Vec<Event>, failed: bool) {
-        for ev in events.drain(..) {
+        // A segment that ends its playlist's file: the final playlist stored next lists it.
+        let file_ends = events.iter().position(|e| matches!(e, Event::File { .. }));
+        for (at, ev) in events.drain(..).enumerate() {
             let format = self.slots[i].out.format;
             match ev {
                 Event::Opened { seq } => {
@@ -701,7 +703,8 @@ impl StreamTask {
                 }
                 Event::Segment { piece, body, discontinuity } => {
                     let hint = self.hint(Format::Hls);
-                    self.store_segment(i, piece, body, discontinuity, hint).await;
+                    let last = file_ends.is_some_and(|f| at < f);
+                    self.store_segment(i, piece, body, discontinuity, hint, last).await;
                 }
                 Event::File { piece, body, rewrite, failed: mux_failed } => {
                     if format == Format::Hls {
@@ -758,8 +761,18 @@ impl StreamTask {
         });
     }
 
-    /// Stores a closed HLS segment under its playlist's name and rewrites the playlist.
-    async fn store_segment(&mut self, i: usize, piece: Piece, mut body: Body, discontinuity: bool, hint: String) {
+    /// Stores a closed HLS segment under its playlist's name and rewrites the playlist, unless
+    /// the segment is its file's `last`: then the final playlist, stored next, is the one that
+    /// lists it (one storing of the playlist at each cut, not two).
+    async fn store_segment(
+        &mut self,
+        i: usize,
+        piece: Piece,
+        mut body: Body,
+        discontinuity: bool,
+        hint: String,
+        last: bool,
+    ) {
         if let Some(file) = self.slots[i].file.take() {
             // The segment's writes queued before its close land first.
             let _ = self.queue.barrier().await;
@@ -822,6 +835,10 @@ impl StreamTask {
             program_date_time_ms: Some(body.opened_ms),
             discontinuity,
         });
+        if last {
+            // Its lines stay in memory for the final playlist (`close_playlist`, next).
+            return;
+        }
         // The segment's lines join the others in the playlist's file, and the playlist is
         // stored anew from it; lines the file could not take stay in memory until it can.
         let Some(text) = hls.text.clone() else { return };
