@@ -549,6 +549,8 @@ impl StreamTask {
             self.handle(i, &mut events, failed).await;
             self.events = events;
         }
+        // The recording's last closes do not wait out the writer thread's pause (a cut's do).
+        self.queue.wake();
         let s = &self.ctx.stats;
         tracing::info!(
             app = %self.ctx.info.app, stream = %self.ctx.info.name, session = %self.ctx.session_id,

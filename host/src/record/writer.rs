@@ -185,8 +185,9 @@ impl WriteQueue {
 
     /// Runs `job` on the writer thread after the jobs queued before it, without waking the
     /// thread from its pause (a close waits at most [`PAUSE`] for the writes before it, and
-    /// the closes of one beat of many streams cost the thread no wake-up of their own). With
-    /// the thread gone (the recorder being dropped), `job` runs here.
+    /// the closes of one beat of many streams cost the thread no wake-up of their own;
+    /// [`WriteQueue::wake`] ends the pause). With the thread gone (the recorder being
+    /// dropped), `job` runs here.
     pub fn then(&self, job: impl FnOnce() + Send + 'static) {
         let job: Job = Box::new(move || {
             if std::panic::catch_unwind(AssertUnwindSafe(job)).is_err() {
@@ -196,6 +197,11 @@ impl WriteQueue {
         if let Err(back) = self.thread.tx.send(job) {
             (back.0)();
         }
+    }
+
+    /// Wakes the thread from its pause: what is queued (a recording's last closes) runs now.
+    pub fn wake(&self) {
+        self.thread.handle.unpark();
     }
 
     /// Resolves once every job queued before it has run.
@@ -289,6 +295,20 @@ mod tests {
         });
         q.barrier().await.unwrap();
         assert_eq!(after.load(Ordering::Relaxed), 1);
+        // A recording's last closes need not wait out a pause, however long: `wake` ends it.
+        let long = Writers::pausing(1, Duration::from_secs(3600)).unwrap();
+        let q = long.queue();
+        q.submit(1, || {}).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (tx, rx) = oneshot::channel();
+        q.then(move || {
+            let _ = tx.send(());
+        });
+        q.wake();
+        tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .expect("the close ran without waiting out the pause")
+            .unwrap();
     }
 
     #[tokio::test]
