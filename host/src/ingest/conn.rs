@@ -83,6 +83,10 @@ pub struct Limits {
     pub reassembly: Option<Arc<super::chunk::ReassemblyBudget>>,
 }
 
+/// How long an ingest thread's blocking thread (closing files) waits idle before it ends:
+/// longer than the usual interval between cuts.
+const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(300);
+
 /// The threads RTMP connections run on, each with its own single-threaded runtime. A
 /// connection and the recordings its publisher feeds (spawned from it) share one thread, so
 /// handing a frame to its recording is a local wake-up, not a cross-thread one: what an
@@ -92,10 +96,6 @@ pub struct Limits {
 /// thread with the fewest after that: a few streams then wake one thread, not every thread
 /// each a little (measured, 10 streams at 500 kbit/s: a fifth less CPU on one thread than
 /// spread over two, and no second thread's heap), while a thousand still spread evenly.
-/// How long an ingest thread's blocking thread (closing files) waits idle before it ends:
-/// longer than the usual interval between cuts.
-const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(300);
-
 pub struct Workers {
     threads: Vec<Worker>,
     stop: CancellationToken,
