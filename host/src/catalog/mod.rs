@@ -563,7 +563,9 @@ impl Catalog {
         self.group.waiting.lock().unwrap_or_else(|e| e.into_inner()).push((r.clone(), done));
         {
             let mut turn = self.group.turn.lock().await;
-            let taken = || std::mem::take(&mut *self.group.waiting.lock().unwrap_or_else(|e| e.into_inner()));
+            // Drained, not taken: the list keeps its room for the next burst, and the rows
+            // taken are one allocation of their size (not a list grown row by row each burst).
+            let taken = || self.group.waiting.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect::<Vec<_>>();
             let (last, now) = (*turn, std::time::Instant::now());
             let wait = last.map_or(std::time::Duration::ZERO, |t| (t + linger).saturating_duration_since(now));
             if !wait.is_zero() && !self.group.waiting.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {

@@ -232,7 +232,7 @@ impl Recorder {
                         Err(e) => {
                             // Kept for `reel recover` by hand; not tried again at every start.
                             tracing::error!(file = %p.path.display(), "cannot recover: {e}");
-                            let _ = std::fs::remove_file(&p.meta_path);
+                            p.forget();
                         }
                     }
                 }

@@ -1,6 +1,11 @@
 //! Local disk: files are written to `ROOT/.partial/HINT.part`, fsynced and renamed to
 //! `ROOT/KEY` at close. A finalisation that puts an index first copies the written ranges
 //! with the kernel's file-to-file copy, never through user space buffers of the whole file.
+//!
+//! A file's description (what recovery after a crash needs) is kept in an extended attribute
+//! of the file itself ([`META_ATTR`]): no second file to create at each start and to remove at
+//! each close, which cost more than the rest of a close on files cut together. A file system
+//! without user attributes gets it beside the file instead (`HINT.part.meta`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
@@ -20,6 +25,8 @@ const MAX_IOV: usize = 1024;
 /// that started together), every file's write-back in the same second. The write-back's cost
 /// is then spread over the recording, where it was one burst at each cut.
 const WRITE_BACK_BYTES: u64 = 256 << 10;
+/// The extended attribute holding a file's description while it is written.
+pub(super) const META_ATTR: &std::ffi::CStr = c"user.reel.partial";
 
 pub struct FsStorage {
     root: PathBuf,
@@ -63,8 +70,9 @@ impl FsStorage {
     }
 
     /// Publishes `staged` under `key`, or `stem_N.ext` when `key` is taken: two files named
-    /// alike (e.g. within one second) never overwrite each other. Hard links make the
-    /// "create only if absent" atomic even when two files close at once.
+    /// alike (e.g. within one second) never overwrite each other. A rename that refuses to
+    /// replace (`RENAME_NOREPLACE`), or else a hard link, makes the "create only if absent"
+    /// atomic even when two files close at once.
     fn publish(&self, staged: &Path, key: &str) -> Result<(String, PathBuf), StorageError> {
         let (stem, ext) = match key.rfind('.') {
             Some(i) if !key[i..].contains('/') => (&key[..i], &key[i..]),
@@ -73,6 +81,12 @@ impl FsStorage {
         for n in 0..10_000 {
             let k = if n == 0 { key.to_string() } else { format!("{stem}_{n}{ext}") };
             let path = self.final_path(&k)?;
+            match Self::in_folder(&path, || rename_no_replace(staged, &path)) {
+                Ok(()) => return Ok((k, path)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                // Not on this file system: a hard link.
+                Err(_) => {}
+            }
             match Self::in_folder(&path, || fs::hard_link(staged, &path)) {
                 Ok(()) => {
                     fs::remove_file(staged).map_err(io_err("remove", staged))?;
@@ -90,6 +104,24 @@ impl FsStorage {
             }
         }
         Err(StorageError::InvalidKey { key: key.into(), why: "too many files with this name" })
+    }
+}
+
+fn c_path(path: &Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
+/// Renames `from` to `to` unless `to` exists (`AlreadyExists` then).
+fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    let (from, to) = (c_path(from)?, c_path(to)?);
+    // SAFETY: two NUL-terminated paths, relative to the working directory as `rename` takes them.
+    let r =
+        unsafe { libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_NOREPLACE) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -113,10 +145,27 @@ impl Storage for FsStorage {
     fn create_described(&self, hint: &str, meta: &[u8]) -> Result<Box<dyn FileWriter>, StorageError> {
         let mut w = self.create(hint)?;
         let Some(f) = w.as_any().downcast_mut::<FsFile>() else { return Ok(w) };
-        let meta_path = f.path.with_extension("part.meta");
-        fs::write(&meta_path, meta).map_err(io_err("write", &meta_path))?;
-        f.meta = Some(meta_path);
-        Ok(w)
+        let described = match attr::set(&f.file, META_ATTR, meta) {
+            Ok(()) => Ok(Described::Attr),
+            // No user attributes here (or not one this long): the description goes beside it.
+            Err(e) if attr::unsupported(&e) => {
+                let meta_path = f.path.with_extension("part.meta");
+                fs::write(&meta_path, meta)
+                    .map(|()| Described::Beside(meta_path.clone()))
+                    .map_err(io_err("write", &meta_path))
+            }
+            Err(e) => Err(io_err("describe", &f.path)(e)),
+        };
+        match described {
+            Ok(d) => {
+                f.meta = Some(d);
+                Ok(w)
+            }
+            Err(e) => {
+                w.abort();
+                Err(e)
+            }
+        }
     }
 
     fn partials(&self) -> Vec<super::Partial> {
@@ -124,15 +173,22 @@ impl Storage for FsStorage {
         let Ok(rd) = fs::read_dir(&dir) else { return Vec::new() };
         let mut out = Vec::new();
         for e in rd.flatten() {
-            let meta_path = e.path();
-            let Some(name) = meta_path.file_name().and_then(|n| n.to_str()) else { continue };
-            let Some(stem) = name.strip_suffix(".part.meta") else { continue };
-            let path = dir.join(format!("{stem}.part"));
-            match (fs::read(&meta_path), path.is_file()) {
-                (Ok(meta), true) => out.push(super::Partial { path, meta, meta_path }),
-                // Its file was finished or given up: the description is stale.
-                _ => {
-                    let _ = fs::remove_file(&meta_path);
+            let found = e.path();
+            let Some(name) = found.file_name().and_then(|n| n.to_str()) else { continue };
+            if let Some(stem) = name.strip_suffix(".part.meta") {
+                let path = dir.join(format!("{stem}.part"));
+                match (fs::read(&found), path.is_file()) {
+                    (Ok(meta), true) => out.push(super::Partial { path, meta, meta_path: Some(found) }),
+                    // Its file was finished or given up: the description is stale.
+                    _ => {
+                        let _ = fs::remove_file(&found);
+                    }
+                }
+            } else if name.ends_with(".part") {
+                // Described by its attribute; one without (and without a `.part.meta`, found
+                // above) is a file recovery gave up on, kept for `reel recover` by hand.
+                if let Ok(meta) = attr::get(&found, META_ATTR) {
+                    out.push(super::Partial { path: found, meta, meta_path: None });
                 }
             }
         }
@@ -193,8 +249,81 @@ struct FsFile {
     written: u64,
     /// Bytes whose write-back has been started ([`WRITE_BACK_BYTES`]).
     sent: u64,
-    /// The description kept beside the file while it is written.
-    meta: Option<PathBuf>,
+    /// Where the file's description is kept while it is written.
+    meta: Option<Described>,
+}
+
+enum Described {
+    /// In the file's [`META_ATTR`].
+    Attr,
+    /// In a file beside it.
+    Beside(PathBuf),
+}
+
+/// Extended attributes (Linux).
+pub(super) mod attr {
+    use std::ffi::CStr;
+    use std::fs::File;
+    use std::io;
+    use std::os::fd::AsRawFd;
+    use std::path::Path;
+
+    use super::c_path;
+
+    fn check(r: libc::c_int) -> io::Result<()> {
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    pub fn set(file: &File, name: &CStr, value: &[u8]) -> io::Result<()> {
+        // SAFETY: a valid descriptor, a NUL-terminated name, and `value` valid for its length.
+        check(unsafe { libc::fsetxattr(file.as_raw_fd(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) })
+    }
+
+    pub fn remove(file: &File, name: &CStr) -> io::Result<()> {
+        // SAFETY: a valid descriptor and a NUL-terminated name.
+        check(unsafe { libc::fremovexattr(file.as_raw_fd(), name.as_ptr()) })
+    }
+
+    pub fn remove_at(path: &Path, name: &CStr) -> io::Result<()> {
+        let p = c_path(path)?;
+        // SAFETY: NUL-terminated path and name.
+        check(unsafe { libc::removexattr(p.as_ptr(), name.as_ptr()) })
+    }
+
+    pub fn get(path: &Path, name: &CStr) -> io::Result<Vec<u8>> {
+        let p = c_path(path)?;
+        // Its length first (the value can change in between: then asked again, a few times).
+        for _ in 0..4 {
+            // SAFETY: NUL-terminated path and name; a null buffer of length 0 asks for the size.
+            let len = unsafe { libc::getxattr(p.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+            if len < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut buf = vec![0u8; len as usize];
+            // SAFETY: `buf` is valid for writes of its length.
+            let got = unsafe { libc::getxattr(p.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+            if got >= 0 {
+                buf.truncate(got as usize);
+                return Ok(buf);
+            }
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ERANGE) {
+                return Err(e);
+            }
+        }
+        Err(io::Error::other("extended attribute kept changing size"))
+    }
+
+    /// The file system keeps no user attributes, or none this long (ext4: `ENOSPC` when the
+    /// value does not fit its inode or attribute block; a file beside it is tried then, which
+    /// fails too if the disk itself is full).
+    pub fn unsupported(e: &io::Error) -> bool {
+        matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::E2BIG | libc::ERANGE | libc::ENOSPC))
+    }
 }
 
 /// Writes every chunk with as few writev calls as possible.
@@ -279,13 +408,16 @@ impl FileWriter for FsFile {
         let store = FsStorage { root };
         let size;
         let staged;
+        // The file written, when it is the one published (its description is taken off it
+        // once it is: a crash before that leaves it described for recovery).
+        let mut published = None;
         // The final file keeps the written bytes where they are after a head of the same
         // length as what it replaces (an index written into room reserved for it).
         let in_place = matches!(fin.ranges, [r] if r.start == fin.head.len() as u64 && r.end == written);
         if fin.head.is_empty() && fin.ranges.is_empty() && fin.tail.is_empty() {
             file.sync_data().map_err(io_err("sync", &path))?;
             size = file.metadata().map_err(io_err("stat", &path))?.len();
-            drop(file);
+            published = Some(file);
             staged = path;
         } else if in_place {
             use std::os::unix::fs::FileExt;
@@ -293,7 +425,7 @@ impl FileWriter for FsFile {
             file.write_all_at(fin.tail, written).map_err(io_err("write", &path))?;
             file.sync_data().map_err(io_err("sync", &path))?;
             size = written + fin.tail.len() as u64;
-            drop(file);
+            published = Some(file);
             staged = path;
         } else {
             drop(file);
@@ -324,8 +456,14 @@ impl FileWriter for FsFile {
         if let Some(dir) = dest.parent() {
             sync_dir(dir);
         }
-        if let Some(m) = meta {
-            let _ = fs::remove_file(m);
+        match (meta, published) {
+            (Some(Described::Attr), Some(file)) => {
+                let _ = attr::remove(&file, META_ATTR);
+            }
+            (Some(Described::Beside(m)), _) => {
+                let _ = fs::remove_file(m);
+            }
+            _ => {}
         }
         Ok(Stored {
             key,
@@ -338,7 +476,7 @@ impl FileWriter for FsFile {
 
     fn abort(self: Box<Self>) {
         let _ = fs::remove_file(&self.path);
-        if let Some(m) = &self.meta {
+        if let Some(Described::Beside(m)) = &self.meta {
             let _ = fs::remove_file(m);
         }
     }
@@ -482,5 +620,107 @@ mod tests {
         assert_eq!(st.size, 9);
         assert_eq!(fs::metadata(root.join("k.bin")).unwrap().ino(), inode, "the written file itself, not a copy");
         assert_eq!(fs::read_dir(root.join(PARTIAL_DIR)).unwrap().count(), 0);
+    }
+
+    /// Names in `.partial/`, sorted.
+    fn partial_names(root: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(root.join(PARTIAL_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_described_file_carries_its_description_and_the_published_file_does_not() {
+        let root = tmpdir("described");
+        let s = FsStorage::new(&root).unwrap();
+        // Whether this file system keeps user attributes (tmpfs since Linux 6.6, ext4, xfs).
+        let probe = File::create(root.join("probe")).unwrap();
+        let attrs = attr::set(&probe, META_ATTR, b"x").is_ok();
+        drop(probe);
+        fs::remove_file(root.join("probe")).unwrap();
+
+        let mut f = s.create_described("cam-1", br#"{"stream":"cam"}"#).unwrap();
+        f.write(&[Bytes::from_static(b"body")]).unwrap();
+        let found = s.partials();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].meta, br#"{"stream":"cam"}"#);
+        assert_eq!(found[0].path, root.join(PARTIAL_DIR).join("cam-1.part"));
+        if attrs {
+            assert_eq!(partial_names(&root), ["cam-1.part"], "no second file beside it");
+            assert!(found[0].meta_path.is_none());
+        } else {
+            assert_eq!(partial_names(&root), ["cam-1.part", "cam-1.part.meta"]);
+        }
+        f.finish("out/cam.flv", Finalize::default()).unwrap();
+        assert_eq!(fs::read(root.join("out/cam.flv")).unwrap(), b"body");
+        assert!(attr::get(&root.join("out/cam.flv"), META_ATTR).is_err(), "the description stays off the recording");
+        assert!(partial_names(&root).is_empty());
+        assert!(s.partials().is_empty());
+
+        // A file recovery gave up on is forgotten: kept, no longer listed.
+        let mut g = s.create_described("cam-2", b"{}").unwrap();
+        g.write(&[Bytes::from_static(b"x")]).unwrap();
+        let left = s.partials();
+        assert_eq!(left.len(), 1);
+        left[0].forget();
+        assert!(s.partials().is_empty());
+        assert!(root.join(PARTIAL_DIR).join("cam-2.part").is_file());
+        // Given up: the file and its description go.
+        g.abort();
+        assert!(partial_names(&root).is_empty());
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_description_too_long_for_an_attribute_goes_beside_the_file() {
+        let root = tmpdir("described-long");
+        let s = FsStorage::new(&root).unwrap();
+        // Past the kernel's 64 KiB limit for one attribute's value, on every file system.
+        let meta = vec![b'm'; 70 << 10];
+        let mut f = s.create_described("long", &meta).unwrap();
+        f.write(&[Bytes::from_static(b"body")]).unwrap();
+        assert_eq!(partial_names(&root), ["long.part", "long.part.meta"]);
+        let found = s.partials();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].meta, meta);
+        assert_eq!(found[0].meta_path.as_deref(), Some(root.join(PARTIAL_DIR).join("long.part.meta").as_path()));
+        f.finish("long.bin", Finalize::default()).unwrap();
+        assert!(partial_names(&root).is_empty(), "the description beside it goes with the close");
+        // A description whose file is gone is stale: removed when listed.
+        fs::write(root.join(PARTIAL_DIR).join("gone.part.meta"), b"{}").unwrap();
+        assert!(s.partials().is_empty());
+        assert!(partial_names(&root).is_empty());
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn publishing_never_replaces_a_file_even_when_two_close_at_once() {
+        let root = tmpdir("no-replace");
+        let s = std::sync::Arc::new(FsStorage::new(&root).unwrap());
+        let keys: Vec<String> = std::thread::scope(|sc| {
+            let handles: Vec<_> = (0..8)
+                .map(|i| {
+                    let s = s.clone();
+                    sc.spawn(move || {
+                        let mut f = s.create(&format!("f{i}")).unwrap();
+                        f.write(&[Bytes::from(format!("file {i}"))]).unwrap();
+                        f.finish("same/name.flv", Finalize::default()).unwrap().key
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut sorted = keys.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 8, "{keys:?}");
+        let mut bodies: Vec<String> =
+            keys.iter().map(|k| String::from_utf8(fs::read(root.join(k)).unwrap()).unwrap()).collect();
+        bodies.sort();
+        assert_eq!(bodies, (0..8).map(|i| format!("file {i}")).collect::<Vec<_>>());
+        let _ = fs::remove_dir_all(&root);
     }
 }

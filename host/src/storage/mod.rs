@@ -39,18 +39,34 @@ pub struct UploadEvent {
 }
 
 /// A file left unfinished: its bytes so far at `path`, what it was in `meta`. Removing it
-/// (after recovery) is [`Partial::discard`].
+/// (after recovery) is [`Partial::discard`]; leaving it for recovery by hand without trying
+/// again at the next start, [`Partial::forget`].
 #[derive(Clone, Debug)]
 pub struct Partial {
     pub path: std::path::PathBuf,
     pub meta: Vec<u8>,
-    pub meta_path: std::path::PathBuf,
+    /// Where `meta` was read from when it was not the file's own attribute.
+    pub meta_path: Option<std::path::PathBuf>,
 }
 
 impl Partial {
     pub fn discard(&self) {
         let _ = std::fs::remove_file(&self.path);
-        let _ = std::fs::remove_file(&self.meta_path);
+        if let Some(m) = &self.meta_path {
+            let _ = std::fs::remove_file(m);
+        }
+    }
+
+    /// Drops the description: the file stays, no longer recovered at start.
+    pub fn forget(&self) {
+        match &self.meta_path {
+            Some(m) => {
+                let _ = std::fs::remove_file(m);
+            }
+            None => {
+                let _ = fs::attr::remove_at(&self.path, fs::META_ATTR);
+            }
+        }
     }
 }
 

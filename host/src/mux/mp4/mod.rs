@@ -102,6 +102,9 @@ pub const UNPLANNED_FILE_MS: u64 = 10 * 60_000;
 /// object storage upload sends last must fit in its first part (S3: ≥ 5 MiB).
 pub const MAX_RESERVED_BYTES: u64 = 4 << 20;
 
+/// Zeros the reserved region is padded with (sliced, never copied into a buffer).
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
 /// Used for a final video sample when there is no earlier duration to copy: 40 ms.
 const DEFAULT_VIDEO_DURATION: u32 = 3600;
 
@@ -371,16 +374,23 @@ impl Mp4Muxer {
         let mut w = BoxWriter::new(&mut self.scratch);
         write_ftyp(&mut w);
         let ftyp_len = w.len();
-        w.open(b"free");
+        // The `free` box's header and the init `moov`; its padding is slices of a static
+        // block of zeros: no buffer as large as the room (tens of KB per file, at every cut).
+        w.u32(room as u32);
+        w.bytes(b"free");
         w.bytes(&init);
-        w.zeros((room - init_len) as usize);
-        w.close();
         w.done()?;
         let head = self.scratch.split().freeze();
         self.ftyp_len = ftyp_len as u64;
-        self.head_end = head.len() as u64;
+        self.head_end = ftyp_len as u64 + room;
         self.written = self.head_end;
         out.push(head);
+        let mut left = (room - init_len) as usize;
+        while left > 0 {
+            let n = left.min(ZEROS.len());
+            out.push(Bytes::from_static(&ZEROS[..n]));
+            left -= n;
+        }
         self.head_written = true;
         Ok(())
     }
