@@ -116,8 +116,13 @@ fn c_path(path: &Path) -> io::Result<std::ffi::CString> {
 fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
     let (from, to) = (c_path(from)?, c_path(to)?);
     // SAFETY: two NUL-terminated paths, relative to the working directory as `rename` takes them.
-    let r =
-        unsafe { libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_NOREPLACE) };
+    check(unsafe {
+        libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_NOREPLACE)
+    })
+}
+
+/// A libc call's result: 0, or the error it left in `errno`.
+fn check(r: libc::c_int) -> io::Result<()> {
     if r == 0 {
         Ok(())
     } else {
@@ -268,15 +273,7 @@ pub(super) mod attr {
     use std::os::fd::AsRawFd;
     use std::path::Path;
 
-    use super::c_path;
-
-    fn check(r: libc::c_int) -> io::Result<()> {
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
+    use super::{c_path, check};
 
     pub fn set(file: &File, name: &CStr, value: &[u8]) -> io::Result<()> {
         // SAFETY: a valid descriptor, a NUL-terminated name, and `value` valid for its length.
