@@ -765,110 +765,72 @@ impl StreamTask {
 
     /// Stores a closed HLS segment under its playlist's name and rewrites the playlist, unless
     /// the segment is its file's `last`: then the final playlist, stored next, is the one that
-    /// lists it (one storing of the playlist at each cut, not two).
+    /// lists it (one storing of the playlist at each cut, not two). All of it is one blocking
+    /// job, queued behind the segment's writes ([`Self::after_writes`]): the stream waits for
+    /// its result (segments and playlists are stored in order) but wakes no thread to get there.
     async fn store_segment(
         &mut self,
         i: usize,
         piece: Piece,
-        mut body: Body,
+        body: Body,
         discontinuity: bool,
         hint: String,
         last: bool,
     ) {
-        if let Some(file) = self.slots[i].file.take() {
-            // The segment's writes queued before its close land first.
-            let _ = self.queue.barrier().await;
-            take_back(Some(file), &mut body, &self.ctx, Format::Hls);
-        }
+        let file = self.slots[i].file.take();
         let slot = &mut self.slots[i];
         let Some(hls) = &mut slot.out.hls else { return };
         let Some(live) = hls.live_key.clone() else { return };
-        let storage = slot.storage.clone();
-        let reserve = hls.playlist.is_empty().then(|| hls.playlist.header());
-        let res = tokio::task::spawn_blocking(move || {
-            // The first segment reserves the playlist's name (another recording may hold it).
-            let live = match reserve {
-                Some(text) => {
-                    let mut w = storage.create(&format!("{hint}.m3u8"))?;
-                    w.write(&[text.into()])?;
-                    w.finish(&live, Finalize::default())?.key
-                }
-                None => live,
-            };
-            let mut w = match body.writer.take() {
-                Some(w) => w,
-                None => storage.create(&hint)?,
-            };
-            if !body.write_failed {
-                w.write(&body.pending)?;
-            }
-            let stored = w.finish(&segment_key(&live, piece.seq), Finalize::default())?;
-            Ok::<_, StorageError>((live, stored))
-        })
-        .await;
+        let opened_ms = body.opened_ms;
+        let job = SegmentJob {
+            file,
+            body,
+            ctx: self.ctx.clone(),
+            storage: slot.storage.clone(),
+            live,
+            reserve: hls.playlist.is_empty().then(|| hls.playlist.header()),
+            hint,
+            piece,
+            discontinuity,
+            playlist: hls.playlist.clone(),
+            text: if last { None } else { hls.text.clone() },
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.after_writes(move || {
+            let _ = tx.send(job.run());
+        });
         let stream = self.ctx.info.name.clone();
-        let (live, stored) = match res {
-            Ok(Ok(r)) => r,
+        let done = match rx.await {
+            Ok(Ok(done)) => done,
             Ok(Err(e)) => {
                 tracing::error!(%stream, error = &e as &dyn std::error::Error, "HLS segment lost");
                 self.ctx.failed(Format::Hls, format!("HLS segment {} lost: {}", piece.seq, chain(&e)));
                 return;
             }
-            Err(e) => {
-                tracing::error!(%stream, error = &e as &dyn std::error::Error, "HLS segment task failed");
+            Err(_) => {
+                tracing::error!(%stream, "HLS segment task did not run");
                 return;
             }
         };
+        let slot = &mut self.slots[i];
+        let Some(hls) = &mut slot.out.hls else { return };
+        let SegmentStored { live, stored, playlist, text } = done;
         hls.live_key = Some(live.clone());
         hls.bytes += stored.size;
+        hls.playlist = playlist;
+        if let Some(text) = text {
+            hls.text = Some(text);
+        }
         let mut fields = Map::new();
         fields.insert("storage".into(), slot.storage_name.clone().into());
         fields.insert("key".into(), stored.key.clone().into());
         fields.insert("url".into(), stored.location.clone().into());
-        fields.insert("playlist".into(), live.clone().into());
+        fields.insert("playlist".into(), live.into());
         fields.insert("sequence".into(), piece.seq.into());
         fields.insert("size".into(), stored.size.into());
         fields.insert("duration_ms".into(), piece.duration_ms.into());
-        fields.insert("start_time".into(), events::rfc3339(body.opened_ms).into());
+        fields.insert("start_time".into(), events::rfc3339(opened_ms).into());
         self.ctx.emit(crate::config::EVENT_SEGMENT_CREATED, fields);
-        hls.playlist.push(&Segment {
-            uri: relative_uri(&live, &stored.key),
-            duration_secs: piece.duration_ms as f64 / 1000.0,
-            program_date_time_ms: Some(body.opened_ms),
-            discontinuity,
-        });
-        if last {
-            // Its lines stay in memory for the final playlist (`close_playlist`, next).
-            return;
-        }
-        // The segment's lines join the others in the playlist's file, and the playlist is
-        // stored anew from it; lines the file could not take stay in memory until it can.
-        let Some(text) = hls.text.clone() else { return };
-        let (header, lines) = (hls.playlist.header(), hls.playlist.take_lines());
-        let storage = slot.storage.clone();
-        let res = tokio::task::spawn_blocking(move || {
-            let (mut text, mut lines) = (text, lines);
-            let appended = text.append(&mut lines);
-            let stored = text
-                .text(&header, &lines)
-                .map_err(|source| StorageError::Io { op: "read", path: text.path().display().to_string(), source })
-                .and_then(|body| storage.put(&live, &body));
-            (text, lines, appended, stored)
-        })
-        .await;
-        match res {
-            Ok((text, lines, appended, stored)) => {
-                hls.text = Some(text);
-                hls.playlist.give_back(lines);
-                if let Err(e) = appended {
-                    tracing::error!(%stream, error = &e as &dyn std::error::Error, "keeping the HLS playlist's lines (held in memory meanwhile)");
-                }
-                if let Err(e) = stored {
-                    tracing::error!(%stream, error = &e as &dyn std::error::Error, "writing HLS playlist");
-                }
-            }
-            Err(e) => tracing::error!(%stream, error = &e as &dyn std::error::Error, "playlist task failed"),
-        }
     }
 
     /// The playlist is complete: it gets its final name (with its real end time), the live one
@@ -933,6 +895,83 @@ impl StreamTask {
     }
 }
 
+/// A closed HLS segment on its way to storage, with its playlist ([`StreamTask::store_segment`]).
+struct SegmentJob {
+    file: Option<Arc<LiveFile>>,
+    body: Body,
+    ctx: Ctx,
+    storage: Arc<dyn Storage>,
+    /// The live playlist's key, and its header when this segment is its first (its name is
+    /// reserved then: another recording may hold it).
+    live: String,
+    reserve: Option<String>,
+    hint: String,
+    piece: Piece,
+    discontinuity: bool,
+    /// The recording's playlist, given back with the segment in it.
+    playlist: LivePlaylist,
+    /// Where its lines are kept, when the playlist is stored anew after this segment.
+    text: Option<LiveText>,
+}
+
+/// A stored segment, and its playlist as it now stands.
+struct SegmentStored {
+    live: String,
+    stored: Stored,
+    playlist: LivePlaylist,
+    text: Option<LiveText>,
+}
+
+impl SegmentJob {
+    /// Stores the segment, then (unless it is its file's last) appends its lines to the
+    /// playlist's file and stores the playlist anew from it; lines the file could not take stay
+    /// in memory until it can. A playlist that cannot be stored is logged: the segment is.
+    fn run(self) -> Result<SegmentStored, StorageError> {
+        let SegmentJob { file, mut body, ctx, storage, live, reserve, hint, piece, discontinuity, mut playlist, text } =
+            self;
+        take_back(file, &mut body, &ctx, Format::Hls);
+        let live = match reserve {
+            Some(text) => {
+                let mut w = storage.create(&format!("{hint}.m3u8"))?;
+                w.write(&[text.into()])?;
+                w.finish(&live, Finalize::default())?.key
+            }
+            None => live,
+        };
+        let mut w = match body.writer.take() {
+            Some(w) => w,
+            None => storage.create(&hint)?,
+        };
+        if !body.write_failed {
+            w.write(&body.pending)?;
+        }
+        let stored = w.finish(&segment_key(&live, piece.seq), Finalize::default())?;
+        playlist.push(&Segment {
+            uri: relative_uri(&live, &stored.key),
+            duration_secs: piece.duration_ms as f64 / 1000.0,
+            program_date_time_ms: Some(body.opened_ms),
+            discontinuity,
+        });
+        let text = text.map(|mut text| {
+            let stream = &ctx.info.name;
+            let mut lines = playlist.take_lines();
+            if let Err(e) = text.append(&mut lines) {
+                tracing::error!(%stream, error = &e as &dyn std::error::Error, "keeping the HLS playlist's lines (held in memory meanwhile)");
+            }
+            let put = text
+                .text(&playlist.header(), &lines)
+                .map_err(|source| StorageError::Io { op: "read", path: text.path().display().to_string(), source })
+                .and_then(|body| storage.put(&live, &body));
+            if let Err(e) = put {
+                tracing::error!(%stream, error = &e as &dyn std::error::Error, "writing HLS playlist");
+            }
+            playlist.give_back(lines);
+            text
+        });
+        Ok(SegmentStored { live, stored, playlist, text })
+    }
+}
+
 /// A closed file on its way to storage ([`StreamTask::close_file`]).
 struct Closing {
     file: Option<Arc<LiveFile>>,
@@ -990,8 +1029,8 @@ fn finish_file(c: Closing, ctx: Ctx) {
     // `moof`. One whose writing failed is read from the start, box by box.
     let last_moof = rewrite.as_ref().and_then(|r| r.last_moof).filter(|_| !body.write_failed);
     if format == Format::Mp4 && (body.write_failed || from_file) {
-        let read = w.local_path().map(|p| {
-            std::fs::File::open(p).map_err(crate::mux::mp4::RecoverError::Io).and_then(|f| match last_moof {
+        let read = w.local_file().map(|f| {
+            f.map_err(crate::mux::mp4::RecoverError::Io).and_then(|f| match last_moof {
                 Some(at) => crate::mux::mp4::recover_chain(Window::new(f), at),
                 None => crate::mux::mp4::recover_from(Window::new(f)),
             })

@@ -15,7 +15,8 @@
 //! waits for a job: the jobs queued meanwhile wake nobody, and those of one beat of the ingest
 //! threads (which read their connections together) wake it twice, whatever the number of
 //! streams, not once per batch of each (measured: 300 streams, futex calls 48k -> 0.5k and
-//! context switches halved). A barrier and a recording over its bound wake it at once.
+//! context switches halved). A recording over its bound, and [`WriteQueue::wake`] (a
+//! recording's last closes), wake it at once.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -23,15 +24,15 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 
 /// Bytes one recording may have queued and not yet written; past it, the recording waits (and
 /// its frames wait in its queue, which ends it if storage never catches up).
 pub const MAX_IN_FLIGHT: usize = 4 << 20;
 
 /// How long a writer thread pauses after the jobs it found: what a write may wait (on top of
-/// its recording's batching) for fewer wake-ups of the thread. A barrier (a file closing) and
-/// a recording over its bound wake it at once.
+/// its recording's batching) for fewer wake-ups of the thread. A recording over its bound and
+/// [`WriteQueue::wake`] wake it at once.
 const PAUSE: Duration = Duration::from_millis(20);
 
 /// Recordings a writer thread takes before the next thread is used.
@@ -204,9 +205,10 @@ impl WriteQueue {
         self.thread.handle.unpark();
     }
 
-    /// Resolves once every job queued before it has run.
-    pub fn barrier(&self) -> oneshot::Receiver<()> {
-        let (tx, rx) = oneshot::channel();
+    /// Resolves once every job queued before it has run (tests: what they queued is written).
+    #[cfg(test)]
+    pub fn barrier(&self) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
         let _ = self.thread.tx.send(Box::new(move || {
             let _ = tx.send(());
         }));
@@ -300,7 +302,7 @@ mod tests {
         let q = long.queue();
         q.submit(1, || {}).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = tokio::sync::oneshot::channel();
         q.then(move || {
             let _ = tx.send(());
         });
@@ -384,7 +386,7 @@ mod tests {
         let writers = Writers::start(1).unwrap();
         let q = writers.queue();
         q.submit(1, || panic!("storage bug")).await;
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = tokio::sync::oneshot::channel();
         q.submit(1, move || tx.send(()).unwrap()).await;
         tokio::time::timeout(std::time::Duration::from_secs(5), rx).await.unwrap().unwrap();
     }

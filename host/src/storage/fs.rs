@@ -142,8 +142,13 @@ impl Storage for FsStorage {
         let name: String =
             hint.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
         let path = self.root.join(PARTIAL_DIR).join(format!("{name}.part"));
-        let file =
-            OpenOptions::new().write(true).create(true).truncate(true).open(&path).map_err(io_err("create", &path))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(io_err("create", &path))?;
         Ok(Box::new(FsFile { file, path, written: 0, sent: 0, root: self.root.clone(), meta: None }))
     }
 
@@ -374,6 +379,10 @@ fn start_write_back(file: &File, from: u64, len: u64) {
 impl FileWriter for FsFile {
     fn local_path(&self) -> Option<&Path> {
         Some(&self.path)
+    }
+
+    fn local_file(&self) -> Option<io::Result<File>> {
+        Some(self.file.try_clone())
     }
 
     fn write(&mut self, chunks: &[Bytes]) -> Result<(), StorageError> {

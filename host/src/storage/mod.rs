@@ -145,6 +145,10 @@ pub trait FileWriter: Send + Sync {
     fn local_path(&self) -> Option<&std::path::Path> {
         None
     }
+    /// A handle reading that local file (the same open file: no path to look up again).
+    fn local_file(&self) -> Option<std::io::Result<std::fs::File>> {
+        None
+    }
 }
 
 /// Checks a storage key: relative, no `..`, no empty components, no NUL or backslash.

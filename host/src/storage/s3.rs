@@ -735,4 +735,8 @@ impl FileWriter for S3File {
     fn local_path(&self) -> Option<&std::path::Path> {
         self.local.local_path()
     }
+
+    fn local_file(&self) -> Option<std::io::Result<std::fs::File>> {
+        self.local.local_file()
+    }
 }
