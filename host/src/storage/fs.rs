@@ -434,10 +434,10 @@ impl FileWriter for FsFile {
             published = Some(file);
             staged = path;
         } else {
-            drop(file);
             staged = path.with_extension("final");
             let mut out = File::create(&staged).map_err(io_err("create", &staged))?;
-            let mut src = File::open(&path).map_err(io_err("open", &path))?;
+            // Read through the descriptor it was written with (opened for reading too).
+            let mut src = file;
             out.write_all(fin.head).map_err(io_err("write", &staged))?;
             for r in fin.ranges {
                 src.seek(SeekFrom::Start(r.start)).map_err(io_err("seek", &path))?;
