@@ -11,7 +11,10 @@ busiest seconds with each thread name's excess over its median second, the exces
 Environment: CLIP (an FLV to publish; default: encoded once, like bench/run.sh's 500k clip),
 SERVER (more [server] lines), KEEP=1 (keep the run's folder), PERF=FILE (a `perf record -g` of
 the run; PERF_F its frequency), PERF_AT=A:B with PERF_OUT=FILE (a DWARF `perf record` from second
-A to B only).
+A to B only), SMAPS_AT=S1,S2,... (the server's anonymous memory at those seconds, and which
+mappings grew between them: allocator heaps are the 64 MiB-aligned ones), MSTATS_AT=S (glibc's
+`malloc_stats()` at that second, through `gdb`, into the server's log; KEEP=1 to read it).
+Also printed: the threads by name before and at the end, and RSS per stream second by second.
 """
 import os, sys, time, socket, subprocess, tempfile, shutil, statistics, collections, json
 
@@ -45,6 +48,20 @@ def threads(pid):
             continue
         out[int(t)] = (name, ns, sw)
     return out
+
+def anon_maps(pid):
+    """Anonymous mappings with resident pages: [(start, size KB, rss KB)]."""
+    out, cur = [], None
+    for l in open(f"/proc/{pid}/smaps"):
+        f = l.split()
+        if "-" in f[0] and len(f) >= 5 and not f[0].endswith(":"):
+            cur = [f[0].split("-")[0], 0, 0, f[5] if len(f) > 5 else ""]
+            out.append(cur)
+        elif f[0] == "Size:":
+            cur[1] = int(f[1])
+        elif f[0] == "Rss:":
+            cur[2] = int(f[1])
+    return [(a, sz, r) for a, sz, r, name in out if r and name in ("", "[heap]", "[stack]")]
 
 def rss(pid):
     for l in open(f"/proc/{pid}/status"):
@@ -82,6 +99,7 @@ try:
                     "--duration", "3s", "--ramp", "0s", "--tick", "20ms"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(2)
     base = rss(srv.pid)
+    base_threads = collections.Counter(v[0] for v in threads(srv.pid).values())
     ramp = 1 if n <= 10 else min(10, max(2, n // 50))
     perf = None
     if os.environ.get("PERF"):
@@ -93,6 +111,9 @@ try:
     t0 = time.time()
     samples = []  # (t, {tid: (name, ns)})
     peak = base
+    rss_by_sec = {}
+    mstats_done = False
+    smaps_done = {}
     seen = set()
     win = os.environ.get("PERF_AT")
     wperf = None
@@ -105,10 +126,20 @@ try:
                                           "-p", str(srv.pid), "-o", os.environ["PERF_OUT"]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             if wperf is not None and el >= b and wperf.poll() is None:
                 wperf.send_signal(2); wperf.wait()
+        if os.environ.get("MSTATS_AT") and not mstats_done and time.time() - t0 >= float(os.environ["MSTATS_AT"]):
+            # glibc's per-heap figures (system bytes, in use), written to the server's stderr
+            subprocess.run(["gdb", "-p", str(srv.pid), "-batch", "-ex", "call (void)malloc_stats()"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            mstats_done = True
+        for at in os.environ.get("SMAPS_AT", "").split(","):
+            if at and at not in smaps_done and time.time() - t0 >= float(at):
+                smaps_done[at] = anon_maps(srv.pid)
         th = threads(srv.pid)
         seen |= set(th)
         samples.append((time.time() - t0, th))
-        peak = max(peak, rss(srv.pid))
+        r = rss(srv.pid)
+        peak = max(peak, r)
+        rss_by_sec[int(time.time() - t0)] = r
         time.sleep(0.1)
     if perf:
         perf.send_signal(2); perf.wait()
@@ -146,6 +177,17 @@ try:
                 tot_ex[nm] += (g.get(nm, 0) - medg[nm]) / 1e6
         tot_ex["ALL"] += t * 1000 - med * 1000
     print(f"EXCESS per cut ({ncuts} cuts): " + ", ".join(f"{k}={v/ncuts:.1f}" for k, v in sorted(tot_ex.items(), key=lambda x: -x[1])))
+    end_threads = collections.Counter(v[0] for v in samples[-1][1].values())
+    print("THREADS before: " + ", ".join(f"{k}={v}" for k, v in sorted(base_threads.items())) +
+          " | at the end: " + ", ".join(f"{k}={v}" for k, v in sorted(end_threads.items())))
+    print("RSS KB/stream by second: " + " ".join(f"{k}:{(v - base) / n:.0f}" for k, v in sorted(rss_by_sec.items())))
+    prev = None
+    for at, maps in smaps_done.items():
+        print(f"ANON at {at}s: total {sum(m[2] for m in maps)} KB")
+        if prev is not None:
+            before = {a: r for a, _, r in prev}
+            print("   grew: " + " ".join(f"{a}({sz} KB):{before.get(a, 0)}->{r}" for a, sz, r in maps if r - before.get(a, 0) >= 8))
+        prev = maps
     print(f"CUT median={med*1000:.1f}ms busiest={mx[1]*1000:.1f}ms ratio={mx[1]/med:.2f} threads_seen={len(seen)} "
           f"rss_kb_per_stream={(peak-base)/n:.0f} frames_sent={report.get('frames_sent')} write_p99={report.get('write_ms_p99')}")
 finally:

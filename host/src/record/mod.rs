@@ -8,6 +8,7 @@
 
 mod events;
 mod index;
+mod lane;
 mod output;
 mod playlist;
 mod recover;
