@@ -115,12 +115,11 @@ impl Workers {
         let stop = CancellationToken::new();
         let mut threads = Vec::with_capacity(n);
         for i in 0..n {
-            // Its blocking threads open files (closes have their lanes, `record::lane`):
-            // they stay between cuts (every 30 s or so, all at once) instead of ending after
-            // 10 s idle and starting anew at each cut.
+            // Its blocking threads close files: they stay between cuts (every 30 s or so, all
+            // at once) instead of ending after 10 s idle and starting anew at each cut.
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
-                .thread_name(format!("reel-io-{i}"))
+                .thread_name(format!("reel-close-{i}"))
                 .thread_keep_alive(BLOCKING_KEEP_ALIVE)
                 .build()?;
             let handle = rt.handle().clone();

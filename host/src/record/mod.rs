@@ -8,7 +8,6 @@
 
 mod events;
 mod index;
-mod lane;
 mod output;
 mod playlist;
 mod recover;

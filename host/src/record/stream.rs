@@ -1,9 +1,8 @@
 //! One task per recorded publish: receives frames, feeds the outputs (one per format), and
 //! acts on what they report: it names files (policy), stores them and announces them
 //! (notify). Bytes go to the recording's writer thread ([`super::writer`]) as they come;
-//! closing a file runs off the async threads as its own tracked job (on the writer thread's
-//! lane, [`super::lane`]), after the writes queued before it, so the stream never waits for
-//! it; HLS segments and playlists are stored in order.
+//! closing a file runs on the blocking pool as its own tracked task, after the writes queued
+//! before it, so the stream never waits for it; HLS segments and playlists are stored in order.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -753,14 +752,14 @@ impl StreamTask {
         self.after_writes(move || finish_file(closing, ctx));
     }
 
-    /// Runs `f` off the async threads (blocking allowed) once the writes queued so far ran:
-    /// the writer thread hands it to its lane after them (no task waits for a barrier, no
-    /// wake-up back). Tracked from now to its end: shutdown waits for it.
+    /// Runs `f` on the blocking pool, as a tracked task, once the writes queued so far ran:
+    /// the writer thread hands it over after them (no task waits for a barrier, no wake-up
+    /// back). Tracked from now: shutdown waits for it while it is still in the queue.
     fn after_writes(&self, f: impl FnOnce() + Send + 'static) {
-        let tracked = self.tracker.token();
-        self.queue.then_blocking(move || {
-            f();
-            drop(tracked);
+        let (tracker, handle, queued) = (self.tracker.clone(), tokio::runtime::Handle::current(), self.tracker.token());
+        self.queue.then(move || {
+            tracker.spawn_blocking_on(f, &handle);
+            drop(queued);
         });
     }
 
@@ -988,7 +987,7 @@ struct Closing {
     format: Format,
 }
 
-/// Finalises, names, stores and announces a closed file (on a writer thread's lane, after the
+/// Finalises, names, stores and announces a closed file (on the blocking pool, after the
 /// writes queued before the close).
 fn finish_file(c: Closing, ctx: Ctx) {
     let Closing { file, piece, mut body, rewrite, failed, hint, storage, storage_name, start_ms, end_ms, format } = c;

@@ -5,9 +5,8 @@
 //!
 //! A recording's jobs run in order on one thread (several recordings share one). It waits only
 //! when its bytes in flight pass [`MAX_IN_FLIGHT`] (storage slower than the stream). A file's
-//! close is queued behind its writes ([`WriteQueue::then_blocking`]: no task waits for them)
-//! and handed from here to the thread's [`Lane`], so a slow close (an upload, an fsync) holds
-//! no other stream's writes.
+//! close is queued behind its writes ([`WriteQueue::then`]: no task waits for them) and handed
+//! from here to the blocking pool, so a slow close (an upload, an fsync) holds no other stream.
 //!
 //! Recordings fill the first thread up to [`PACK`] before the next is used (then the one with
 //! the fewest): a few streams wake one thread, not each thread a little.
@@ -26,8 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
-
-use super::lane::Lane;
 
 /// Bytes one recording may have queued and not yet written; past it, the recording waits (and
 /// its frames wait in its queue, which ends it if storage never catches up).
@@ -56,8 +53,6 @@ struct Thread {
     handle: std::thread::Thread,
     recordings: Arc<AtomicUsize>,
     queued: Arc<AtomicUsize>,
-    /// Where its recordings' closes run, in turn.
-    lane: Arc<Lane>,
 }
 
 /// The writer threads of a recorder.
@@ -113,7 +108,6 @@ impl Writers {
                 handle: thread.thread().clone(),
                 recordings: Arc::default(),
                 queued: Arc::default(),
-                lane: Lane::new(format!("reel-close-{i}")),
             });
         }
         Ok(Writers {
@@ -204,13 +198,6 @@ impl WriteQueue {
         if let Err(back) = self.thread.tx.send(job) {
             (back.0)();
         }
-    }
-
-    /// Runs `job` on the thread's [`Lane`] (blocking allowed: a close, an upload) once the
-    /// jobs queued before it ran ([`WriteQueue::then`]), inside the caller's runtime.
-    pub fn then_blocking(&self, job: impl FnOnce() + Send + 'static) {
-        let (lane, rt) = (self.thread.lane.clone(), tokio::runtime::Handle::try_current().ok());
-        self.then(move || lane.run(Box::new(job), rt));
     }
 
     /// Wakes the thread from its pause: what is queued (a recording's last closes) runs now.
