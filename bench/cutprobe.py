@@ -14,7 +14,8 @@ the run; PERF_F its frequency), PERF_AT=A:B with PERF_OUT=FILE (a DWARF `perf re
 A to B only), SMAPS_AT=S1,S2,... (the server's anonymous memory at those seconds, and which
 mappings grew between them: allocator heaps are the 64 MiB-aligned ones), MSTATS_AT=S (glibc's
 `malloc_stats()` at that second, through `gdb`, into the server's log; KEEP=1 to read it).
-Also printed: the threads by name before and at the end, and RSS per stream second by second.
+Also printed: the threads by name before and at the end, and RSS per stream second by second
+(each second's last sample).
 """
 import os, sys, time, socket, subprocess, tempfile, shutil, statistics, collections, json
 
@@ -129,7 +130,7 @@ try:
         if os.environ.get("MSTATS_AT") and not mstats_done and time.time() - t0 >= float(os.environ["MSTATS_AT"]):
             # glibc's per-heap figures (system bytes, in use), written to the server's stderr
             subprocess.run(["gdb", "-p", str(srv.pid), "-batch", "-ex", "call (void)malloc_stats()"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
             mstats_done = True
         for at in os.environ.get("SMAPS_AT", "").split(","):
             if at and at not in smaps_done and time.time() - t0 >= float(at):
